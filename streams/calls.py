@@ -1,0 +1,548 @@
+"""The call sessionizer: per-call state machines that turn events into facts, exactly, in any arrival order.
+
+Theory of operation
+-------------------
+State lives in *buckets*, one per Kafka message key (the call bucket of DESIGN 2), so that one message
+touches one bucket. A bucket holds:
+
+- ``calls``: every call that is open or ended less than the grace period ago, as the list of its events
+  sorted by ``(ts, tie-break rank, event id)``;
+- ``done``: tombstones of finalized calls (their event ids, for de-duplication, plus what a late wrap-up
+  or survey needs), kept for ``dedup_ttl_ms``;
+- ``agents``: agent-state timelines (``agent_state`` events carry no call);
+- ``wm``: the bucket's watermark, the largest event time seen; it never moves back.
+
+Rule 1: a call's facts are a pure function of its sorted events (``derive``). On every new event the facts
+are derived again and the difference to the previous derivation is emitted: retractions of facts that no
+longer hold, then the new facts. So the facts in force after all events of a call are in are the same for
+every arrival order: an in-order stream emits no retraction, a late answer behind its hangup retracts the
+abandon and emits the answer.
+
+Rule 2: an event older than ``wm - grace`` is ``late`` (older than ``wm - max_event_age``: ``too_old``)
+and is rejected, never applied: a finalized call cannot change. A duplicate (same event id within the same
+call, while the call or its tombstone is remembered) is counted and ignored; duplicates win over lateness.
+
+Rule 3: housekeeping runs after each message, on event time only: a call with no event for
+``call_timeout_ms`` gets a synthetic ``expire`` event; an ended call whose last event is older than
+``wm - grace`` is finalized into a tombstone; tombstones older than ``wm - dedup_ttl`` are forgotten.
+Replaying the same messages from the same snapshot gives the same facts (determinism, for recovery).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.events import TYPE_RANK, CallEvent
+from streams.facts import Fact, campaign_key, diff, queue_key
+
+#: A stored call event: (ts_ms, type, event_id, queue, a, b). ``a``/``b`` by type: answer and
+#: agent_missed: agent; exit and refused: reason; hangup: disposition; transfer: target; dial: campaign;
+#: survey: scale, score. ``b`` holds the campaign on other outbound events. The last element is 1 for an
+#: outbound event.
+Ev = tuple
+
+# Call states of the inbound machine (derive).
+NEW, IVR, QUEUED, CONNECTED, HELD, LEFT, ENDED = "new", "ivr", "queued", "connected", "held", "left", "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Sessionizer settings (all milliseconds)."""
+
+    grace_ms: int = 120_000
+    call_timeout_ms: int = 4 * 3600_000
+    dedup_ttl_ms: int = 24 * 3600_000
+    max_event_age_ms: int = 86_400_000
+    contact_min_talk_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        for name in ("grace_ms", "call_timeout_ms", "dedup_ttl_ms", "max_event_age_ms", "contact_min_talk_ms"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must be >= 0"
+                raise ValueError(msg)
+
+
+def to_ev(event: CallEvent) -> Ev:
+    """Return the compact stored form of a call event."""
+    t = event.type
+    a: object = None
+    b: object = event.campaign
+    if t in ("answer", "agent_missed"):
+        a = event.agent
+    elif t in ("exit", "refused"):
+        a = event.reason
+    elif t == "hangup":
+        a = event.disposition
+    elif t == "transfer":
+        a = event.target
+    elif t == "dial":
+        a = event.campaign
+    elif t == "survey":
+        a, b = event.scale, event.score
+    return (event.ts_ms, t, event.event_id, event.queue, a, b, 1 if event.outbound else 0)
+
+
+def sort_key(ev: Ev) -> tuple:
+    """Order of a call's events: time, then the tie-break rank of DESIGN 2, then the event id."""
+    return (ev[0], TYPE_RANK[ev[1]], ev[2])
+
+
+@dataclass(slots=True)
+class Derivation:
+    """What ``derive`` knows about a call after its events."""
+
+    facts: list[Fact]
+    ended: bool
+    #: Queue key a later survey is attributed to ("" when none).
+    survey_key: str
+    #: The last completed fact while no wrap-up has amended it (a late wrap-up may still do so).
+    open_completed: Fact | None
+
+
+def derive(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:
+    """Derive every fact of one call from its events, sorted by ``sort_key``."""
+    if any(ev[6] for ev in events) or any(ev[1] == "dial" for ev in events):
+        return _derive_outbound(call_id, events, contact_min_talk_ms)
+    return _derive_inbound(call_id, events)
+
+
+def _derive_inbound(call_id: str, events: list[Ev]) -> Derivation:
+    facts: list[Fact] = []
+    state = NEW
+    q = ""  # queue of the current stint
+    enq = 0
+    ans_q = ""  # queue whose agent talks (or last talked) with the caller
+    ans = 0
+    hold_start = 0
+    hold_ms = 0
+    holds = 0
+    pending_co = -1  # index in facts of the completed fact a wrap-up may still amend
+    last_q = ""
+
+    def start_stint(queue: str, ts: int, eid: str) -> None:
+        nonlocal state, q, enq, last_q
+        state, q, enq, last_q = QUEUED, queue, ts, queue
+        facts.append(Fact("entered", queue_key(queue), ts, "entered:" + eid, call_id))
+
+    def leave_queue(kind: str, ts: int, eid: str, reason: str = "") -> None:
+        facts.append(Fact(kind, queue_key(q), ts, f"{kind}:{eid}", call_id, wait_ms=ts - enq, reason=reason))
+
+    def complete(ts: int, eid: str, transferred: int) -> None:
+        nonlocal hold_ms, holds, pending_co, state
+        if state == HELD:
+            hold_ms += ts - hold_start
+        if ans_q:
+            facts.append(Fact("completed", queue_key(ans_q), ts, "completed:" + eid, call_id, talk_ms=ts - ans,
+                              hold_ms=hold_ms, holds=holds, transferred=transferred))
+            pending_co = len(facts) - 1
+        hold_ms = holds = 0
+
+    for ev in events:
+        ts, t, eid, queue = ev[0], ev[1], ev[2], ev[3]
+        if state == ENDED and t not in ("wrapup", "survey"):
+            continue
+        if t == "ring":
+            if state == NEW:
+                state = IVR
+        elif t == "queue":
+            if state == QUEUED:
+                if queue == q:
+                    continue  # the same queue again: the stint goes on
+                leave_queue("exited", ts, eid, "transfer")
+            elif state in (CONNECTED, HELD):
+                complete(ts, eid, 1)
+            start_stint(queue, ts, eid)
+        elif t == "agent_missed":
+            mq = queue or q or last_q
+            if mq:
+                facts.append(Fact("agent_missed", queue_key(mq), ts, "agent_missed:" + eid, call_id))
+        elif t == "answer":
+            if state == QUEUED:
+                leave_queue("answered", ts, eid)
+                state, ans_q, ans = CONNECTED, q, ts
+            elif state in (NEW, IVR, LEFT):
+                # Answered without waiting in a queue (direct, or the next agent after a transfer):
+                # handled, but not offered.
+                state, ans = CONNECTED, ts
+                ans_q = queue or ans_q
+        elif t == "hold":
+            if state == CONNECTED:
+                state, hold_start = HELD, ts
+                holds += 1
+        elif t == "unhold":
+            if state == HELD:
+                hold_ms += ts - hold_start
+                state = CONNECTED
+        elif t == "transfer":
+            if state in (CONNECTED, HELD):
+                complete(ts, eid, 1)
+                state = LEFT
+            elif state == QUEUED:
+                leave_queue("exited", ts, eid, "transfer")
+                state = LEFT
+        elif t == "exit":
+            if state == QUEUED:
+                leave_queue("exited", ts, eid, ev[4])
+                state = LEFT
+        elif t == "refused":
+            if state in (NEW, IVR, LEFT):
+                facts.append(Fact("refused", queue_key(queue), ts, "refused:" + eid, call_id, reason=ev[4]))
+                last_q = queue
+                state = LEFT
+        elif t == "abandon":
+            if state == QUEUED:
+                leave_queue("abandoned", ts, eid)
+                state = ENDED
+        elif t == "hangup":
+            if state == QUEUED:
+                leave_queue("abandoned", ts, eid)
+            elif state in (CONNECTED, HELD):
+                complete(ts, eid, 0)
+            state = ENDED
+        elif t == "wrapup":
+            if pending_co >= 0:
+                co = facts[pending_co]
+                facts[pending_co] = Fact("completed", co.key, ts, co.fid, call_id, talk_ms=co.talk_ms,
+                                         hold_ms=co.hold_ms, holds=co.holds, acw_ms=ts - co.ts_ms,
+                                         transferred=co.transferred)
+                pending_co = -1
+        elif t == "survey":
+            sq = ans_q or q or last_q or queue
+            if sq:
+                facts.append(Fact("survey", queue_key(sq), ts, "survey:" + eid, call_id, scale=ev[4], score=ev[5]))
+        elif t == "expire":
+            xq = q if state == QUEUED else ans_q if state in (CONNECTED, HELD) else last_q
+            if xq:
+                facts.append(Fact("expired", queue_key(xq), ts, "expired:" + eid, call_id))
+            state = ENDED
+    if state == QUEUED:
+        facts.append(Fact("live", queue_key(q), enq, "live:" + call_id, call_id, status="waiting", since_ms=enq))
+    elif state == CONNECTED and ans_q:
+        facts.append(Fact("live", queue_key(ans_q), ans, "live:" + call_id, call_id, status="talking", since_ms=ans))
+    elif state == HELD and ans_q:
+        facts.append(Fact("live", queue_key(ans_q), hold_start, "live:" + call_id, call_id, status="held",
+                          since_ms=hold_start))
+    survey_key = queue_key(ans_q or q or last_q) if (ans_q or q or last_q) else ""
+    open_co = facts[pending_co] if pending_co >= 0 else None
+    return Derivation(facts, state == ENDED, survey_key, open_co)
+
+
+def _derive_outbound(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:
+    campaign = next((ev[4] for ev in events if ev[1] == "dial"), None) or next(
+        (ev[5] for ev in events if ev[1] != "survey" and ev[5]), None) or "default"
+    key = campaign_key(campaign)
+    facts: list[Fact] = []
+    dialed = False
+    ans = -1
+    ended = False
+    for ev in events:
+        ts, t, eid = ev[0], ev[1], ev[2]
+        if ended:
+            break
+        if t == "dial":
+            if not dialed:
+                dialed = True
+                facts.append(Fact("attempt", key, ts, "attempt:" + eid, call_id))
+        elif t == "answer":
+            if dialed and ans < 0:
+                ans = ts
+                facts.append(Fact("connected", key, ts, "connected:" + eid, call_id))
+        elif t in ("hangup", "expire"):
+            ended = True
+            if not dialed or t == "expire":
+                continue
+            disposition = ev[4]
+            talk = ts - ans if ans >= 0 else 0
+            if disposition in ("contact", "success") or (disposition is None and ans >= 0 and talk >= contact_min_talk_ms):
+                facts.append(Fact("contact", key, ts, "contact:" + eid, call_id))
+            if disposition == "success":
+                facts.append(Fact("conversion", key, ts, "conversion:" + eid, call_id))
+    return Derivation(facts, ended, "", None)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Agents: an agent's state timeline, per queue it is a member of.
+
+
+def _agent_step(state: str, qs: dict[str, int], ts: int, new_state: str, queue: str | None,
+                agent: str, out: list[Fact] | None) -> str:
+    """Apply one agent_state event to (state, queue -> interval start); append closed intervals to ``out``."""
+    if queue is not None:
+        if new_state == "offline":
+            # Removed from this queue only; its state in its other queues goes on unchanged.
+            if queue in qs:
+                if out is not None and ts > qs[queue]:
+                    out.append(_interval(agent, queue, state, qs[queue], ts))
+                del qs[queue]
+            return state
+        if new_state != state:
+            _close_all(agent, state, qs, ts, out)
+        if queue not in qs:
+            qs[queue] = ts
+        return new_state
+    # No queue: the agent's state changes in every queue it belongs to; offline logs it out of all.
+    if new_state != state or new_state == "offline":
+        _close_all(agent, state, qs, ts, out)
+    if new_state == "offline":
+        qs.clear()
+    return new_state
+
+
+def _close_all(agent: str, state: str, qs: dict[str, int], ts: int, out: list[Fact] | None) -> None:
+    for q, since in qs.items():
+        if out is not None and ts > since:
+            out.append(_interval(agent, q, state, since, ts))
+        qs[q] = ts
+
+
+def _interval(agent: str, queue: str, state: str, since: int, until: int) -> Fact:
+    return Fact("agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent=agent,
+                status=state, since_ms=since)
+
+
+def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[tuple]) -> list[Fact]:
+    """Facts of an agent from its base state and its pending events ``(ts, eid, state, queue)``, sorted."""
+    state, qs0 = base
+    qs = dict(qs0)
+    facts: list[Fact] = []
+    for ts, _eid, new_state, queue in pending:
+        state = _agent_step(state, qs, ts, new_state, queue, agent, facts)
+    for q, since in qs.items():
+        facts.append(Fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent=agent, status=state,
+                          since_ms=since))
+    return facts
+
+
+class AgentSession:
+    """One agent's timeline: a folded base, events still within grace, and recent event ids."""
+
+    __slots__ = ("state", "queues", "pending", "seen", "facts")
+
+    def __init__(self, state: str = "offline", queues: dict[str, int] | None = None,
+                 pending: list[tuple] | None = None, seen: dict[str, int] | None = None) -> None:
+        self.state = state
+        self.queues: dict[str, int] = queues or {}
+        self.pending: list[tuple] = pending or []
+        self.seen: dict[str, int] = seen or {}
+        self.facts: list[Fact] | None = None
+
+    def derived(self, agent: str) -> list[Fact]:
+        if self.facts is None:
+            self.facts = derive_agent(agent, (self.state, self.queues), self.pending)
+        return self.facts
+
+
+# --------------------------------------------------------------------------------------------------------
+# Buckets.
+
+
+class CallSession:
+    """An open (or recently ended) call: its sorted events and the cached derivation."""
+
+    __slots__ = ("events", "eids", "derivation")
+
+    def __init__(self, events: list[Ev]) -> None:
+        self.events = events
+        self.eids = {ev[2] for ev in events}
+        self.derivation: Derivation | None = None
+
+    @property
+    def last_ts(self) -> int:
+        return self.events[-1][0]
+
+    def derived(self, call_id: str, config: SessionConfig) -> Derivation:
+        if self.derivation is None:
+            self.derivation = derive(call_id, self.events, config.contact_min_talk_ms)
+        return self.derivation
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one event: ``status`` is ``ok``, ``duplicate``, ``late`` or ``too_old``."""
+
+    status: str
+    facts: list[Fact]
+    error: str = ""
+
+
+class BucketState:
+    """All sessionizer state of one message key, and the operations on it."""
+
+    __slots__ = ("config", "hw", "wm", "calls", "done", "agents")
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        #: Offset of the last source message applied (-1: none); replays at or below it are skipped.
+        self.hw = -1
+        #: Watermark: the largest event time seen (ms), ``None`` before the first event.
+        self.wm: int | None = None
+        self.calls: dict[str, CallSession] = {}
+        #: call id -> [last_ts, event ids, survey queue key, open completed fact (encoded) or None]
+        self.done: dict[str, list] = {}
+        self.agents: dict[str, AgentSession] = {}
+
+    # -- events -------------------------------------------------------------------------------------------
+    def apply(self, event: CallEvent) -> Applied:
+        """Apply one validated event; return its status and the facts it changes."""
+        if event.type == "agent_state":
+            return self._apply_agent(event)
+        call_id = event.call_id
+        assert call_id is not None
+        session = self.calls.get(call_id)
+        tomb = self.done.get(call_id)
+        if (session is not None and event.event_id in session.eids) or (tomb is not None and event.event_id in tomb[1]):
+            return Applied("duplicate", [])
+        lateness = self._lateness(event.ts_ms)
+        if lateness is not None:
+            return lateness
+        self._advance(event.ts_ms)
+        if session is None and tomb is not None and event.type in ("wrapup", "survey"):
+            return Applied("ok", self._apply_to_tombstone(tomb, event))
+        ev = to_ev(event)
+        if session is None:
+            session = self.calls[call_id] = CallSession([ev])
+            old: list[Fact] = []
+        else:
+            old = session.derived(call_id, self.config).facts
+            _insert_sorted(session.events, ev)
+            session.eids.add(ev[2])
+            session.derivation = None
+        return Applied("ok", diff(old, session.derived(call_id, self.config).facts))
+
+    def _lateness(self, ts: int) -> Applied | None:
+        wm = self.wm
+        if wm is None:
+            return None
+        if ts < wm - self.config.max_event_age_ms:
+            return Applied("too_old", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                                          f"(max_event_age_s={self.config.max_event_age_ms // 1000})")
+        if ts < wm - self.config.grace_ms:
+            return Applied("late", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                                       f"(grace_s={self.config.grace_ms // 1000})")
+        return None
+
+    def _advance(self, ts: int) -> None:
+        if self.wm is None or ts > self.wm:
+            self.wm = ts
+
+    def _apply_to_tombstone(self, tomb: list, event: CallEvent) -> list[Fact]:
+        tomb[1].append(event.event_id)
+        tomb[0] = max(tomb[0], event.ts_ms)
+        if event.type == "survey":
+            if not tomb[2]:
+                return []
+            return [Fact("survey", tomb[2], event.ts_ms, "survey:" + event.event_id, event.call_id or "",
+                         scale=event.scale or "", score=event.score or 0)]
+        if tomb[3] is None:
+            return []
+        co = Fact.decode(tomb[3])
+        tomb[3] = None
+        amended = Fact("completed", co.key, event.ts_ms, co.fid, co.call, talk_ms=co.talk_ms, hold_ms=co.hold_ms,
+                       holds=co.holds, acw_ms=event.ts_ms - co.ts_ms, transferred=co.transferred)
+        return [co.retraction(), amended]
+
+    def _apply_agent(self, event: CallEvent) -> Applied:
+        agent = event.agent or ""
+        session = self.agents.get(agent)
+        if session is not None and event.event_id in session.seen:
+            return Applied("duplicate", [])
+        lateness = self._lateness(event.ts_ms)
+        if lateness is not None:
+            return lateness
+        self._advance(event.ts_ms)
+        if session is None:
+            session = self.agents[agent] = AgentSession()
+        old = session.derived(agent)
+        _insert_sorted_agent(session.pending, (event.ts_ms, event.event_id, event.state, event.queue))
+        session.seen[event.event_id] = event.ts_ms
+        session.facts = None
+        return Applied("ok", diff(old, session.derived(agent)))
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def sweep(self) -> list[Fact]:
+        """Expire idle calls, finalize ended ones, fold agent timelines, forget old tombstones.
+
+        Runs on event time (the watermark) only, so it is deterministic; call it after each message.
+        """
+        wm = self.wm
+        if wm is None:
+            return []
+        cfg = self.config
+        facts: list[Fact] = []
+        final_before = wm - cfg.grace_ms
+        for call_id in list(self.calls):
+            session = self.calls[call_id]
+            derivation = session.derived(call_id, cfg)
+            if not derivation.ended and wm - session.last_ts >= cfg.call_timeout_ms:
+                old = derivation.facts
+                expire = (session.last_ts + cfg.call_timeout_ms, "expire", "~expire:" + call_id, None, None, None, 0)
+                _insert_sorted(session.events, expire)
+                session.eids.add(expire[2])
+                session.derivation = None
+                derivation = session.derived(call_id, cfg)
+                facts.extend(diff(old, derivation.facts))
+            if derivation.ended and session.last_ts < final_before:
+                tomb = self.done.get(call_id)
+                eids = [ev[2] for ev in session.events]
+                co = derivation.open_completed.encode() if derivation.open_completed is not None else None
+                if tomb is None:
+                    self.done[call_id] = [session.last_ts, eids, derivation.survey_key, co]
+                else:  # a call re-opened after it was finalized
+                    tomb[0] = max(tomb[0], session.last_ts)
+                    tomb[1].extend(eids)
+                    tomb[2] = derivation.survey_key or tomb[2]
+                    tomb[3] = co
+                del self.calls[call_id]
+        forget_before = wm - cfg.dedup_ttl_ms
+        for call_id in [c for c, tomb in self.done.items() if tomb[0] < forget_before]:
+            del self.done[call_id]
+        for agent in list(self.agents):
+            session = self.agents[agent]
+            if session.pending and session.pending[0][0] < final_before:
+                session.derived(agent)
+                while session.pending and session.pending[0][0] < final_before:
+                    ts, _eid, new_state, queue = session.pending.pop(0)
+                    session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
+                session.facts = None
+            for eid in [e for e, ts in session.seen.items() if ts < forget_before]:
+                del session.seen[eid]
+            if not session.pending and not session.queues and not session.seen:
+                del self.agents[agent]
+        return facts
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Return the state as plain JSON-able data (the cached derivations are left out)."""
+        return {
+            "hw": self.hw,
+            "wm": self.wm,
+            "calls": {c: s.events for c, s in self.calls.items()},
+            "done": self.done,
+            "agents": {a: [s.state, s.queues, s.pending, s.seen] for a, s in self.agents.items()},
+        }
+
+    @classmethod
+    def restore(cls, data: dict, config: SessionConfig) -> BucketState:
+        """Rebuild a bucket from ``snapshot()`` output (lists come back from JSON as lists)."""
+        bucket = cls(config)
+        bucket.hw = data["hw"]
+        bucket.wm = data["wm"]
+        bucket.calls = {c: CallSession([tuple(ev) for ev in evs]) for c, evs in data["calls"].items()}
+        bucket.done = data["done"]
+        bucket.agents = {a: AgentSession(s[0], s[1], [tuple(p) for p in s[2]], s[3]) for a, s in data["agents"].items()}
+        return bucket
+
+
+def _insert_sorted(events: list[Ev], ev: Ev) -> None:
+    key = sort_key(ev)
+    i = len(events)
+    while i > 0 and sort_key(events[i - 1]) > key:
+        i -= 1
+    events.insert(i, ev)
+
+
+def _insert_sorted_agent(pending: list[tuple], item: tuple) -> None:
+    i = len(pending)
+    while i > 0 and pending[i - 1][:2] > item[:2]:
+        i -= 1
+    pending.insert(i, item)

@@ -1,0 +1,118 @@
+"""The canonical call event (DESIGN 2): types, field domains, tie-break order and the call-bucket key."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    """Every event type of the input contract."""
+
+    RING = "ring"
+    QUEUE = "queue"
+    ANSWER = "answer"
+    AGENT_MISSED = "agent_missed"
+    HOLD = "hold"
+    UNHOLD = "unhold"
+    TRANSFER = "transfer"
+    EXIT = "exit"
+    REFUSED = "refused"
+    ABANDON = "abandon"
+    HANGUP = "hangup"
+    WRAPUP = "wrapup"
+    DIAL = "dial"
+    SURVEY = "survey"
+    AGENT_STATE = "agent_state"
+
+
+#: Order of events with equal timestamps (DESIGN 2). ``dial`` starts an outbound call, so it ranks with
+#: ``ring``; ``agent_state`` has no call and ranks on its own.
+TYPE_RANK: dict[str, int] = {
+    "ring": 0,
+    "dial": 0,
+    "queue": 1,
+    "agent_missed": 2,
+    "answer": 3,
+    "hold": 4,
+    "unhold": 5,
+    "transfer": 6,
+    "exit": 7,
+    "refused": 7,
+    "abandon": 7,
+    "hangup": 8,
+    "wrapup": 9,
+    "survey": 10,
+    "agent_state": 11,
+    # Synthetic: a call idle for CALLPULSE_CALL_TIMEOUT; never in the input.
+    "expire": 12,
+}
+
+EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
+
+EXIT_REASONS = ("timeout", "key", "empty", "withdraw", "callback")
+#: Exit reasons the sessionizer adds itself: a call that moves to another queue without an exit event
+#: (``transfer``), and an outbound or inbound stint closed by ``CALLPULSE_CALL_TIMEOUT`` is ``expired``.
+IMPLICIT_EXIT_REASONS = ("transfer",)
+REFUSED_REASONS = ("full", "joinempty", "closed")
+DISPOSITIONS = ("no_answer", "busy", "failed", "voicemail", "contact", "success")
+AGENT_STATES = ("available", "busy", "acw", "paused", "offline")
+DIRECTIONS = ("inbound", "outbound")
+#: Survey scales and their score ranges (inclusive).
+SURVEY_SCALES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10)}
+
+#: Why an event or message went to the dead-letter topic.
+REJECTION_REASONS = (
+    "invalid_json",
+    "not_utf8",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "unknown_type",
+    "bad_timestamp",
+    "too_large",
+    "too_old",
+    "too_new",
+    "late",
+    "bad_line",
+)
+
+#: Number of call buckets; a bucket is the Kafka message key of every event of a call.
+BUCKETS = 256
+
+
+def call_bucket(call_id: str) -> str:
+    """Return the message key for every event of ``call_id`` (or, for agent events, of the agent id).
+
+    It is ``str(zlib.crc32(call_id.encode("utf-8")) % 256)``: stable across processes and languages, so
+    any producer can compute it. All events of one call must travel under this one key.
+    """
+    return str(zlib.crc32(call_id.encode("utf-8")) % BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One validated event. ``ts_ms`` is epoch milliseconds; ``caller`` is already pseudonymised."""
+
+    event_id: str
+    type: str
+    ts_ms: int
+    call_id: str | None = None
+    queue: str | None = None
+    agent: str | None = None
+    outbound: bool = False
+    caller: str | None = None
+    campaign: str | None = None
+    reason: str | None = None
+    disposition: str | None = None
+    target: str | None = None
+    score: int | None = None
+    scale: str | None = None
+    state: str | None = None
+    tenant: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The call bucket of this event (agent bucket for ``agent_state``)."""
+        return call_bucket(self.call_id if self.call_id is not None else self.agent or "")
