@@ -107,124 +107,168 @@ def derive(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivati
 
 
 def _derive_inbound(call_id: str, events: list[Ev]) -> Derivation:
-    facts: list[Fact] = []
-    state = NEW
-    q = ""  # queue of the current stint
-    enq = 0
-    ans_q = ""  # queue whose agent talks (or last talked) with the caller
-    ans = 0
-    hold_start = 0
-    hold_ms = 0
-    holds = 0
-    pending_co = -1  # index in facts of the completed fact a wrap-up may still amend
-    last_q = ""
-
-    def start_stint(queue: str, ts: int, eid: str) -> None:
-        nonlocal state, q, enq, last_q
-        state, q, enq, last_q = QUEUED, queue, ts, queue
-        facts.append(Fact("entered", queue_key(queue), ts, "entered:" + eid, call_id))
-
-    def leave_queue(kind: str, ts: int, eid: str, reason: str = "") -> None:
-        facts.append(Fact(kind, queue_key(q), ts, f"{kind}:{eid}", call_id, wait_ms=ts - enq, reason=reason))
-
-    def complete(ts: int, eid: str, transferred: int) -> None:
-        nonlocal hold_ms, holds, pending_co, state
-        if state == HELD:
-            hold_ms += ts - hold_start
-        if ans_q:
-            facts.append(Fact("completed", queue_key(ans_q), ts, "completed:" + eid, call_id, talk_ms=ts - ans,
-                              hold_ms=hold_ms, holds=holds, transferred=transferred))
-            pending_co = len(facts) - 1
-        hold_ms = holds = 0
-
-    for ev in events:
-        ts, t, eid, queue = ev[0], ev[1], ev[2], ev[3]
-        if state == ENDED and t not in ("wrapup", "survey"):
+    walk = _InboundWalk(call_id)
+    done_idx: set[int] = set()
+    n = len(events)
+    for i, ev in enumerate(events):
+        if i in done_idx:
             continue
+        if ev[1] == "queue" and walk.state != ENDED:
+            # Equal timestamps: the exit, transfer or refusal that closes the call's current queue attempt
+            # comes before the next queue event. DESIGN's rank puts queue first, which is right for one
+            # stint, but a call leaving q1 and entering q2 in the same second would have its exit applied
+            # to q2.
+            j = i + 1
+            while j < n and events[j][0] == ev[0]:
+                other = events[j]
+                if j not in done_idx and other[3] != ev[3] and walk.closes_attempt(other[1]):
+                    done_idx.add(j)
+                    walk.step(other)
+                    break
+                j += 1
+        walk.step(ev)
+    return walk.result()
+
+
+class _InboundWalk:
+    """The inbound call state machine, applied to a call's sorted events one by one."""
+
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.facts: list[Fact] = []
+        self.state = NEW
+        self.q = ""  # queue of the current stint
+        self.enq = 0
+        self.ans_q = ""  # queue whose agent talks (or last talked) with the caller
+        self.ans = 0
+        self.hold_start = 0
+        self.hold_ms = 0
+        self.holds = 0
+        self.pending_co = -1  # index in facts of the completed fact a wrap-up may still amend
+        self.last_q = ""
+
+    def closes_attempt(self, etype: str) -> bool:
+        """Whether an event of this type would close the call's current queue attempt."""
+        if etype == "exit":
+            return self.state == QUEUED
+        if etype == "transfer":
+            return self.state in (QUEUED, CONNECTED, HELD)
+        return etype == "refused"
+
+    def _start_stint(self, queue: str, ts: int, eid: str) -> None:
+        self.state, self.q, self.enq, self.last_q = QUEUED, queue, ts, queue
+        self.facts.append(Fact("entered", queue_key(queue), ts, "entered:" + eid, self.call_id))
+
+    def _leave_queue(self, kind: str, ts: int, eid: str, reason: str = "") -> None:
+        self.facts.append(Fact(kind, queue_key(self.q), ts, f"{kind}:{eid}", self.call_id, wait_ms=ts - self.enq,
+                               reason=reason))
+
+    def _complete(self, ts: int, eid: str, transferred: int) -> None:
+        if self.state == HELD:
+            self.hold_ms += ts - self.hold_start
+        if self.ans_q:
+            self.facts.append(Fact("completed", queue_key(self.ans_q), ts, "completed:" + eid, self.call_id,
+                                   talk_ms=ts - self.ans, hold_ms=self.hold_ms, holds=self.holds,
+                                   transferred=transferred))
+            self.pending_co = len(self.facts) - 1
+        self.hold_ms = self.holds = 0
+
+    def step(self, ev: Ev) -> None:  # noqa: C901 - one branch per event type, like the transition table
+        ts, t, eid, queue = ev[0], ev[1], ev[2], ev[3]
+        state = self.state
+        if state == ENDED and t not in ("wrapup", "survey"):
+            return
+        facts = self.facts
         if t == "ring":
             if state == NEW:
-                state = IVR
+                self.state = IVR
         elif t == "queue":
             if state == QUEUED:
-                if queue == q:
-                    continue  # the same queue again: the stint goes on
-                leave_queue("exited", ts, eid, "transfer")
+                if queue == self.q:
+                    return  # the same queue again: the stint goes on
+                self._leave_queue("exited", ts, eid, "transfer")
             elif state in (CONNECTED, HELD):
-                complete(ts, eid, 1)
-            start_stint(queue, ts, eid)
+                self._complete(ts, eid, 1)
+            self._start_stint(queue, ts, eid)
         elif t == "agent_missed":
-            mq = queue or q or last_q
+            mq = queue or self.q or self.last_q
             if mq:
-                facts.append(Fact("agent_missed", queue_key(mq), ts, "agent_missed:" + eid, call_id))
+                facts.append(Fact("agent_missed", queue_key(mq), ts, "agent_missed:" + eid, self.call_id))
         elif t == "answer":
             if state == QUEUED:
-                leave_queue("answered", ts, eid)
-                state, ans_q, ans = CONNECTED, q, ts
+                self._leave_queue("answered", ts, eid)
+                self.state, self.ans_q, self.ans = CONNECTED, self.q, ts
             elif state in (NEW, IVR, LEFT):
                 # Answered without waiting in a queue (direct, or the next agent after a transfer):
                 # handled, but not offered.
-                state, ans = CONNECTED, ts
-                ans_q = queue or ans_q
+                self.state, self.ans = CONNECTED, ts
+                self.ans_q = queue or self.ans_q
         elif t == "hold":
             if state == CONNECTED:
-                state, hold_start = HELD, ts
-                holds += 1
+                self.state, self.hold_start = HELD, ts
+                self.holds += 1
         elif t == "unhold":
             if state == HELD:
-                hold_ms += ts - hold_start
-                state = CONNECTED
+                self.hold_ms += ts - self.hold_start
+                self.state = CONNECTED
         elif t == "transfer":
             if state in (CONNECTED, HELD):
-                complete(ts, eid, 1)
-                state = LEFT
+                self._complete(ts, eid, 1)
+                self.state = LEFT
             elif state == QUEUED:
-                leave_queue("exited", ts, eid, "transfer")
-                state = LEFT
+                self._leave_queue("exited", ts, eid, "transfer")
+                self.state = LEFT
         elif t == "exit":
             if state == QUEUED:
-                leave_queue("exited", ts, eid, ev[4])
-                state = LEFT
+                self._leave_queue("exited", ts, eid, ev[4])
+                self.state = LEFT
         elif t == "refused":
             if state in (NEW, IVR, LEFT):
-                facts.append(Fact("refused", queue_key(queue), ts, "refused:" + eid, call_id, reason=ev[4]))
-                last_q = queue
-                state = LEFT
+                facts.append(Fact("refused", queue_key(queue), ts, "refused:" + eid, self.call_id, reason=ev[4]))
+                self.last_q = queue
+                self.state = LEFT
         elif t == "abandon":
             if state == QUEUED:
-                leave_queue("abandoned", ts, eid)
-                state = ENDED
+                self._leave_queue("abandoned", ts, eid)
+                self.state = ENDED
         elif t == "hangup":
             if state == QUEUED:
-                leave_queue("abandoned", ts, eid)
+                self._leave_queue("abandoned", ts, eid)
             elif state in (CONNECTED, HELD):
-                complete(ts, eid, 0)
-            state = ENDED
+                self._complete(ts, eid, 0)
+            self.state = ENDED
         elif t == "wrapup":
-            if pending_co >= 0:
-                co = facts[pending_co]
-                facts[pending_co] = Fact("completed", co.key, ts, co.fid, call_id, talk_ms=co.talk_ms,
-                                         hold_ms=co.hold_ms, holds=co.holds, acw_ms=ts - co.ts_ms,
-                                         transferred=co.transferred)
-                pending_co = -1
+            if self.pending_co >= 0:
+                co = facts[self.pending_co]
+                facts[self.pending_co] = Fact("completed", co.key, ts, co.fid, self.call_id, talk_ms=co.talk_ms,
+                                              hold_ms=co.hold_ms, holds=co.holds, acw_ms=ts - co.ts_ms,
+                                              transferred=co.transferred)
+                self.pending_co = -1
         elif t == "survey":
-            sq = ans_q or q or last_q or queue
+            sq = self.ans_q or self.q or self.last_q or queue
             if sq:
-                facts.append(Fact("survey", queue_key(sq), ts, "survey:" + eid, call_id, scale=ev[4], score=ev[5]))
+                facts.append(Fact("survey", queue_key(sq), ts, "survey:" + eid, self.call_id, scale=ev[4],
+                                  score=ev[5]))
         elif t == "expire":
-            xq = q if state == QUEUED else ans_q if state in (CONNECTED, HELD) else last_q
+            xq = self.q if state == QUEUED else self.ans_q if state in (CONNECTED, HELD) else self.last_q
             if xq:
-                facts.append(Fact("expired", queue_key(xq), ts, "expired:" + eid, call_id))
-            state = ENDED
-    if state == QUEUED:
-        facts.append(Fact("live", queue_key(q), enq, "live:" + call_id, call_id, status="waiting", since_ms=enq))
-    elif state == CONNECTED and ans_q:
-        facts.append(Fact("live", queue_key(ans_q), ans, "live:" + call_id, call_id, status="talking", since_ms=ans))
-    elif state == HELD and ans_q:
-        facts.append(Fact("live", queue_key(ans_q), hold_start, "live:" + call_id, call_id, status="held",
-                          since_ms=hold_start))
-    survey_key = queue_key(ans_q or q or last_q) if (ans_q or q or last_q) else ""
-    open_co = facts[pending_co] if pending_co >= 0 else None
-    return Derivation(facts, state == ENDED, survey_key, open_co)
+                facts.append(Fact("expired", queue_key(xq), ts, "expired:" + eid, self.call_id))
+            self.state = ENDED
+
+    def result(self) -> Derivation:
+        facts, call_id, state = self.facts, self.call_id, self.state
+        if state == QUEUED:
+            facts.append(Fact("live", queue_key(self.q), self.enq, "live:" + call_id, call_id, status="waiting",
+                              since_ms=self.enq))
+        elif state == CONNECTED and self.ans_q:
+            facts.append(Fact("live", queue_key(self.ans_q), self.ans, "live:" + call_id, call_id,
+                              status="talking", since_ms=self.ans))
+        elif state == HELD and self.ans_q:
+            facts.append(Fact("live", queue_key(self.ans_q), self.hold_start, "live:" + call_id, call_id,
+                              status="held", since_ms=self.hold_start))
+        sq = self.ans_q or self.q or self.last_q
+        open_co = facts[self.pending_co] if self.pending_co >= 0 else None
+        return Derivation(facts, state == ENDED, queue_key(sq) if sq else "", open_co)
 
 
 def _derive_outbound(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:

@@ -1,0 +1,94 @@
+"""Per-queue thresholds and goals (DESIGN 4): the defaults, and overrides from CALLPULSE_QUEUES_FILE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from streams.exceptions import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTargets:
+    """Service-level threshold T and short-abandon threshold S (seconds), and the two goals (0..1)."""
+
+    sl_threshold_s: float = 20.0
+    short_abandon_s: float = 10.0
+    sl_goal: float = 0.80
+    abandon_goal: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.sl_threshold_s < 0 or self.short_abandon_s < 0:
+            msg = "thresholds must be >= 0 seconds"
+            raise ConfigError(msg)
+        if not 0 <= self.sl_goal <= 1 or not 0 <= self.abandon_goal <= 1:
+            msg = "goals must lie between 0 and 1"
+            raise ConfigError(msg)
+
+    @property
+    def sl_threshold_ms(self) -> int:
+        return round(self.sl_threshold_s * 1000)
+
+    @property
+    def short_abandon_ms(self) -> int:
+        return round(self.short_abandon_s * 1000)
+
+
+#: Names accepted in a queue's entry of the queues file, mapped to QueueTargets fields.
+QUEUE_FILE_FIELDS = {
+    "sl_threshold": "sl_threshold_s",
+    "short_abandon": "short_abandon_s",
+    "sl_goal": "sl_goal",
+    "abandon_goal": "abandon_goal",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsConfig:
+    """Default targets plus per-queue overrides."""
+
+    default: QueueTargets = QueueTargets()
+    queues: dict[str, QueueTargets] = field(default_factory=dict)
+
+    def for_queue(self, queue: str) -> QueueTargets:
+        return self.queues.get(queue, self.default)
+
+    def all_thresholds_s(self) -> set[float]:
+        """Every T and S in use: histogram bucket bounds must include them (DESIGN 5)."""
+        out = {self.default.sl_threshold_s, self.default.short_abandon_s}
+        for t in self.queues.values():
+            out.update((t.sl_threshold_s, t.short_abandon_s))
+        return out
+
+
+def targets_from_mapping(default: QueueTargets, data: object, source: str) -> TargetsConfig:
+    """Build a TargetsConfig from the decoded queues file: ``{queue: {sl_threshold: 30, ...}, ...}``.
+
+    Raises:
+        ConfigError: one sentence naming the file, the queue and the field.
+    """
+    if data is None:
+        return TargetsConfig(default, {})
+    if not isinstance(data, dict):
+        msg = f"CALLPULSE_QUEUES_FILE {source} must map queue names to their thresholds and goals."
+        raise ConfigError(msg)
+    queues: dict[str, QueueTargets] = {}
+    for queue, entry in data.items():
+        if not isinstance(entry, dict):
+            msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} must map to a table of thresholds and goals."
+            raise ConfigError(msg)
+        changes: dict[str, float] = {}
+        for name, value in entry.items():
+            if name not in QUEUE_FILE_FIELDS:
+                allowed = ", ".join(QUEUE_FILE_FIELDS)
+                msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} has unknown field {name!r} (allowed: {allowed})."
+                raise ConfigError(msg)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field {name!r} must be a number, not {value!r}."
+                raise ConfigError(msg)
+            changes[QUEUE_FILE_FIELDS[name]] = float(value)
+        try:
+            queues[str(queue)] = replace(default, **changes)
+        except ConfigError as exc:
+            msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r}: {exc}."
+            raise ConfigError(msg) from None
+    return TargetsConfig(default, queues)

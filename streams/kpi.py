@@ -1,0 +1,383 @@
+"""The KPI engine: applies facts to per-queue / per-campaign state and reads KPIs over windows (DESIGN 4).
+
+State per aggregation key (``q:<queue>`` or ``c:<campaign>``):
+
+- ``minutes``: event-time minute buckets of counters and sums, plus the multiset of queue waits of the
+  stints that left the queue in that minute (for the longest wait, which must survive retractions);
+- ``totals`` and ``hist``: cumulative counters and histograms since the key was first seen, the source of
+  the Prometheus counters;
+- ``hwm``: the counter values last exported. Prometheus counters may never decrease, but a retraction
+  does decrease a total: the exported value is ``max(hwm, total)``, so a retraction is absorbed by the
+  next increments instead of looking like a counter reset. Windowed KPIs and live values are always exact;
+- ``live`` (calls waiting / talking / on hold with their since-time) and ``agents`` (state and since);
+- ``applied``: per source (a sessionizer bucket) the last source offset applied, so a re-emitted batch of
+  facts counts once.
+
+Ratios are derived on read from their parts; a zero denominator gives no value (``None``), never 100 %.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from streams.config import TargetsConfig
+from streams.facts import Fact
+from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start
+
+#: Default histogram bounds (seconds) for queue waits; every configured T and S is added.
+WAIT_BOUNDS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
+#: Histogram bounds (seconds) for talk and handle times.
+TALK_BOUNDS_S = (10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 3600, 7200)
+#: Minute buckets are kept this long behind the key's watermark: enough for ``today`` (25 h on a DST day,
+#: plus the day-start shift), with room for grace.
+RETENTION_MS = 50 * 3600_000
+AGENT_MEMBER_STATES = ("available", "busy", "acw", "paused")
+SURVEY_BANDS = {
+    "csat": (("negative", 1, 2), ("neutral", 3, 3), ("positive", 4, 5)),
+    "nps": (("detractor", 0, 6), ("passive", 7, 8), ("promoter", 9, 10)),
+}
+
+
+def survey_band(scale: str, score: int) -> str:
+    """Band of a survey score: csat 4-5 positive, 3 neutral, 1-2 negative; nps 9-10 promoter, 7-8 passive,
+    0-6 detractor."""
+    for band, low, high in SURVEY_BANDS[scale]:
+        if low <= score <= high:
+            return band
+    msg = f"score {score} outside the {scale} scale"
+    raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiConfig:
+    """What the engine needs from the settings."""
+
+    targets: TargetsConfig = TargetsConfig()
+    windows: WindowSpec = WindowSpec()
+    call_timeout_ms: int = 4 * 3600_000
+    dedup_ttl_ms: int = 24 * 3600_000
+
+    @property
+    def wait_bounds_s(self) -> tuple[float, ...]:
+        return tuple(sorted(set(WAIT_BOUNDS_S) | self.targets.all_thresholds_s()))
+
+
+def _hist_new(n_bounds: int) -> dict:
+    return {"b": [0] * (n_bounds + 1), "s": 0, "n": 0}
+
+
+class KeyState:
+    """Everything the engine keeps for one queue or campaign."""
+
+    __slots__ = ("key", "hw", "wm", "applied", "live", "agents", "totals", "hist", "hwm", "minutes",
+                 "dirty_minutes", "deleted_minutes")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        #: Offset of the last facts message applied to this key (the shell's replay guard).
+        self.hw = -1
+        #: Largest fact time seen.
+        self.wm = 0
+        self.applied: dict[str, list[int]] = {}
+        self.live: dict[str, list] = {}
+        self.agents: dict[str, list] = {}
+        self.totals: dict[str, int] = {}
+        self.hist: dict[str, dict] = {}
+        self.hwm: dict[str, int] = {}
+        self.minutes: dict[int, dict] = {}
+        self.dirty_minutes: set[int] = set()
+        self.deleted_minutes: set[int] = set()
+
+    @property
+    def kind(self) -> str:
+        return "queue" if self.key.startswith("q:") else "campaign"
+
+    @property
+    def name(self) -> str:
+        return self.key[2:]
+
+    def snapshot(self) -> dict:
+        """The key's state without its minutes (those are persisted one key per minute)."""
+        return {"hw": self.hw, "wm": self.wm, "applied": self.applied, "live": self.live, "agents": self.agents,
+                "totals": self.totals, "hist": self.hist, "hwm": self.hwm}
+
+    @classmethod
+    def restore(cls, key: str, data: dict, minutes: dict[int, dict]) -> KeyState:
+        state = cls(key)
+        state.hw = data["hw"]
+        state.wm = data["wm"]
+        state.applied = data["applied"]
+        state.live = data["live"]
+        state.agents = data["agents"]
+        state.totals = data["totals"]
+        state.hist = data["hist"]
+        state.hwm = data["hwm"]
+        state.minutes = minutes
+        return state
+
+
+def _minute(state: KeyState, ts_ms: int) -> dict:
+    start = bucket_start(ts_ms)
+    minute = state.minutes.get(start)
+    if minute is None:
+        minute = state.minutes[start] = {"c": {}, "w": {}}
+    state.dirty_minutes.add(start)
+    state.deleted_minutes.discard(start)
+    return minute
+
+
+def _add(counters: dict[str, int], name: str, value: int) -> None:
+    total = counters.get(name, 0) + value
+    if total:
+        counters[name] = total
+    else:
+        counters.pop(name, None)
+
+
+class KpiEngine:
+    """Applies facts and reads KPIs. Sans-IO: the caller passes offsets and ``now_ms``."""
+
+    def __init__(self, config: KpiConfig) -> None:
+        self.config = config
+        self.keys: dict[str, KeyState] = {}
+        self.wait_bounds_ms = [round(b * 1000) for b in config.wait_bounds_s]
+        self.talk_bounds_ms = [b * 1000 for b in TALK_BOUNDS_S]
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def state(self, key: str) -> KeyState:
+        state = self.keys.get(key)
+        if state is None:
+            state = self.keys[key] = KeyState(key)
+        return state
+
+    def apply_group(self, key: str, src: str, off: int, facts: list[Fact]) -> bool:
+        """Apply the facts one source message produced for ``key``; False if that message was applied already."""
+        state = self.state(key)
+        seen = state.applied.get(src)
+        if seen is not None and off <= seen[0]:
+            return False
+        for fact in facts:
+            self._apply_fact(state, fact)
+        state.applied[src] = [off, state.wm]
+        self._update_hwm(state)
+        self._prune(state)
+        return True
+
+    def _apply_fact(self, state: KeyState, f: Fact) -> None:
+        s = f.sign
+        kind = f.kind
+        if f.ts_ms > state.wm:
+            state.wm = f.ts_ms
+        if kind == "live":
+            self._upsert(state.live, f.call, [f.status, f.since_ms], s)
+            return
+        if kind == "agent":
+            self._upsert(state.agents, f.agent, [f.status, f.since_ms], s)
+            return
+        if kind == "agent_time":
+            self._agent_time(state, f)
+            return
+        targets = self.config.targets.for_queue(state.name)
+        minute = _minute(state, f.ts_ms)
+        counts: list[tuple[str, int]]
+        if kind in ("answered", "abandoned", "exited"):
+            w = f.wait_ms
+            counts = [(kind, 1), (f"wait_{kind}_ms", w)]
+            if kind == "answered":
+                counts.append(("answered_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
+            elif kind == "abandoned":
+                counts.append(("short_abandoned", 1 if w < targets.short_abandon_ms else 0))
+                counts.append(("abandoned_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
+            else:
+                counts.append(("exited:" + f.reason, 1))
+            waits = minute["w"]
+            _add(waits, str(w), s)
+            self._observe(state, "wait:" + kind, self.wait_bounds_ms, w, s)
+        elif kind == "completed":
+            counts = [("completed", 1), ("talk_ms", f.talk_ms), ("hold_ms", f.hold_ms), ("holds", f.holds),
+                      ("acw_ms", f.acw_ms), ("transferred", f.transferred)]
+            self._observe(state, "talk", self.talk_bounds_ms, f.talk_ms, s)
+            self._observe(state, "handle", self.talk_bounds_ms, f.talk_ms + f.acw_ms, s)
+        elif kind == "refused":
+            counts = [("refused:" + f.reason, 1)]
+        elif kind == "survey":
+            counts = [(f"survey:{f.scale}:{survey_band(f.scale, f.score)}", 1)]
+        else:  # entered, agent_missed, expired, attempt, connected, contact, conversion
+            counts = [(kind, 1)]
+        c = minute["c"]
+        totals = state.totals
+        for name, value in counts:
+            if value:
+                _add(c, name, s * value)
+                _add(totals, name, s * value)
+
+    @staticmethod
+    def _upsert(table: dict[str, list], ident: str, value: list, sign: int) -> None:
+        if sign > 0:
+            table[ident] = value
+        elif table.get(ident) == value:
+            del table[ident]
+
+    def _agent_time(self, state: KeyState, f: Fact) -> None:
+        """Add an agent-state interval [since, ts) to the minutes it overlaps (split at minute boundaries)."""
+        name = "agent_ms:" + f.status
+        start, end = f.since_ms, f.ts_ms
+        while start < end:
+            minute_end = bucket_start(start) + MINUTE_MS
+            part = min(end, minute_end) - start
+            _add(_minute(state, start)["c"], name, f.sign * part)
+            start += part
+
+    def _observe(self, state: KeyState, name: str, bounds: list[int], value: int, sign: int) -> None:
+        hist = state.hist.get(name)
+        if hist is None or len(hist["b"]) != len(bounds) + 1:
+            hist = state.hist[name] = _hist_new(len(bounds))
+        hist["b"][bisect_left(bounds, value)] += sign
+        hist["s"] += sign * value
+        hist["n"] += sign
+
+    def _update_hwm(self, state: KeyState) -> None:
+        hwm = state.hwm
+        for name, value in self.exported_counters(state).items():
+            if value > hwm.get(name, 0):
+                hwm[name] = value
+
+    def exported_counters(self, state: KeyState) -> dict[str, int]:
+        """True cumulative values of every exported counter series of a key (before the never-decrease rule)."""
+        out = dict(state.totals)
+        out["offered"] = sum(state.totals.get(k, 0) for k in ("answered", "abandoned", "exited"))
+        for name, hist in state.hist.items():
+            cumulative = 0
+            for i, count in enumerate(hist["b"]):
+                cumulative += count
+                out[f"h:{name}:{i}"] = cumulative
+            out[f"h:{name}:sum"] = hist["s"]
+        return out
+
+    def _prune(self, state: KeyState) -> None:
+        horizon = state.wm - RETENTION_MS
+        for start in [m for m in state.minutes if m < horizon]:
+            del state.minutes[start]
+            state.dirty_minutes.discard(start)
+            state.deleted_minutes.add(start)
+        forget = state.wm - self.config.dedup_ttl_ms
+        for src in [s for s, (_off, ts) in state.applied.items() if ts < forget]:
+            del state.applied[src]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def stream_time_ms(self) -> int:
+        """Largest fact time over all keys (the "now" of CALLPULSE_CLOCK=event)."""
+        return max((s.wm for s in self.keys.values()), default=0)
+
+    def read(self, state: KeyState, now_ms: int) -> dict:
+        """Every windowed KPI, the window counters, and the live values of one key at ``now_ms``."""
+        return read_key(state, self.config, now_ms)
+
+
+def merge_states(states: list[KeyState], key: str) -> KeyState:
+    """Merge several keys' state for reading (the ``_other`` fold): counters and minutes add, live unites."""
+    merged = KeyState(key)
+    for st in states:
+        merged.wm = max(merged.wm, st.wm)
+        for name, value in st.totals.items():
+            _add(merged.totals, name, value)
+        for name, value in st.hwm.items():
+            merged.hwm[name] = merged.hwm.get(name, 0) + value
+        for name, hist in st.hist.items():
+            into = merged.hist.setdefault(name, _hist_new(len(hist["b"]) - 1))
+            if len(into["b"]) == len(hist["b"]):
+                into["b"] = [a + b for a, b in zip(into["b"], hist["b"], strict=True)]
+                into["s"] += hist["s"]
+                into["n"] += hist["n"]
+        for start, minute in st.minutes.items():
+            into_minute = merged.minutes.setdefault(start, {"c": {}, "w": {}})
+            for name, value in minute["c"].items():
+                _add(into_minute["c"], name, value)
+            for wait, count in minute["w"].items():
+                _add(into_minute["w"], wait, count)
+        merged.live.update({f"{st.key}/{c}": v for c, v in st.live.items()})
+        merged.agents.update({f"{st.key}/{a}": v for a, v in st.agents.items()})
+    return merged
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
+    """See ``KpiEngine.read``. Returns ``{"windows": {name: {...}}, "live": {...}}``."""
+    spec = config.windows
+    ranges = spec.windows(now_ms)
+    sums: dict[str, dict[str, int]] = {w: {} for w in WINDOWS}
+    longest: dict[str, int | None] = dict.fromkeys(WINDOWS)
+    for start, minute in state.minutes.items():
+        for w, (lo, hi) in ranges.items():
+            if lo <= start < hi:
+                acc = sums[w]
+                for name, value in minute["c"].items():
+                    acc[name] = acc.get(name, 0) + value
+                if minute["w"]:
+                    top = max(int(k) for k in minute["w"])
+                    if longest[w] is None or top > longest[w]:
+                        longest[w] = top
+    targets = config.targets.for_queue(state.name)
+    timeout = config.call_timeout_ms
+    live = [v for v in state.live.values() if now_ms - v[1] < timeout]
+    waiting = [since for status, since in live if status == "waiting"]
+    agents = {s: 0 for s in AGENT_MEMBER_STATES}
+    for agent_state, _since in state.agents.values():
+        if agent_state in agents:
+            agents[agent_state] += 1
+    windows = {}
+    for w, (lo, hi) in ranges.items():
+        c = sums[w]
+        for agent_state, since in state.agents.values():
+            # The open interval of each agent's current state counts up to now.
+            overlap = min(hi, now_ms) - max(lo, since)
+            if overlap > 0:
+                c["agent_ms:" + agent_state] = c.get("agent_ms:" + agent_state, 0) + overlap
+        windows[w] = {"start_ms": lo, "end_ms": hi, "counts": c, "kpis": kpis(c, longest[w])}
+    return {
+        "windows": windows,
+        "live": {
+            "calls_waiting": len(waiting),
+            "oldest_wait_seconds": (now_ms - min(waiting)) / 1000 if waiting else 0.0,
+            "calls_waiting_over_sl": sum(1 for since in waiting if now_ms - since > targets.sl_threshold_ms),
+            "calls_talking": sum(1 for status, _ in live if status == "talking"),
+            "calls_on_hold": sum(1 for status, _ in live if status == "held"),
+            "agents": agents,
+        },
+    }
+
+
+def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | None]:
+    """The windowed KPIs of DESIGN 4 from a window's summed counters; ``None`` where undefined."""
+    answered = c.get("answered", 0)
+    abandoned = c.get("abandoned", 0)
+    short = c.get("short_abandoned", 0)
+    offered = answered + abandoned + c.get("exited", 0)
+    completed = c.get("completed", 0)
+    attempts = c.get("attempt", 0)
+    csat = sum(c.get(f"survey:csat:{b}", 0) for b, _, _ in SURVEY_BANDS["csat"])
+    nps = sum(c.get(f"survey:nps:{b}", 0) for b, _, _ in SURVEY_BANDS["nps"])
+    on_calls = c.get("agent_ms:busy", 0) + c.get("agent_ms:acw", 0)
+    staffed = on_calls + c.get("agent_ms:available", 0)
+    return {
+        "offered_calls": float(offered),
+        "abandonment_ratio": _ratio(abandoned - short, offered - short),
+        "service_level_ratio": _ratio(c.get("answered_within_sl", 0), answered + abandoned - short),
+        "average_speed_of_answer_seconds": _ratio(c.get("wait_answered_ms", 0) / 1000, answered),
+        "average_abandon_wait_seconds": _ratio(c.get("wait_abandoned_ms", 0) / 1000, abandoned),
+        "longest_wait_seconds": longest_wait_ms / 1000 if longest_wait_ms is not None else None,
+        "average_handle_time_seconds": _ratio((c.get("talk_ms", 0) + c.get("acw_ms", 0)) / 1000, completed),
+        "average_hold_seconds": _ratio(c.get("hold_ms", 0) / 1000, completed),
+        "transfer_ratio": _ratio(c.get("transferred", 0), answered),
+        "connection_ratio": _ratio(c.get("connected", 0), attempts),
+        "contact_ratio": _ratio(c.get("contact", 0), attempts),
+        "conversion_ratio": _ratio(c.get("conversion", 0), attempts),
+        "csat_ratio": _ratio(c.get("survey:csat:positive", 0), csat),
+        "dsat_ratio": _ratio(c.get("survey:csat:negative", 0), csat),
+        "nps_score": _ratio(c.get("survey:nps:promoter", 0) - c.get("survey:nps:detractor", 0), nps),
+        "occupancy_ratio": _ratio(on_calls, staffed),
+    }
