@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from streams.calls import BucketState, SessionConfig, derive, sort_key, to_ev
 from streams.events import CallEvent
-from streams.facts import Fact
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 CFG = SessionConfig(grace_ms=120_000, call_timeout_ms=3_600_000, dedup_ttl_ms=86_400_000,

@@ -1,0 +1,215 @@
+"""The KPI engine: every formula at its boundaries, retractions, idempotency, live values, occupancy.
+
+Expected numbers are worked out by hand in the comments (T = 20 s, S = 10 s unless stated).
+"""
+
+import pytest
+
+from streams.config import QueueTargets, TargetsConfig
+from streams.facts import Fact
+from streams.kpi import RETENTION_MS, KpiConfig, KpiEngine, kpis, merge_states, survey_band
+from streams.windows import WindowSpec
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a minute boundary
+SEC = 1000
+
+
+def F(kind, sec, key="q:sales", **kw):
+    return Fact(kind, key, T0 + int(sec * SEC), f"{kind}:{sec}:{kw}", **kw)
+
+
+def engine(**targets):
+    return KpiEngine(KpiConfig(targets=TargetsConfig(QueueTargets(**targets)), windows=WindowSpec(),
+                               call_timeout_ms=3600 * SEC, dedup_ttl_ms=86_400 * SEC))
+
+
+def read(eng, key="q:sales", now_sec=59, window="5m"):
+    return eng.read(eng.keys[key], T0 + now_sec * SEC)["windows"][window]
+
+
+BOUNDARY_FACTS = [
+    F("entered", 0), F("answered", 1, wait_ms=20_000), F("answered", 2, wait_ms=20_001), F("answered", 3, wait_ms=0),
+    F("abandoned", 4, wait_ms=9_999), F("abandoned", 5, wait_ms=10_000), F("abandoned", 6, wait_ms=20_000),
+    F("abandoned", 7, wait_ms=25_000), F("exited", 8, wait_ms=5_000, reason="timeout"),
+]
+
+
+def test_counters_and_formulas_at_the_thresholds():
+    eng = engine()
+    assert eng.apply_group("q:sales", "b1", 0, BOUNDARY_FACTS)
+    w = read(eng)
+    c = w["counts"]
+    # answered: 20.000 s is within T (<=), 20.001 s is not; abandons: 9.999 s is short (< S), 10.000 s is not;
+    # within SL among abandons: 9.999, 10.000, 20.000 (<= 20 s)
+    assert (c["answered"], c["answered_within_sl"], c["abandoned"], c["short_abandoned"], c["abandoned_within_sl"],
+            c["exited"], c["exited:timeout"], c["entered"]) == (3, 2, 4, 1, 3, 1, 1, 1)
+    k = w["kpis"]
+    assert k["offered_calls"] == 8.0  # 3 + 4 + 1
+    assert k["abandonment_ratio"] == pytest.approx(3 / 7)  # (4 - 1) / (8 - 1)
+    assert k["service_level_ratio"] == pytest.approx(2 / 6)  # 2 / (3 + 4 - 1)
+    assert k["average_speed_of_answer_seconds"] == pytest.approx(40.001 / 3)  # (20 + 20.001 + 0) / 3
+    assert k["average_abandon_wait_seconds"] == pytest.approx(64.999 / 4)  # (9.999 + 10 + 20 + 25) / 4
+    assert k["longest_wait_seconds"] == 25.0
+
+
+def test_short_abandon_threshold_zero_counts_no_short_abandons():
+    eng = engine(short_abandon_s=0)
+    eng.apply_group("q:sales", "b1", 0, BOUNDARY_FACTS)
+    w = read(eng)
+    assert "short_abandoned" not in w["counts"]
+    assert w["kpis"]["abandonment_ratio"] == pytest.approx(4 / 8)
+    assert w["kpis"]["service_level_ratio"] == pytest.approx(2 / 7)
+
+
+def test_zero_denominators_give_no_value_not_100_percent():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [F("entered", 0)])
+    k = read(eng)["kpis"]
+    assert k["offered_calls"] == 0.0
+    for name in ("abandonment_ratio", "service_level_ratio", "average_speed_of_answer_seconds", "longest_wait_seconds",
+                 "average_handle_time_seconds", "transfer_ratio", "connection_ratio", "csat_ratio", "nps_score",
+                 "occupancy_ratio"):
+        assert k[name] is None, name
+
+
+def test_only_short_abandons_leave_abandonment_undefined():
+    # O = 1 and Ab_s = 1: (1 - 1) / (1 - 1) has no value
+    assert kpis({"abandoned": 1, "short_abandoned": 1}, 3000)["abandonment_ratio"] is None
+
+
+def test_handle_hold_transfer_surveys_outbound():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [
+        F("answered", 1, wait_ms=0), F("answered", 2, wait_ms=0),
+        F("completed", 10, talk_ms=90_000, hold_ms=20_000, holds=2, acw_ms=30_000, transferred=1),
+        F("completed", 11, talk_ms=60_000),
+        F("survey", 12, scale="csat", score=5), F("survey", 13, scale="csat", score=4),
+        F("survey", 14, scale="csat", score=3), F("survey", 15, scale="csat", score=1),
+        F("survey", 16, scale="nps", score=10), F("survey", 17, scale="nps", score=9), F("survey", 18, scale="nps", score=8),
+        F("survey", 19, scale="nps", score=6), F("survey", 20, scale="nps", score=0),
+    ])
+    eng.apply_group("c:renew", "b1", 0, [F("attempt", 1, "c:renew"), F("attempt", 2, "c:renew"), F("attempt", 3, "c:renew"),
+                                         F("attempt", 4, "c:renew"), F("connected", 5, "c:renew"),
+                                         F("connected", 6, "c:renew"), F("contact", 7, "c:renew"),
+                                         F("conversion", 8, "c:renew")])
+    k = read(eng)["kpis"]
+    assert k["average_handle_time_seconds"] == 90.0  # (90 + 30 + 60 + 0) / 2
+    assert k["average_hold_seconds"] == 10.0  # 20 / 2
+    assert k["transfer_ratio"] == 0.5  # 1 transferred / 2 answered
+    assert k["csat_ratio"] == 0.5 and k["dsat_ratio"] == 0.25  # 4-5: 2 of 4; 1-2: 1 of 4
+    assert k["nps_score"] == 0.0  # promoters 10, 9; detractors 6, 0: (2 - 2) / 5
+    o = read(eng, "c:renew")["kpis"]
+    assert (o["connection_ratio"], o["contact_ratio"], o["conversion_ratio"]) == (0.5, 0.25, 0.25)
+
+
+@pytest.mark.parametrize(("scale", "score", "band"), [("csat", 1, "negative"), ("csat", 2, "negative"),
+                                                      ("csat", 3, "neutral"), ("csat", 4, "positive"),
+                                                      ("nps", 6, "detractor"), ("nps", 7, "passive"),
+                                                      ("nps", 8, "passive"), ("nps", 9, "promoter")])
+def test_survey_bands(scale, score, band):
+    assert survey_band(scale, score) == band
+
+
+def test_a_retraction_corrects_windows_but_exported_counters_never_decrease():
+    eng = engine()
+    ab = F("abandoned", 30, wait_ms=100_000)
+    eng.apply_group("q:sales", "b1", 0, [F("entered", 0), ab])
+    eng.apply_group("q:sales", "b1", 1, [ab.retraction(), F("answered", 10, wait_ms=10_000)])
+    w = read(eng)
+    assert w["counts"].get("abandoned", 0) == 0 and w["counts"]["answered"] == 1
+    assert w["kpis"]["longest_wait_seconds"] == 10.0  # the 100 s wait is gone with its fact
+    state = eng.keys["q:sales"]
+    assert state.totals.get("abandoned", 0) == 0
+    assert state.hwm["abandoned"] == 1  # exported stays 1: a decrease would look like a counter reset
+    assert state.hwm["offered"] == 1  # true offered is 1 (the answer), was 1 (the abandon)
+    eng.apply_group("q:sales", "b1", 2, [F("abandoned", 40, wait_ms=1_000)])
+    assert state.hwm["abandoned"] == 1  # the next abandon is absorbed: true total is now 1 again
+    eng.apply_group("q:sales", "b1", 3, [F("abandoned", 41, wait_ms=1_000)])
+    assert state.hwm["abandoned"] == 2
+
+
+def test_the_same_source_message_applies_once():
+    eng = engine()
+    facts = [F("entered", 0)]
+    assert eng.apply_group("q:sales", "b1", 5, facts)
+    assert not eng.apply_group("q:sales", "b1", 5, facts)  # re-emitted
+    assert not eng.apply_group("q:sales", "b1", 4, facts)  # older
+    assert eng.apply_group("q:sales", "b2", 5, facts)  # another bucket
+    assert read(eng)["counts"]["entered"] == 2
+
+
+def test_windows_select_minutes_by_event_time():
+    eng = engine()
+    # entered at 00:00:30 and at 00:10:00; at 00:14:10 the 5m window is 00:10..00:15, 15m is 00:00..00:15
+    eng.apply_group("q:sales", "b1", 0, [F("entered", 30), F("entered", 600)])
+    r = eng.read(eng.keys["q:sales"], T0 + 850 * SEC)["windows"]
+    assert r["5m"]["counts"]["entered"] == 1
+    assert r["15m"]["counts"]["entered"] == 2
+    # at 00:15:00 exactly the 15m window is 00:01..00:16 and the first minute has left it
+    r = eng.read(eng.keys["q:sales"], T0 + 900 * SEC)["windows"]
+    assert r["15m"]["counts"]["entered"] == 1
+
+
+def test_live_values_tick_with_now():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [
+        Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0),
+        Fact("live", "q:sales", T0 + 5 * SEC, "l2", "c2", status="waiting", since_ms=T0 + 5 * SEC),
+        Fact("live", "q:sales", T0, "l3", "c3", status="talking", since_ms=T0),
+        Fact("live", "q:sales", T0, "l4", "c4", status="held", since_ms=T0),
+    ])
+    state = eng.keys["q:sales"]
+    live = eng.read(state, T0 + 25 * SEC)["live"]
+    # waits 25 s and 20 s: oldest 25 s; over T = 20 s strictly: only the first
+    assert (live["calls_waiting"], live["oldest_wait_seconds"], live["calls_waiting_over_sl"]) == (2, 25.0, 1)
+    assert (live["calls_talking"], live["calls_on_hold"]) == (1, 1)
+    live = eng.read(state, T0 + 30 * SEC)["live"]
+    assert (live["oldest_wait_seconds"], live["calls_waiting_over_sl"]) == (30.0, 2)
+    # a waiting entry older than the call timeout (3600 s) is an orphan and no longer shown
+    live = eng.read(state, T0 + 3602 * SEC)["live"]
+    assert live["calls_waiting"] == 1
+    eng.apply_group("q:sales", "b1", 1, [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)])
+    assert eng.read(state, T0 + 30 * SEC)["live"]["calls_waiting"] == 1
+
+
+def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [
+        Fact("agent_time", "q:sales", T0 + 90 * SEC, "t1", agent="a", status="available", since_ms=T0 + 30 * SEC),
+        Fact("agent_time", "q:sales", T0 + 150 * SEC, "t2", agent="a", status="busy", since_ms=T0 + 90 * SEC),
+        Fact("agent", "q:sales", T0 + 150 * SEC, "o1", agent="a", status="acw", since_ms=T0 + 150 * SEC),
+        Fact("agent", "q:sales", T0, "o2", agent="b", status="paused", since_ms=T0),
+    ])
+    r = eng.read(eng.keys["q:sales"], T0 + 170 * SEC)
+    # available 60 s, busy 60 s, acw open 20 s (150..170); paused does not count: (60 + 20) / (60 + 60 + 20)
+    assert r["windows"]["5m"]["kpis"]["occupancy_ratio"] == pytest.approx(80 / 140)
+    assert r["windows"]["5m"]["counts"]["agent_ms:available"] == 60_000  # split over minutes 0 and 1, summed
+    assert r["live"]["agents"] == {"available": 0, "busy": 0, "acw": 1, "paused": 1}
+
+
+def test_old_minutes_are_pruned_behind_the_watermark():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [F("entered", 0)])
+    eng.apply_group("q:sales", "b1", 1, [F("entered", RETENTION_MS / SEC + 60)])
+    state = eng.keys["q:sales"]
+    assert T0 not in state.minutes and T0 in state.deleted_minutes
+    assert state.totals["entered"] == 2  # cumulative counters keep everything
+
+
+def test_merged_states_add_up():
+    eng = engine()
+    eng.apply_group("q:a", "b1", 0, [F("answered", 1, "q:a", wait_ms=5_000)])
+    eng.apply_group("q:b", "b1", 0, [F("abandoned", 2, "q:b", wait_ms=30_000),
+                                     Fact("live", "q:b", T0, "l", "c1", status="waiting", since_ms=T0)])
+    merged = merge_states([eng.keys["q:a"], eng.keys["q:b"]], "q:_other")
+    r = eng.read(merged, T0 + 59 * SEC)
+    assert r["windows"]["5m"]["kpis"]["offered_calls"] == 2.0
+    assert r["windows"]["5m"]["kpis"]["longest_wait_seconds"] == 30.0
+    assert r["live"]["calls_waiting"] == 1
+    assert merged.totals == {"answered": 1, "wait_answered_ms": 5_000, "answered_within_sl": 1, "abandoned": 1,
+                             "wait_abandoned_ms": 30_000}
+
+
+def test_histogram_bounds_include_every_threshold():
+    cfg = KpiConfig(targets=TargetsConfig(QueueTargets(), {"vip": QueueTargets(sl_threshold_s=7, short_abandon_s=3)}))
+    assert {3, 7, 10, 20} <= set(cfg.wait_bounds_s)
