@@ -1,0 +1,98 @@
+"""Settings: defaults, every validation error is one sentence naming the setting, unknown names warn."""
+
+import pytest
+
+from app.settings import SPECS, Settings, SettingsError
+
+
+def test_defaults():
+    s = Settings.from_env({})
+    assert s.bootstrap_servers == ["localhost:9092"]
+    assert (s.partitions, s.store, s.web_host, s.web_port, s.tz, s.clock) == (8, "memory://", "127.0.0.1", 6066, "UTC", "wall")
+    assert (s.grace, s.sl_threshold, s.short_abandon, s.sl_goal, s.abandon_goal) == (120.0, 20.0, 10.0, 0.8, 0.05)
+    assert s.session.grace_ms == 120_000 and s.session.call_timeout_ms == 14_400_000
+    assert s.kpi.targets.default.sl_threshold_ms == 20_000
+    assert s.validation.max_event_bytes == 65536
+    assert any("CALLER_KEY" in w for w in s.warnings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("GRACE", "soon", "CALLPULSE_GRACE must be a number"),
+        ("GRACE", "-1", "CALLPULSE_GRACE must be a number between 0 and 86400"),
+        ("PARTITIONS", "2.5", "CALLPULSE_PARTITIONS must be a whole number"),
+        ("PARTITIONS", "0", "CALLPULSE_PARTITIONS must be a whole number between 1"),
+        ("WEB_PORT", "70000", "CALLPULSE_WEB_PORT must be a whole number between 1 and 65535"),
+        ("SL_GOAL", "80", "CALLPULSE_SL_GOAL must be a number between 0 and 1"),
+        ("STORE", "redis://", "CALLPULSE_STORE must be memory:// or rocksdb://"),
+        ("CLOCK", "sundial", "CALLPULSE_CLOCK must be one of wall, event"),
+        ("INTERVAL", "20", "CALLPULSE_INTERVAL must be one of 15, 30"),
+        ("TZ", "Moon/Base", "CALLPULSE_TZ must be an IANA time zone"),
+        ("DAY_START", "24", "CALLPULSE_DAY_START must be a whole number between 0 and 23"),
+        ("BROKER", "http://x:1", "CALLPULSE_BROKER must be kafka://host:port"),
+        ("QUEUES_FILE", "/nonexistent.yaml", "CALLPULSE_QUEUES_FILE names '/nonexistent.yaml'"),
+        ("SECURITY_PROTOCOL", "SASL_SSL", "needs CALLPULSE_SASL_USERNAME and CALLPULSE_SASL_PASSWORD"),
+        ("EMBEDDED_BROKER", "maybe", "CALLPULSE_EMBEDDED_BROKER must be auto, true or false"),
+    ],
+)
+def test_a_bad_value_is_one_sentence_naming_the_setting(name, value, fragment):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"CALLPULSE_" + name: value})
+    message = str(info.value)
+    assert fragment in message
+    assert message.count(".") >= 1 and "\n" not in message and message.endswith(".")
+
+
+def test_unknown_names_warn_with_a_suggestion():
+    s = Settings.from_env({"CALLPULSE_GRACEE": "5", "CALLPULSE_CALLER_KEY": "k"})
+    assert s.warnings == ("CALLPULSE_GRACEE is not a callpulse setting and is ignored (did you mean CALLPULSE_GRACE?).",)
+
+
+def test_secrets_are_not_shown():
+    s = Settings.from_env({"CALLPULSE_CALLER_KEY": "topsecret", "CALLPULSE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "CALLPULSE_SASL_USERNAME": "u", "CALLPULSE_SASL_PASSWORD": "pw"})
+    assert "topsecret" not in repr(s) and "pw'" not in repr(s)
+    assert s.kafka_security()["sasl_plain_password"] == "pw"
+
+
+def test_queues_file_overrides_per_queue(tmp_path):
+    f = tmp_path / "queues.yaml"
+    f.write_text("vip:\n  sl_threshold: 10\n  sl_goal: 0.9\nsales:\n  short_abandon: 0\n")
+    s = Settings.from_env({"CALLPULSE_QUEUES_FILE": str(f), "CALLPULSE_SL_THRESHOLD": "30"})
+    assert s.targets.for_queue("vip").sl_threshold_s == 10 and s.targets.for_queue("vip").sl_goal == 0.9
+    assert s.targets.for_queue("vip").short_abandon_s == 10  # not overridden: the default
+    assert s.targets.for_queue("sales").sl_threshold_s == 30 and s.targets.for_queue("sales").short_abandon_s == 0
+    assert s.targets.for_queue("other").sl_threshold_s == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("vip: [1, 2]\n", "queue 'vip' must map to a table"),
+        ("vip:\n  sl_treshold: 10\n", "unknown field 'sl_treshold'"),
+        ("vip:\n  sl_goal: high\n", "field 'sl_goal' must be a number"),
+        ("vip:\n  sl_goal: 1.5\n", "goals must lie between 0 and 1"),
+        ("vip: {\n", "does not parse"),
+    ],
+)
+def test_bad_queues_files(tmp_path, text, fragment):
+    f = tmp_path / "queues.yaml"
+    f.write_text(text)
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"CALLPULSE_QUEUES_FILE": str(f)})
+    assert fragment in str(info.value) and "CALLPULSE_QUEUES_FILE" in str(info.value)
+
+
+def test_broker_lists_and_bind_address():
+    s = Settings.from_env({"CALLPULSE_BROKER": "kafka://localhost:19092,kafka://127.0.0.2:19093"})
+    assert s.bootstrap_servers == ["localhost:19092", "127.0.0.2:19093"]
+    assert s.broker_bind() == ("127.0.0.1", 19092)  # the host name resolved, never every interface
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in SPECS if f"CALLPULSE_{n}" not in readme]
+    assert missing == []
