@@ -70,8 +70,8 @@ def _hist_new(n_bounds: int) -> dict:
 class KeyState:
     """Everything the engine keeps for one queue or campaign."""
 
-    __slots__ = ("key", "hw", "wm", "applied", "live", "agents", "totals", "hist", "hwm", "minutes",
-                 "dirty_minutes", "deleted_minutes")
+    __slots__ = ("key", "hw", "wm", "first", "applied", "live", "agents", "totals", "hist", "hwm", "minutes",
+                 "dirty_minutes", "deleted_minutes", "touch_seq", "touched")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -79,6 +79,8 @@ class KeyState:
         self.hw = -1
         #: Largest fact time seen.
         self.wm = 0
+        #: Smallest fact time seen (0: none yet); orders keys for the CALLPULSE_MAX_QUEUES fold.
+        self.first = 0
         self.applied: dict[str, list[int]] = {}
         self.live: dict[str, list] = {}
         self.agents: dict[str, list] = {}
@@ -88,6 +90,9 @@ class KeyState:
         self.minutes: dict[int, dict] = {}
         self.dirty_minutes: set[int] = set()
         self.deleted_minutes: set[int] = set()
+        #: Minutes the facts message ``touch_seq`` has already added to (not persisted).
+        self.touch_seq = -1
+        self.touched: set[int] = set()
 
     @property
     def kind(self) -> str:
@@ -99,7 +104,7 @@ class KeyState:
 
     def snapshot(self) -> dict:
         """The key's state without its minutes (those are persisted one key per minute)."""
-        return {"hw": self.hw, "wm": self.wm, "applied": self.applied, "live": self.live, "agents": self.agents,
+        return {"hw": self.hw, "wm": self.wm, "first": self.first, "applied": self.applied, "live": self.live, "agents": self.agents,
                 "totals": self.totals, "hist": self.hist, "hwm": self.hwm}
 
     @classmethod
@@ -107,6 +112,7 @@ class KeyState:
         state = cls(key)
         state.hw = data["hw"]
         state.wm = data["wm"]
+        state.first = data["first"]
         state.applied = data["applied"]
         state.live = data["live"]
         state.agents = data["agents"]
@@ -117,11 +123,20 @@ class KeyState:
         return state
 
 
-def _minute(state: KeyState, ts_ms: int) -> dict:
+def _minute(state: KeyState, ts_ms: int, seq: int) -> dict | None:
+    """The minute bucket of ``ts_ms``, or None when it already holds facts message ``seq`` (a replay)."""
     start = bucket_start(ts_ms)
     minute = state.minutes.get(start)
     if minute is None:
-        minute = state.minutes[start] = {"c": {}, "w": {}}
+        minute = state.minutes[start] = {"c": {}, "w": {}, "h": -1}
+    if seq >= 0:
+        if state.touch_seq != seq:
+            state.touch_seq, state.touched = seq, set()
+        if start not in state.touched:
+            if minute["h"] >= seq:
+                return None
+            minute["h"] = seq
+            state.touched.add(start)
     state.dirty_minutes.add(start)
     state.deleted_minutes.discard(start)
     return minute
@@ -151,24 +166,31 @@ class KpiEngine:
             state = self.keys[key] = KeyState(key)
         return state
 
-    def apply_group(self, key: str, src: str, off: int, facts: list[Fact]) -> bool:
-        """Apply the facts one source message produced for ``key``; False if that message was applied already."""
+    def apply_group(self, key: str, src: str, off: int, facts: list[Fact], seq: int = -1) -> bool:
+        """Apply the facts one source message produced for ``key``; False if that message was applied already.
+
+        ``src`` and ``off`` name the source message (sessionizer bucket and input offset): a batch re-emitted
+        by the sessionizer counts once. ``seq`` is the offset of the facts message: a minute that already
+        holds it (persisted by a checkpoint that was cut short) is not added to again.
+        """
         state = self.state(key)
         seen = state.applied.get(src)
         if seen is not None and off <= seen[0]:
             return False
         for fact in facts:
-            self._apply_fact(state, fact)
+            self._apply_fact(state, fact, seq)
         state.applied[src] = [off, state.wm]
         self._update_hwm(state)
         self._prune(state)
         return True
 
-    def _apply_fact(self, state: KeyState, f: Fact) -> None:
+    def _apply_fact(self, state: KeyState, f: Fact, seq: int = -1) -> None:
         s = f.sign
         kind = f.kind
         if f.ts_ms > state.wm:
             state.wm = f.ts_ms
+        if not state.first or f.ts_ms < state.first:
+            state.first = f.ts_ms
         if kind == "live":
             self._upsert(state.live, f.call, [f.status, f.since_ms], s)
             return
@@ -176,10 +198,10 @@ class KpiEngine:
             self._upsert(state.agents, f.agent, [f.status, f.since_ms], s)
             return
         if kind == "agent_time":
-            self._agent_time(state, f)
+            self._agent_time(state, f, seq)
             return
         targets = self.config.targets.for_queue(state.name)
-        minute = _minute(state, f.ts_ms)
+        minute = _minute(state, f.ts_ms, seq)
         counts: list[tuple[str, int]]
         if kind in ("answered", "abandoned", "exited"):
             w = f.wait_ms
@@ -191,8 +213,8 @@ class KpiEngine:
                 counts.append(("abandoned_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
             else:
                 counts.append(("exited:" + f.reason, 1))
-            waits = minute["w"]
-            _add(waits, str(w), s)
+            if minute is not None:
+                _add(minute["w"], str(w), s)
             self._observe(state, "wait:" + kind, self.wait_bounds_ms, w, s)
         elif kind == "completed":
             counts = [("completed", 1), ("talk_ms", f.talk_ms), ("hold_ms", f.hold_ms), ("holds", f.holds),
@@ -205,11 +227,11 @@ class KpiEngine:
             counts = [(f"survey:{f.scale}:{survey_band(f.scale, f.score)}", 1)]
         else:  # entered, agent_missed, expired, attempt, connected, contact, conversion
             counts = [(kind, 1)]
-        c = minute["c"]
         totals = state.totals
         for name, value in counts:
             if value:
-                _add(c, name, s * value)
+                if minute is not None:
+                    _add(minute["c"], name, s * value)
                 _add(totals, name, s * value)
 
     @staticmethod
@@ -219,14 +241,16 @@ class KpiEngine:
         elif table.get(ident) == value:
             del table[ident]
 
-    def _agent_time(self, state: KeyState, f: Fact) -> None:
+    def _agent_time(self, state: KeyState, f: Fact, seq: int) -> None:
         """Add an agent-state interval [since, ts) to the minutes it overlaps (split at minute boundaries)."""
         name = "agent_ms:" + f.status
         start, end = f.since_ms, f.ts_ms
         while start < end:
             minute_end = bucket_start(start) + MINUTE_MS
             part = min(end, minute_end) - start
-            _add(_minute(state, start)["c"], name, f.sign * part)
+            minute = _minute(state, start, seq)
+            if minute is not None:
+                _add(minute["c"], name, f.sign * part)
             start += part
 
     def _observe(self, state: KeyState, name: str, bounds: list[int], value: int, sign: int) -> None:
@@ -291,7 +315,7 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
                 into["s"] += hist["s"]
                 into["n"] += hist["n"]
         for start, minute in st.minutes.items():
-            into_minute = merged.minutes.setdefault(start, {"c": {}, "w": {}})
+            into_minute = merged.minutes.setdefault(start, {"c": {}, "w": {}, "h": -1})
             for name, value in minute["c"].items():
                 _add(into_minute["c"], name, value)
             for wait, count in minute["w"].items():

@@ -213,3 +213,27 @@ def test_merged_states_add_up():
 def test_histogram_bounds_include_every_threshold():
     cfg = KpiConfig(targets=TargetsConfig(QueueTargets(), {"vip": QueueTargets(sl_threshold_s=7, short_abandon_s=3)}))
     assert {3, 7, 10, 20} <= set(cfg.wait_bounds_s)
+
+
+def test_a_replay_after_a_partial_checkpoint_adds_only_to_the_minutes_that_lack_it():
+    # Facts message 7 touched minutes 0 and 1; a checkpoint cut short persisted minute 1 (holding message 7)
+    # but neither minute 0 nor the key state. Replaying message 7 must add to minute 0 only.
+    eng = engine()
+    facts = [F("entered", 10), F("entered", 70)]
+    eng.apply_group("q:sales", "b1", 3, facts, seq=7)
+    persisted_minute_1 = dict(eng.keys["q:sales"].minutes[T0 + 60 * SEC])
+    fresh = engine()
+    fresh.state("q:sales").minutes[T0 + 60 * SEC] = {"c": dict(persisted_minute_1["c"]), "w": {}, "h": 7}
+    assert fresh.apply_group("q:sales", "b1", 3, facts, seq=7)
+    minutes = fresh.keys["q:sales"].minutes
+    assert minutes[T0]["c"] == {"entered": 1} and minutes[T0 + 60 * SEC]["c"] == {"entered": 1}
+    assert fresh.keys["q:sales"].totals["entered"] == 2
+
+
+def test_several_facts_of_one_message_in_one_minute_all_count():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 3, [F("entered", 1), F("answered", 5, wait_ms=4_000), F("entered", 9)], seq=11)
+    eng.apply_group("q:sales", "b2", 8, [F("entered", 20)], seq=11)  # another group of the same facts message
+    assert read(eng)["counts"]["entered"] == 3 and read(eng)["counts"]["answered"] == 1
+    eng.apply_group("q:sales", "b1", 4, [F("entered", 30)], seq=12)
+    assert read(eng)["counts"]["entered"] == 4

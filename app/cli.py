@@ -1,0 +1,295 @@
+"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``.
+
+Each subcommand only reads its options and calls a plain ``run_*`` function with keyword arguments, so the
+run functions work and test without click. A bad setting or argument prints one plain sentence and exits
+with ``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import click
+import orjson
+
+from app.kafka import TOPIC_EVENTS, BrokerUnavailable, detect_embedded, ensure_topics, start_producer
+from app.settings import Settings, SettingsError
+from streams.events import call_bucket
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+log = logging.getLogger("callpulse")
+
+
+def load_settings() -> Settings:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in settings.warnings:
+        log.warning(warning)
+    return settings
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"callpulse: {message}", err=True)
+    sys.exit(code)
+
+
+def _guard(fn):  # noqa: ANN001, ANN202 - a decorator for click commands
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except SettingsError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except BrokerUnavailable as exc:
+            _fail(f"{exc}. Start one with `callpulse broker` or set CALLPULSE_BROKER.", EXIT_UNAVAILABLE)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_OK)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """callpulse: real-time contact-center KPIs from call events. Settings: CALLPULSE_* variables (see README)."""
+
+
+# -- worker ------------------------------------------------------------------------------------------------------
+
+def run_worker(*, settings: Settings) -> int:
+    """Run one Faust worker until SIGINT/SIGTERM."""
+    import faust  # noqa: F401 - imported here so that `callpulse produce` starts fast
+
+    from app.faust_app import build
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    embedded = loop.run_until_complete(detect_embedded(settings))
+    loop.run_until_complete(ensure_topics(settings))
+    if embedded:
+        log.info("embedded broker detected: producer batches of one record, short session timeout")
+    pipeline = build(settings, embedded)
+    from faust.worker import Worker
+
+    level = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}[settings.log_level]
+    worker = Worker(pipeline.app, loglevel=level, quiet=True, loop=loop, redirect_stdouts=False)
+    log.info("metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues", settings.web_host,
+             settings.web_port, settings.web_host, settings.web_port)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return EXIT_OK
+
+
+@main.command()
+@_guard
+def worker() -> None:
+    """Run a worker: sessionize calls.events and aggregate KPIs; serve /metrics and /api/v1/queues."""
+    sys.exit(run_worker(settings=load_settings()))
+
+
+# -- broker ------------------------------------------------------------------------------------------------------
+
+def run_broker(*, settings: Settings) -> int:
+    """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
+    from app.broker import start_broker, stop
+
+    address, port = settings.broker_bind()
+    try:
+        proc = start_broker(address, port)
+    except RuntimeError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    log.info("embedded broker (Tansu, memory storage) listening on %s:%d", address, port)
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping and proc.poll() is None:
+        time.sleep(0.2)
+    stop(proc)
+    return EXIT_OK
+
+
+@main.command()
+@_guard
+def broker() -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, memory only) on the host and port of CALLPULSE_BROKER."""
+    sys.exit(run_broker(settings=load_settings()))
+
+
+# -- produce -----------------------------------------------------------------------------------------------------
+
+def message_key(event: object) -> bytes:
+    """The call bucket of an event (the agent's for agent events); unroutable values share one key."""
+    if isinstance(event, dict):
+        ident = event.get("call_id") or event.get("agent")
+        if isinstance(ident, str) and ident:
+            return call_bucket(ident).encode()
+    return b"_unroutable"
+
+
+async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tuple[int, int, int]:
+    """Send JSON Lines to calls.events, keyed by call bucket, ``batch`` events of one bucket per message.
+
+    A line that is not JSON is sent as it is (the worker dead-letters it with its reason) and reported.
+    Returns (messages, events, bad lines).
+    """
+    embedded = await detect_embedded(settings)
+    await ensure_topics(settings)
+    producer = await start_producer(settings, embedded)
+    buffers: dict[bytes, list[bytes]] = {}
+    futures: list[asyncio.Future] = []
+    messages = events = bad = 0
+
+    async def send(key: bytes, value: bytes) -> None:
+        nonlocal messages
+        futures.append(await producer.send(TOPIC_EVENTS, value=value, key=key))
+        messages += 1
+        if len(futures) >= 5000:
+            await asyncio.gather(*futures)
+            futures.clear()
+
+    async def flush(key: bytes) -> None:
+        items = buffers.pop(key)
+        await send(key, items[0] if batch == 1 else b"[" + b",".join(items) + b"]")
+
+    try:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad += 1
+                log.warning("line %d is not JSON; sent as it is, for the dead-letter topic", number)
+                await send(b"_unroutable", line)
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                events += 1
+                key = message_key(item)
+                buffers.setdefault(key, []).append(orjson.dumps(item))
+                if len(buffers[key]) >= batch:
+                    await flush(key)
+        for key in list(buffers):
+            await flush(key)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return messages, events, bad
+
+
+def run_produce(*, settings: Settings, source: str, batch: int) -> int:
+    stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    try:
+        messages, events, bad = asyncio.run(produce_lines(settings, stream, batch))
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    click.echo(f"produced {events} events in {messages} messages to {TOPIC_EVENTS}"
+               + (f"; {bad} lines were not JSON" if bad else ""), err=True)
+    return EXIT_OK
+
+
+@main.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="Events per message (one call bucket per message); 1 sends single-event messages.")
+@_guard
+def produce(source: str, batch: int) -> None:
+    """Send canonical events from a JSON Lines file (or - for stdin) to calls.events."""
+    if source != "-" and not Path(source).is_file():
+        _fail(f"{source} is not a readable file.", EXIT_USAGE)
+    sys.exit(run_produce(settings=load_settings(), source=source, batch=batch))
+
+
+# -- dev ---------------------------------------------------------------------------------------------------------
+
+async def _dev_traffic(settings: Settings, stop: asyncio.Event, calls_per_minute: float) -> None:
+    from streams.devtraffic import generate
+
+    embedded = await detect_embedded(settings)
+    await ensure_topics(settings)
+    producer = await start_producer(settings, embedded)
+    try:
+        start = int(time.time() * 1000)
+        for event in generate(random.Random(), start, calls_per_minute):
+            delay = event["ts"] - time.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return
+                except TimeoutError:
+                    pass
+            if stop.is_set():
+                return
+            await producer.send(TOPIC_EVENTS, value=orjson.dumps(event), key=message_key(event))
+    finally:
+        await producer.stop()
+
+
+def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
+    """The embedded broker, a worker and live traffic; Ctrl-C stops everything."""
+    from app.broker import port_open, start_broker, stop
+
+    address, port = settings.broker_bind()
+    broker_proc = None
+    if port_open(address, port):
+        log.info("a broker already listens on %s:%d; using it", address, port)
+    else:
+        broker_proc = start_broker(address, port)
+        log.info("embedded broker listening on %s:%d", address, port)
+    env = dict(os.environ, CALLPULSE_BROKER=f"kafka://{address}:{port}")
+    worker_proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, start_new_session=True)
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    click.echo(f"\ncallpulse dev is running. Ctrl-C stops it.\n  metrics:  {base}/metrics\n"
+               f"  API:      {base}/api/v1/queues\n  broker:   kafka://{address}:{port}\n")
+    stop_event = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    traffic = loop.create_task(_dev_traffic(settings, stop_event, calls_per_minute))
+    loop.add_signal_handler(signal.SIGINT, stop_event.set)
+    loop.add_signal_handler(signal.SIGTERM, stop_event.set)
+
+    async def watch() -> None:
+        while not stop_event.is_set():
+            if worker_proc.poll() is not None:
+                log.error("the worker exited with code %s", worker_proc.returncode)
+                stop_event.set()
+            await asyncio.sleep(0.5)
+
+    try:
+        loop.run_until_complete(asyncio.gather(traffic, watch()))
+    finally:
+        click.echo("stopping...", err=True)
+        stop(worker_proc, timeout_s=15)
+        if broker_proc is not None:
+            stop(broker_proc)
+        loop.close()
+    return EXIT_OK if worker_proc.returncode in (0, -signal.SIGTERM) else EXIT_FAILURE
+
+
+@main.command()
+@click.option("--calls-per-minute", type=click.FloatRange(0.1, 100_000), default=30, show_default=True,
+              help="Arrival rate of the generated traffic.")
+@_guard
+def dev(calls_per_minute: float) -> None:
+    """Run everything on this machine: embedded broker, a worker, and live traffic."""
+    sys.exit(run_dev(settings=load_settings(), calls_per_minute=calls_per_minute))

@@ -1,0 +1,209 @@
+"""The Faust application (DESIGN 3): topics, tables, the two agents, and the web pages.
+
+``calls.events`` (key: call bucket) -> sessionize -> ``calls.facts`` (key: ``q:<queue>`` / ``c:<campaign>``)
+-> aggregate -> KPI engine -> ``/metrics`` and ``/api/v1/queues``. Both agents run with concurrency 1 and
+checkpointed state (app.pipeline). Faust reads none of its unprefixed environment variables: the app is
+built with ``env={}`` from callpulse's own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS
+from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
+from app.pipeline import Aggregator, Sessionizer
+from app.settings import Settings
+from streams.kpi import KpiEngine, read_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """Everything a worker is made of."""
+
+    app: faust.App
+    settings: Settings
+    registry: CollectorRegistry
+    sessionizer: Sessionizer
+    aggregator: Aggregator
+    engine: KpiEngine
+
+
+def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
+    """Keyword arguments of faust.App. Against the embedded broker every record is its own batch (its end
+    offsets are exact only then, DESIGN 7) and a short session timeout makes a restarted worker rejoin fast."""
+    options: dict[str, Any] = {
+        "broker": settings.broker_url,
+        "store": settings.store,
+        "datadir": settings.datadir,
+        "env": {},
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "canonical_url": settings.advertised_url,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "processing_guarantee": "at_least_once",
+        "stream_wait_empty": False,
+        "web_in_thread": False,
+        "autodiscover": False,
+        "logging_config": None,
+    }
+    credentials = _credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
+    if embedded:
+        options.update(producer_max_batch_size=1, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
+                       broker_rebalance_timeout=20.0)
+    return options
+
+
+def _credentials(settings: Settings) -> Any:
+    security = settings.kafka_security()
+    protocol = security["security_protocol"]
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     mechanism=settings.sasl_mechanism, ssl_context=security.get("ssl_context"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(security["ssl_context"])
+    return None
+
+
+def build(settings: Settings, embedded: bool) -> Pipeline:
+    """Create the Faust app with its topics, tables, agents and pages."""
+    app = faust.App(settings.app_id, **faust_options(settings, embedded))
+    partitions = settings.partitions
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                         partitions=partitions)
+
+    events_topic, facts_topic, deadletter_topic = topic(TOPIC_EVENTS), topic(TOPIC_FACTS), topic(TOPIC_DEADLETTER)
+    sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=partitions,
+                         help="Sessionizer state, one key per call bucket.")
+    aggregates = app.Table("aggregates", key_type=bytes, value_type=bytes, partitions=partitions,
+                           help="KPI state: one key per queue/campaign and one per minute bucket.")
+
+    registry = CollectorRegistry(auto_describe=False)
+    counters = make_counters(registry)
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "callpulse_faust"))
+    engine = KpiEngine(settings.kpi)
+    interval = settings.checkpoint_interval
+    sessionizer = Sessionizer(sessions, facts_topic, deadletter_topic, settings.session, settings.validation,
+                              counters, interval)
+    aggregator = Aggregator(aggregates, engine, interval)
+    now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
+    registry.register(KpiCollector(lambda: engine, settings, now_ms))
+
+    @app.agent(events_topic, concurrency=1, name="sessionize")
+    async def sessionize(stream: faust.StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await sessionizer.process(event, manual.ack)
+
+    @app.agent(facts_topic, concurrency=1, name="aggregate")
+    async def aggregate(stream: faust.StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await aggregator.process(event, manual.ack)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Whatever was not checkpointed is replayed from the committed offsets by the next owner.
+        sessionizer.reset()
+        aggregator.reset()
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalanced(_app: Any, **kwargs: Any) -> None:
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == TOPIC_FACTS}
+        aggregator.reset()
+        aggregator.load(actives)
+
+    def api_now() -> int:
+        return now_ms(engine)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/api/v1/queues")
+    async def queues_page(web: Any, request: Any) -> Any:
+        local = queues_json(engine, settings, api_now())
+        if request.query.get("local"):
+            return web.json(local)
+        for url in _other_workers(app, aggregates):
+            try:
+                async with app.http_client.get(f"{url}/api/v1/queues?local=1") as response:
+                    remote = await response.json()
+            except Exception as exc:  # noqa: BLE001 - a worker may be going away; say so, answer the rest
+                log.warning("could not reach worker %s: %s", url, exc)
+                local.setdefault("unreachable", []).append(url)
+                continue
+            local["queues"].extend(remote["queues"])
+            local["campaigns"].extend(remote["campaigns"])
+        local["queues"].sort(key=lambda q: q["queue"])
+        local["campaigns"].sort(key=lambda c: c["campaign"])
+        return web.json(local)
+
+    @app.page("/api/v1/queues/{queue}")
+    async def queue_page(web: Any, request: Any, queue: str) -> Any:
+        owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
+        if not request.query.get("local") and owner != settings.advertised_url.rstrip("/"):
+            async with app.http_client.get(f"{owner}/api/v1/queues/{queue}?local=1") as response:
+                return web.json(await response.json(), status=response.status)
+        state = engine.keys.get(f"q:{queue}")
+        if state is None:
+            return web.json({"error": f"queue {queue!r} has no data"}, status=404)
+        return web.json(queue_json(state, engine, api_now()))
+
+    return Pipeline(app, settings, registry, sessionizer, aggregator, engine)
+
+
+def _other_workers(app: faust.App, table: Any) -> list[str]:
+    me = str(app.conf.canonical_url).rstrip("/")
+    try:
+        hosts = app.router.table_metadata(table.name)
+    except Exception:  # noqa: BLE001 - no assignment yet
+        return []
+    return sorted({str(h).rstrip("/") for h in hosts} - {me})
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
+    """The JSON of one queue or campaign: live values, every window's KPIs and counts, targets."""
+    data = read_key(state, engine.config, now)
+    out: dict[str, Any] = {state.kind: state.name}
+    windows = {}
+    for name, w in data["windows"].items():
+        windows[name] = {"start": _iso(w["start_ms"]), "end": _iso(w["end_ms"]), "kpis": w["kpis"], "counts": w["counts"]}
+    if state.kind == "queue":
+        targets = engine.config.targets.for_queue(state.name)
+        out["live"] = data["live"]
+        out["targets"] = {"sl_threshold_seconds": targets.sl_threshold_s, "short_abandon_seconds": targets.short_abandon_s,
+                          "service_level_goal": targets.sl_goal, "abandonment_goal": targets.abandon_goal}
+    out["windows"] = windows
+    return out
+
+
+def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:
+    states = exported_states(engine, settings.max_queues)
+    return {
+        "now": _iso(now),
+        "clock": settings.clock,
+        "queues": [queue_json(s, engine, now) for s in states if s.kind == "queue"],
+        "campaigns": [queue_json(s, engine, now) for s in states if s.kind == "campaign"],
+    }

@@ -1,0 +1,103 @@
+"""Kafka plumbing shared by every command: topic names, topic creation, producers, embedded-broker detection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_EVENTS = "calls.events"
+TOPIC_FACTS = "calls.facts"
+TOPIC_DEADLETTER = "calls.deadletter"
+#: The cluster id ``callpulse broker`` gives the embedded broker; seeing it switches the workarounds on.
+EMBEDDED_CLUSTER_ID = "callpulse-embedded"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot be reached."""
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_security()}
+
+
+async def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # one line at the end, not an error per retry
+    try:
+        while True:
+            admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout_s * 1000))
+            try:
+                await admin.start()
+                return admin
+            except (KafkaConnectionError, OSError):
+                await admin.close()
+                if asyncio.get_running_loop().time() > deadline:
+                    msg = f"cannot reach the Kafka broker at {', '.join(settings.bootstrap_servers)}"
+                    raise BrokerUnavailable(msg) from None
+                await asyncio.sleep(0.5)
+    finally:
+        quiet.setLevel(level)
+
+
+async def detect_embedded(settings: Settings, timeout_s: float = 30.0) -> bool:
+    """Whether the broker is callpulse's embedded one (CALLPULSE_EMBEDDED_BROKER=auto asks the cluster id)."""
+    mode = settings.embedded_broker
+    if mode != "auto":
+        return bool(mode == "true")
+    admin = await _admin(settings, timeout_s)
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return bool(cluster.get("cluster_id") == EMBEDDED_CLUSTER_ID)
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create calls.events, calls.facts and calls.deadletter when missing, with CALLPULSE_PARTITIONS partitions."""
+    admin = await _admin(settings, timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = []
+        for name in (TOPIC_EVENTS, TOPIC_FACTS, TOPIC_DEADLETTER):
+            if name in existing:
+                continue
+            configs = {}
+            if name == TOPIC_DEADLETTER:
+                configs = {"retention.ms": str(int(settings.deadletter_retention * 1000))}
+            wanted.append(NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs))
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:  # another process created them first, or the broker refused
+                log.warning("creating topics: %s", exc)
+            log.info("created topics %s", ", ".join(t.name for t in wanted))
+        # Topic metadata propagates asynchronously: wait until every topic is visible.
+        for _ in range(100):
+            if {TOPIC_EVENTS, TOPIC_FACTS, TOPIC_DEADLETTER} <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AIOKafkaProducer:
+    """An aiokafka producer; against the embedded broker every record is its own batch (DESIGN 7)."""
+    kwargs: dict[str, Any] = {"acks": "all", "linger_ms": 5, **extra}
+    if embedded:
+        kwargs["max_batch_size"] = 1
+    producer = AIOKafkaProducer(**client_kwargs(settings), **kwargs)
+    await producer.start()
+    return producer

@@ -1,0 +1,236 @@
+"""Prometheus exposure (DESIGN 5): a scrape-time collector over the KPI engine, plus the pipeline's counters.
+
+The collector reads only what this worker's engine holds, which is only the partitions it actively owns,
+so ``sum by (queue)`` over workers is exact. Keys beyond CALLPULSE_MAX_QUEUES (per kind, in order of first
+appearance) fold into ``_other``. Every family is built fresh at each scrape: vanished queues stop being
+exported and concurrent scrapes cannot race.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from app.pipeline import PipelineCounters
+from app.settings import Settings
+from streams.events import (
+    EVENT_TYPES,
+    EXIT_REASONS,
+    IMPLICIT_EXIT_REASONS,
+    REFUSED_REASONS,
+    REJECTION_REASONS,
+)
+from streams.kpi import (
+    AGENT_MEMBER_STATES,
+    SURVEY_BANDS,
+    TALK_BOUNDS_S,
+    KeyState,
+    KpiEngine,
+    merge_states,
+    read_key,
+)
+
+OTHER = "_other"
+
+#: Counter series per queue: metric name (without _total) -> total name in the engine.
+QUEUE_COUNTERS = {
+    "callpulse_calls_entered": ("entered", "Calls that entered the queue (E), at enqueue time."),
+    "callpulse_calls_offered": ("offered", "Stints that left the queue: answered + abandoned + exited (O)."),
+    "callpulse_calls_answered": ("answered", "Calls answered from the queue (A), at answer time."),
+    "callpulse_calls_abandoned": ("abandoned", "Callers who hung up while queued (Ab)."),
+    "callpulse_calls_short_abandoned": ("short_abandoned", "Abandons with a wait below the short-abandon threshold S (Ab_s)."),
+    "callpulse_calls_answered_within_sl": ("answered_within_sl", "Calls answered with a wait <= the SL threshold T."),
+    "callpulse_calls_abandoned_within_sl": ("abandoned_within_sl", "Abandons with a wait <= the SL threshold T."),
+    "callpulse_calls_transferred": ("transferred", "Answered stints that ended in a transfer, at transfer time."),
+    "callpulse_calls_completed": ("completed", "Handled stints (talk ended), at the end of talk or wrap-up."),
+    "callpulse_calls_expired": ("expired", "Calls closed after CALLPULSE_CALL_TIMEOUT without an event."),
+    "callpulse_agent_missed": ("agent_missed", "Times an agent was offered a call and did not answer."),
+    "callpulse_holds": ("holds", "Holds of completed calls."),
+}
+CAMPAIGN_COUNTERS = {
+    "callpulse_outbound_attempts": ("attempt", "Outbound dial attempts."),
+    "callpulse_outbound_connected": ("connected", "Outbound attempts answered (connected, machines included)."),
+    "callpulse_outbound_contacts": ("contact", "Outbound attempts that reached a live person (contact)."),
+    "callpulse_outbound_conversions": ("conversion", "Outbound attempts with disposition success."),
+}
+#: Windowed gauges: metric name -> (kpi name, kind of key it applies to, help).
+WINDOW_GAUGES = {
+    "callpulse_abandonment_ratio": ("abandonment_ratio", "queue", "(Ab - Ab_s) / (O - Ab_s) in the window."),
+    "callpulse_service_level_ratio": ("service_level_ratio", "queue", "A<=T / (A + Ab - Ab_s) in the window."),
+    "callpulse_average_speed_of_answer_seconds": ("average_speed_of_answer_seconds", "queue", "Mean wait of answered calls."),
+    "callpulse_average_abandon_wait_seconds": ("average_abandon_wait_seconds", "queue", "Mean wait of abandoned calls."),
+    "callpulse_longest_wait_seconds": ("longest_wait_seconds", "queue", "Longest wait of the stints that left the queue."),
+    "callpulse_average_handle_time_seconds": ("average_handle_time_seconds", "queue", "(talk + after-call work) / completed."),
+    "callpulse_average_hold_seconds": ("average_hold_seconds", "queue", "Hold time / completed."),
+    "callpulse_transfer_ratio": ("transfer_ratio", "queue", "Transferred / answered."),
+    "callpulse_csat_ratio": ("csat_ratio", "queue", "CSAT responses scoring 4-5 / CSAT responses."),
+    "callpulse_dsat_ratio": ("dsat_ratio", "queue", "CSAT responses scoring 1-2 / CSAT responses."),
+    "callpulse_nps_score": ("nps_score", "queue", "(promoters - detractors) / NPS responses, -1..1."),
+    "callpulse_offered_calls": ("offered_calls", "queue", "Offered calls O in the window."),
+    "callpulse_occupancy_ratio": ("occupancy_ratio", "queue", "Agent time busy or in wrap-up / time available, busy or in wrap-up."),
+    "callpulse_connection_ratio": ("connection_ratio", "campaign", "Connected / attempts."),
+    "callpulse_contact_ratio": ("contact_ratio", "campaign", "Contacts / attempts."),
+    "callpulse_conversion_ratio": ("conversion_ratio", "campaign", "Conversions (success) / attempts."),
+}
+LIVE_GAUGES = {
+    "callpulse_calls_waiting": ("calls_waiting", "Calls waiting in the queue now."),
+    "callpulse_oldest_wait_seconds": ("oldest_wait_seconds", "Wait of the longest-waiting caller now (0 when none)."),
+    "callpulse_calls_waiting_over_sl": ("calls_waiting_over_sl", "Callers already waiting longer than T."),
+    "callpulse_calls_talking": ("calls_talking", "Calls connected to an agent now."),
+    "callpulse_calls_on_hold": ("calls_on_hold", "Calls on hold now."),
+}
+CONFIG_GAUGES = {
+    "callpulse_sl_threshold_seconds": ("sl_threshold_s", "Service-level threshold T of the queue."),
+    "callpulse_short_abandon_seconds": ("short_abandon_s", "Short-abandon threshold S of the queue."),
+    "callpulse_service_level_goal_ratio": ("sl_goal", "Service-level goal of the queue."),
+    "callpulse_abandonment_goal_ratio": ("abandon_goal", "Abandonment goal of the queue."),
+}
+EXIT_LABELS = EXIT_REASONS + IMPLICIT_EXIT_REASONS
+
+
+def make_counters(registry: CollectorRegistry) -> PipelineCounters:
+    """The pipeline's own counters, every label value pre-created at 0."""
+    events = Counter("callpulse_events", "Valid events received, by type.", ["type"], registry=registry)
+    rejected = Counter("callpulse_events_rejected", "Events or messages sent to calls.deadletter, by reason.",
+                       ["reason"], registry=registry)
+    for t in sorted(EVENT_TYPES):
+        events.labels(t)
+    for r in REJECTION_REASONS:
+        rejected.labels(r)
+    duplicate = Counter("callpulse_events_duplicate", "Valid events ignored as duplicates.", registry=registry)
+    late = Counter("callpulse_events_late", "Valid events rejected as late or too_old.", registry=registry)
+    retracted = Counter("callpulse_facts_retracted", "Facts retracted by the sessionizer (a correction follows).",
+                        registry=registry)
+    return PipelineCounters(events, rejected, duplicate, late, retracted)
+
+
+def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:
+    """The keys to export, the ones beyond ``max_keys`` per kind folded into ``q:_other`` / ``c:_other``."""
+    out: list[KeyState] = []
+    for prefix in ("q:", "c:"):
+        states = sorted((s for k, s in engine.keys.items() if k.startswith(prefix) and s.first),
+                        key=lambda s: (s.first, s.key))
+        out.extend(states[:max_keys])
+        if len(states) > max_keys:
+            out.append(merge_states(states[max_keys:], prefix + OTHER))
+    return out
+
+
+class KpiCollector(Collector):
+    """Builds every business metric from the engine at scrape time."""
+
+    def __init__(self, engine_getter: Callable[[], KpiEngine | None], settings: Settings,
+                 now_ms: Callable[[KpiEngine], int]) -> None:
+        self.engine_getter = engine_getter
+        self.settings = settings
+        self.now_ms = now_ms
+
+    def describe(self) -> list:
+        return []  # no collect() at registration time
+
+    def collect(self) -> Iterator[Any]:  # noqa: C901 - one loop per metric family
+        engine = self.engine_getter()
+        if engine is None:
+            return
+        config = engine.config
+        states = exported_states(engine, self.settings.max_queues)
+        now = self.now_ms(engine)
+        reads = {s.key: read_key(s, config, now) for s in states}
+        queues = [s for s in states if s.kind == "queue"]
+        campaigns = [s for s in states if s.kind == "campaign"]
+
+        for name, (total, doc) in QUEUE_COUNTERS.items():
+            fam = CounterMetricFamily(name, doc, labels=["queue"])
+            for s in queues:
+                fam.add_metric([s.name], s.hwm.get(total, 0))
+            yield fam
+        for name, (total, doc) in CAMPAIGN_COUNTERS.items():
+            fam = CounterMetricFamily(name, doc, labels=["campaign"])
+            for s in campaigns:
+                fam.add_metric([s.name], s.hwm.get(total, 0))
+            yield fam
+        fam = CounterMetricFamily("callpulse_calls_exited", "Flow-outs (left the queue without an agent), by reason.",
+                                  labels=["queue", "reason"])
+        for s in queues:
+            for reason in EXIT_LABELS:
+                fam.add_metric([s.name, reason], s.hwm.get("exited:" + reason, 0))
+        yield fam
+        fam = CounterMetricFamily("callpulse_calls_refused", "Calls that could not enter the queue, by reason.",
+                                  labels=["queue", "reason"])
+        for s in queues:
+            for reason in REFUSED_REASONS:
+                fam.add_metric([s.name, reason], s.hwm.get("refused:" + reason, 0))
+        yield fam
+        fam = CounterMetricFamily("callpulse_survey_responses", "Post-call survey responses by scale and band.",
+                                  labels=["queue", "scale", "band"])
+        for s in queues:
+            for scale, bands in SURVEY_BANDS.items():
+                for band, _, _ in bands:
+                    fam.add_metric([s.name, scale, band], s.hwm.get(f"survey:{scale}:{band}", 0))
+        yield fam
+
+        wait_bounds = engine.config.wait_bounds_s
+        fam = HistogramMetricFamily("callpulse_queue_wait_seconds", "Queue wait of the stints that left the queue.",
+                                    labels=["queue", "outcome"])
+        for s in queues:
+            for outcome in ("answered", "abandoned", "exited"):
+                fam.add_metric([s.name, outcome], *_histogram(s, "wait:" + outcome, wait_bounds))
+        yield fam
+        for metric, hist_name, doc in (("callpulse_talk_seconds", "talk", "Talk time of completed calls (hold included)."),
+                                       ("callpulse_handle_seconds", "handle", "Handle time (talk + after-call work).")):
+            fam = HistogramMetricFamily(metric, doc, labels=["queue"])
+            for s in queues:
+                fam.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
+            yield fam
+
+        for name, (kpi, kind, doc) in WINDOW_GAUGES.items():
+            label = "queue" if kind == "queue" else "campaign"
+            fam = GaugeMetricFamily(name, doc, labels=[label, "window"])
+            for s in queues if kind == "queue" else campaigns:
+                for window, data in reads[s.key]["windows"].items():
+                    value = data["kpis"][kpi]
+                    if value is not None:
+                        fam.add_metric([s.name, window], value)
+            yield fam
+        for name, (field, doc) in LIVE_GAUGES.items():
+            fam = GaugeMetricFamily(name, doc, labels=["queue"])
+            for s in queues:
+                fam.add_metric([s.name], reads[s.key]["live"][field])
+            yield fam
+        fam = GaugeMetricFamily("callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"])
+        for s in queues:
+            for agent_state in AGENT_MEMBER_STATES:
+                fam.add_metric([s.name, agent_state], reads[s.key]["live"]["agents"][agent_state])
+        yield fam
+        for name, (field, doc) in CONFIG_GAUGES.items():
+            fam = GaugeMetricFamily(name, doc, labels=["queue"])
+            for s in queues:
+                fam.add_metric([s.name], getattr(config.targets.for_queue(s.name), field))
+            yield fam
+
+
+def _histogram(state: KeyState, name: str, bounds_s: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative buckets and sum (seconds) of one exported histogram, from the never-decreasing values."""
+    buckets = []
+    for i, bound in enumerate(bounds_s):
+        buckets.append((_le(bound), state.hwm.get(f"h:{name}:{i}", 0)))
+    buckets.append(("+Inf", state.hwm.get(f"h:{name}:{len(bounds_s)}", 0)))
+    return buckets, state.hwm.get(f"h:{name}:sum", 0) / 1000
+
+
+def _le(bound: float) -> str:
+    return str(float(bound)) if not math.isinf(bound) else "+Inf"
+
+
+def wall_now_ms(_engine: KpiEngine) -> int:
+    return int(time.time() * 1000)
+
+
+def event_now_ms(engine: KpiEngine) -> int:
+    return engine.stream_time_ms()

@@ -1,0 +1,286 @@
+"""The two stateful stages as thin shells around the domain core, with checkpointed state.
+
+Both stages keep their working state in memory and persist it by *checkpoints*, per partition: every
+``CALLPULSE_CHECKPOINT_INTERVAL`` seconds (or 5,000 messages) of a partition,
+
+1. every send made so far (facts, dead letters) is awaited until the broker confirmed it;
+2. the keys the partition changed are written to the table's store and changelog (partition = the source
+   partition) and those writes are awaited;
+3. only then are the partition's messages acknowledged, so Faust commits their offsets.
+
+A crash therefore loses nothing: messages after the last checkpoint are delivered again and re-applied to
+the last checkpointed state. Nothing counts twice either: every persisted key remembers the offset of the
+last message applied to it (``hw``) and skips what it already holds, and the aggregator remembers, per
+sessionizer bucket, the last source offset whose facts it applied, so re-emitted facts count once.
+A message costs no table write of its own: a checkpoint writes each changed key once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from streams.calls import BucketState, SessionConfig
+from streams.facts import Fact
+from streams.kpi import KeyState, KpiEngine
+from streams.validation import ValidationConfig, parse_message
+
+log = logging.getLogger(__name__)
+
+#: Acknowledge a Faust event (the noack stream's ``ack``).
+Ack = Callable[[Any], Awaitable[Any]]
+#: Checkpoint at the latest after this many messages of a partition.
+CHECKPOINT_MAX_MESSAGES = 5000
+
+
+class _CheckpointedStage:
+    """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing."""
+
+    def __init__(self, table: Any, interval_s: float) -> None:
+        self.table = table
+        self.interval_s = interval_s
+        self.unacked: dict[int, list[Any]] = defaultdict(list)
+        self.pending: list[Awaitable[Any]] = []
+        self.last_checkpoint: dict[int, float] = {}
+        #: Bumped by every rebalance: work started under an older generation is abandoned.
+        self.generation = 0
+
+    def reset(self) -> None:
+        """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
+        self.generation += 1
+        self.unacked.clear()
+        self.pending.clear()
+        self.last_checkpoint.clear()
+
+    def due(self, partition: int) -> bool:
+        last = self.last_checkpoint.setdefault(partition, time.monotonic())
+        return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
+
+    async def _write(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> list[Awaitable[Any]]:
+        data = self.table.data
+        futures = []
+        for key, value in items:
+            if value is None:
+                if key in data:
+                    del data[key]
+                futures.append(self.table.send_changelog(partition, key, None, value_serializer="raw"))
+            else:
+                data[key] = value
+                futures.append(self.table.send_changelog(partition, key, value))
+        return futures
+
+    async def checkpoint(self, partition: int, ack: Ack) -> None:
+        generation = self.generation
+        if self.pending:
+            pending, self.pending = self.pending, []
+            await asyncio.gather(*pending)
+        if generation != self.generation:
+            return
+        futures = await self._write(partition, self.dirty_items(partition))
+        if futures:
+            await asyncio.gather(*futures)
+        if generation != self.generation:
+            return
+        for event in self.unacked.pop(partition, []):
+            await ack(event)
+        self.last_checkpoint[partition] = time.monotonic()
+
+    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        raise NotImplementedError
+
+
+class PipelineCounters:
+    """What the stages count about themselves (plain Prometheus counters, see app.metrics)."""
+
+    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any) -> None:
+        self.events = events
+        self.rejected = rejected
+        self.duplicate = duplicate
+        self.late = late
+        self.retracted = retracted
+
+
+class Sessionizer(_CheckpointedStage):
+    """calls.events -> calls.facts (+ calls.deadletter). State: one ``BucketState`` per message key."""
+
+    def __init__(self, table: Any, facts_topic: Any, deadletter_topic: Any, session: SessionConfig,
+                 validation: ValidationConfig, counters: PipelineCounters, interval_s: float,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        super().__init__(table, interval_s)
+        self.facts_topic = facts_topic
+        self.deadletter_topic = deadletter_topic
+        self.session = session
+        self.validation = validation
+        self.counters = counters
+        self.wall_ms = wall_ms
+        self.buckets: dict[bytes, BucketState] = {}
+        self.dirty: dict[int, set[bytes]] = defaultdict(set)
+
+    def reset(self) -> None:
+        super().reset()
+        self.buckets.clear()
+        self.dirty.clear()
+
+    def bucket(self, key: bytes) -> BucketState:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            raw = self.table.data.get(key)
+            bucket = BucketState.restore(orjson.loads(raw), self.session) if raw else BucketState(self.session)
+            self.buckets[key] = bucket
+        return bucket
+
+    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        items = []
+        for key in self.dirty.pop(partition, ()):
+            snapshot = self.buckets[key].snapshot()
+            snapshot["p"] = partition
+            items.append((key, orjson.dumps(snapshot)))
+        return items
+
+    async def process(self, event: Any, ack: Ack) -> None:
+        """Apply one calls.events message; checkpoint the partition when due."""
+        message = event.message
+        partition, offset = message.partition, message.offset
+        key = message.key or b"_p%d" % partition
+        bucket = self.bucket(key)
+        self.unacked[partition].append(event)
+        if offset > bucket.hw:
+            await self._apply(bucket, key, message)
+            bucket.hw = offset
+            self.dirty[partition].add(key)
+        if self.due(partition):
+            await self.checkpoint(partition, ack)
+
+    async def _apply(self, bucket: BucketState, key: bytes, message: Any) -> None:
+        counters = self.counters
+        events, rejections = parse_message(message.value, self.validation, self.wall_ms())
+        for rejection in rejections:
+            await self._dead_letter(message, rejection.reason, rejection.error, rejection.raw)
+        groups: dict[str, list[Fact]] = defaultdict(list)
+        for ev in events:
+            counters.events.labels(ev.type).inc()
+            applied = bucket.apply(ev)
+            if applied.status == "ok":
+                for fact in applied.facts:
+                    groups[fact.key].append(fact)
+            elif applied.status == "duplicate":
+                counters.duplicate.inc()
+            else:  # late, too_old
+                counters.late.inc()
+                await self._dead_letter(message, applied.status, applied.error, _element_bytes(message.value, ev.event_id))
+        for fact in bucket.sweep():
+            groups[fact.key].append(fact)
+        src = key.decode("utf-8", "replace")
+        for fact_key, facts in groups.items():
+            retracted = sum(1 for f in facts if f.sign < 0)
+            if retracted:
+                counters.retracted.inc(retracted)
+            value = orjson.dumps([[src, message.offset, [f.encode() for f in facts]]])
+            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=value))
+
+    async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
+        self.counters.rejected.labels(reason).inc()
+        headers = [("reason", reason.encode()), ("source_topic", message.topic.encode()),
+                   ("source_partition", str(message.partition).encode()),
+                   ("source_offset", str(message.offset).encode()), ("error", error.replace("\n", " ").encode())]
+        self.pending.append(await self.deadletter_topic.send(value=raw, headers=headers))
+
+
+def _element_bytes(value: bytes, event_id: str) -> bytes:
+    """The bytes of one event of a message: the message itself, or its array element re-serialised."""
+    decoded = orjson.loads(value)
+    if isinstance(decoded, list):
+        for element in decoded:
+            if isinstance(element, dict) and element.get("event_id") == event_id:
+                return orjson.dumps(element)
+    return value
+
+
+def minute_key(key: str, minute_ms: int) -> bytes:
+    return f"m|{key}|{minute_ms}".encode()
+
+
+def state_key(key: str) -> bytes:
+    return f"k|{key}".encode()
+
+
+class Aggregator(_CheckpointedStage):
+    """calls.facts -> the KPI engine. State: one key per queue/campaign plus one key per minute bucket."""
+
+    def __init__(self, table: Any, engine: KpiEngine, interval_s: float) -> None:
+        super().__init__(table, interval_s)
+        self.engine = engine
+        self.dirty: dict[int, set[str]] = defaultdict(set)
+        self.partition_of: dict[str, int] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.engine.keys.clear()
+        self.dirty.clear()
+        self.partition_of.clear()
+
+    def load(self, partitions: set[int]) -> None:
+        """Load every key of ``partitions`` from the store (after a rebalance, before processing resumes)."""
+        states: dict[str, dict] = {}
+        minutes: dict[str, dict[int, dict]] = defaultdict(dict)
+        for raw_key, raw_value in self.table.data.items():
+            if raw_value is None:
+                continue
+            value = orjson.loads(raw_value)
+            if value.get("p") not in partitions:
+                continue
+            text = raw_key.decode()
+            if text.startswith("k|"):
+                states[text[2:]] = value
+                self.partition_of[text[2:]] = value["p"]
+            elif text.startswith("m|"):
+                key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
+                minutes[key][int(start)] = value
+        for key in set(states) | set(minutes):
+            for minute in minutes[key].values():
+                minute.pop("p", None)
+            if key in states:
+                self.engine.keys[key] = KeyState.restore(key, states[key], minutes[key])
+            else:  # minutes of a key whose state was never checkpointed: a replay rebuilds it
+                self.engine.state(key).minutes = minutes[key]
+        log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
+
+    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        items: list[tuple[bytes, bytes | None]] = []
+        for key in self.dirty.pop(partition, ()):
+            state = self.engine.keys[key]
+            # Minutes first, the key state last: a checkpoint cut short leaves a prefix (one changelog
+            # partition keeps order), so a persisted key state implies its minutes are persisted too.
+            for start in state.dirty_minutes:
+                minute = dict(state.minutes[start])
+                minute["p"] = partition
+                items.append((minute_key(key, start), orjson.dumps(minute)))
+            for start in state.deleted_minutes:
+                items.append((minute_key(key, start), None))
+            state.dirty_minutes = set()
+            state.deleted_minutes = set()
+            snapshot = state.snapshot()
+            snapshot["p"] = partition
+            items.append((state_key(key), orjson.dumps(snapshot)))
+        return items
+
+    async def process(self, event: Any, ack: Ack) -> None:
+        message = event.message
+        partition, offset = message.partition, message.offset
+        key = message.key.decode("utf-8")
+        self.partition_of[key] = partition
+        state = self.engine.state(key)
+        self.unacked[partition].append(event)
+        if offset > state.hw:
+            for src, src_offset, facts in orjson.loads(message.value):
+                self.engine.apply_group(key, src, src_offset, [Fact.decode(f) for f in facts], seq=offset)
+            state.hw = offset
+            self.dirty[partition].add(key)
+        if self.due(partition):
+            await self.checkpoint(partition, ack)
