@@ -37,6 +37,8 @@ class Pipeline:
     sessionizer: Sessionizer
     aggregator: Aggregator
     engine: KpiEngine
+    sessionize_agent: Any
+    aggregate_agent: Any
 
 
 def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
@@ -167,7 +169,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
             return web.json({"error": f"queue {queue!r} has no data"}, status=404)
         return web.json(queue_json(state, engine, api_now()))
 
-    return Pipeline(app, settings, registry, sessionizer, aggregator, engine)
+    return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)
 
 
 def _other_workers(app: faust.App, table: Any) -> list[str]:

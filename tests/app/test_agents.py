@@ -1,0 +1,193 @@
+"""The two agents under Faust's ``test_context()``: no broker; every outbound send is mocked (STYLE 6).
+
+Expected values are worked out by hand from the event times in the comments.
+"""
+
+import asyncio
+from unittest import mock
+
+import orjson
+import pytest
+from prometheus_client import generate_latest
+
+from app.faust_app import build
+from app.settings import Settings
+
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z (epoch seconds)
+
+
+def done(value=None):
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
+class Recorder:
+    """Stands in for a Faust topic: records what is sent and returns an already confirmed future."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, key=None, value=None, headers=None, **kwargs):
+        self.sent.append({"key": key, "value": value, "headers": dict(headers or [])})
+        return done()
+
+
+@pytest.fixture
+async def pipeline(tmp_path):
+    settings = Settings.from_env({"CALLPULSE_CALLER_KEY": "k", "CALLPULSE_CHECKPOINT_INTERVAL": "0.01",
+                                  "CALLPULSE_CLOCK": "event", "CALLPULSE_DATADIR": str(tmp_path)})
+    p = build(settings, embedded=False)
+    p.app.loop = asyncio.get_running_loop()
+    p.app.finalize()
+    p.app.flow_control.resume()
+    p.sessionizer.facts_topic = Recorder()
+    p.sessionizer.deadletter_topic = Recorder()
+    changelog = []
+    for table in (p.sessionizer.table, p.aggregator.table):
+        def send_changelog(partition, key, value, value_serializer=None, _t=table.name):
+            changelog.append((_t, partition, key, value))
+            return done()
+        table.send_changelog = send_changelog
+    p.changelog = changelog
+    return p
+
+
+async def wait_for(stage, count):
+    for _ in range(500):
+        if stage.processed >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"processed {stage.processed} of {count}")
+
+
+def events_of(call, queue, *steps):
+    return [{"event_id": f"{call}-{i}", "type": t, "ts": T0 + sec, "call_id": call, **({"queue": queue} if t == "queue" else {}),
+             **extra} for i, (t, sec, extra) in enumerate(steps)]
+
+
+async def run_through(p, messages):
+    """Feed (key, value) messages to sessionize, then every facts message it sent to aggregate."""
+    async with p.sessionize_agent.test_context() as agent:
+        for key, value in messages:
+            await agent.put(value, key=key)
+        await wait_for(p.sessionizer, len(messages))
+    facts = p.sessionizer.facts_topic.sent
+    async with p.aggregate_agent.test_context() as agent:
+        for sent in facts:
+            await agent.put(sent["value"], key=sent["key"])
+        await wait_for(p.aggregator, len(facts))
+    return facts
+
+
+def sample(p, name, **labels):
+    return p.registry.get_sample_value(name, labels)
+
+
+async def test_events_become_counters_windows_and_dead_letters(pipeline):
+    p = pipeline
+    answered = events_of("c1", "sales", ("ring", 0, {}), ("queue", 3, {}), ("answer", 28, {}), ("hangup", 148, {}),
+                         ("wrapup", 160, {}))
+    abandoned = events_of("c2", "sales", ("queue", 10, {}), ("hangup", 16, {}))
+    late_answer = events_of("c3", "sales", ("queue", 20, {}), ("hangup", 90, {}))
+    late_answer.append({"event_id": "c3-late", "type": "answer", "ts": T0 + 40, "call_id": "c3"})
+    messages = [
+        (b"1", orjson.dumps(answered)),  # a batch: one message
+        (b"2", orjson.dumps(abandoned[0])), (b"2", orjson.dumps(abandoned[1])),  # single events
+        (b"3", orjson.dumps(late_answer[:2])), (b"3", orjson.dumps(late_answer[2])),  # the answer comes after the hangup
+        (b"2", orjson.dumps(abandoned[1])),  # a duplicate
+        (b"9", b"\xff\xfe not utf-8"),
+        (b"9", orjson.dumps([{"event_id": "x", "type": "queue", "ts": T0, "call_id": "c9"}])),  # no queue field
+    ]
+    await run_through(p, messages)
+
+    dead = p.sessionizer.deadletter_topic.sent
+    assert [(d["headers"]["reason"], d["headers"]["source_offset"]) for d in dead] == [(b"not_utf8", b"6"), (b"missing_field", b"7")]
+    assert dead[0]["value"] == b"\xff\xfe not utf-8"
+    assert dead[1]["headers"]["source_topic"] == b"calls.events" and dead[1]["headers"]["source_partition"] == b"0"
+    assert orjson.loads(dead[1]["value"])["event_id"] == "x"
+    assert b"queue" in dead[1]["headers"]["error"]
+
+    # sales: entered 3 (c1, c2, c3); answered c1 (wait 25 s) and c3 (wait 20 s, after its correction);
+    # abandoned c2 (wait 6 s, short); offered 3
+    q = {"queue": "sales"}
+    assert sample(p, "callpulse_calls_entered_total", **q) == 3
+    assert sample(p, "callpulse_calls_answered_total", **q) == 2
+    assert sample(p, "callpulse_calls_answered_within_sl_total", **q) == 1  # 20 s <= T; 25 s is not
+    assert sample(p, "callpulse_calls_short_abandoned_total", **q) == 1
+    assert sample(p, "callpulse_calls_offered_total", **q) == 3
+    # c3's hangup first counted an abandon (wait 70 s); the answer retracted it: exported stays 1, windows are exact
+    assert sample(p, "callpulse_calls_abandoned_total", **q) == 2
+    # corrections: c3's abandon, and c1's completion moved to its wrap-up (live status changes are not counted)
+    assert sample(p, "callpulse_facts_retracted_total") == 2
+    assert sample(p, "callpulse_events_duplicate_total") == 1
+    assert sample(p, "callpulse_events_total", type="queue") == 3  # c1, c2, c3; c9 failed validation
+    assert sample(p, "callpulse_events_rejected_total", reason="not_utf8") == 1
+    # Clock is event time: now = 160 s, the wrap-up. Window 15m holds all; abandon rate (1 - 1) / (3 - 1) = 0;
+    # SL = 1 / (2 + 1 - 1) = 0.5; ASA = (25 + 20) / 2 = 22.5; AHT: c1 talk 120 + acw 12, c3 talk 50: 182 / 2 = 91
+    w = {"queue": "sales", "window": "15m"}
+    assert sample(p, "callpulse_abandonment_ratio", **w) == 0.0
+    assert sample(p, "callpulse_service_level_ratio", **w) == 0.5
+    assert sample(p, "callpulse_average_speed_of_answer_seconds", **w) == 22.5
+    assert sample(p, "callpulse_average_handle_time_seconds", **w) == 91.0
+    assert sample(p, "callpulse_longest_wait_seconds", **w) == 25.0
+    assert sample(p, "callpulse_queue_wait_seconds_bucket", queue="sales", outcome="answered", le="20.0") == 1
+    assert sample(p, "callpulse_queue_wait_seconds_bucket", queue="sales", outcome="answered", le="30.0") == 2
+    text = generate_latest(p.registry).decode()
+    assert "callpulse_faust_messages_received_total" in text
+
+
+async def test_checkpoints_write_each_changed_key_once_and_restore_exactly(pipeline):
+    p = pipeline
+    p.sessionizer.interval_s = 3600  # no checkpoint until asked
+    events = events_of("c1", "q", ("queue", 0, {}), ("answer", 5, {}), ("hangup", 65, {}))
+    async with p.sessionize_agent.test_context() as agent:
+        for e in events:
+            await agent.put(orjson.dumps(e), key=b"7")
+        await wait_for(p.sessionizer, 3)
+        assert p.changelog == []
+        with mock.patch.object(p.sessionizer, "interval_s", 0):
+            await agent.put(orjson.dumps({"event_id": "c2-0", "type": "ring", "ts": T0 + 70, "call_id": "c2"}), key=b"7")
+            await wait_for(p.sessionizer, 4)
+            for _ in range(100):
+                if p.changelog:
+                    break
+                await asyncio.sleep(0.01)
+    # four messages of one bucket: one changelog write of that key, holding the last offset applied
+    assert [(t, key) for t, _, key, _ in p.changelog] == [("sessions", b"7")]
+    snapshot = orjson.loads(p.changelog[0][3])
+    assert snapshot["hw"] == 3 and set(snapshot["calls"]) == {"c1", "c2"}
+
+
+async def test_a_replayed_message_is_not_applied_twice(pipeline):
+    p = pipeline
+    s = p.sessionizer
+    acks = []
+
+    async def ack(event):
+        acks.append(event.message.offset)
+
+    class Msg:
+        def __init__(self, offset, value):
+            self.topic, self.partition, self.offset, self.key, self.value = "calls.events", 0, offset, b"5", value
+
+    class Ev:
+        def __init__(self, offset, value):
+            self.message = Msg(offset, value)
+
+    value = orjson.dumps(events_of("c1", "q", ("queue", 0, {})))
+    s.interval_s = 0
+    await s.process(Ev(10, value), ack)
+    assert len(s.facts_topic.sent) == 1 and acks == [10]
+    # a restart: the working state is gone, the checkpointed store has it; the same offset comes again
+    s.reset()
+    await s.process(Ev(10, value), ack)
+    assert len(s.facts_topic.sent) == 1  # skipped: offset 10 <= the bucket's persisted hw
+    assert acks == [10, 10]
+    # the aggregator counts a re-emitted batch once
+    sent = s.facts_topic.sent[0]
+    a = p.aggregator
+    a.interval_s = 0
+    await a.process(type("E", (), {"message": type("M", (), {"partition": 0, "offset": 0, "key": sent["key"], "value": sent["value"]})()})(), ack)
+    await a.process(type("E", (), {"message": type("M", (), {"partition": 0, "offset": 1, "key": sent["key"], "value": sent["value"]})()})(), ack)
+    assert p.engine.keys["q:q"].totals == {"entered": 1}
