@@ -18,6 +18,7 @@ import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from app import commits
 from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
 from app.pipeline import Aggregator, Sessionizer
@@ -84,6 +85,7 @@ def _credentials(settings: Settings) -> Any:
 def build(settings: Settings, embedded: bool) -> Pipeline:
     """Create the Faust app with its topics, tables, agents and pages."""
     app = faust.App(settings.app_id, **faust_options(settings, embedded))
+    commits.install({TOPIC_EVENTS, TOPIC_FACTS})
     partitions = settings.partitions
 
     def topic(name: str) -> faust.TopicT:
@@ -118,6 +120,11 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         manual = stream.noack()
         async for event in manual.events():
             await aggregator.process(event, manual.ack)
+
+    @app.timer(interval)
+    async def checkpoint_idle() -> None:
+        await sessionizer.checkpoint_idle()
+        await aggregator.checkpoint_idle()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:

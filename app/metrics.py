@@ -2,7 +2,9 @@
 
 The collector reads only what this worker's engine holds, which is only the partitions it actively owns,
 so ``sum by (queue)`` over workers is exact. Keys beyond CALLPULSE_MAX_QUEUES (per kind, in order of first
-appearance) fold into ``_other``. Every family is built fresh at each scrape: vanished queues stop being
+appearance) fold into ``_other``. Counters and histograms come from the last durable checkpoint (at most
+CALLPULSE_CHECKPOINT_INTERVAL behind), so a restarted worker never exports a value below one already
+scraped; windowed and live gauges come from the working state. Every family is built fresh at each scrape: vanished queues stop being
 exported and concurrent scrapes cannot race.
 """
 
@@ -148,31 +150,31 @@ class KpiCollector(Collector):
         for name, (total, doc) in QUEUE_COUNTERS.items():
             fam = CounterMetricFamily(name, doc, labels=["queue"])
             for s in queues:
-                fam.add_metric([s.name], s.hwm.get(total, 0))
+                fam.add_metric([s.name], s.exported.get(total, 0))
             yield fam
         for name, (total, doc) in CAMPAIGN_COUNTERS.items():
             fam = CounterMetricFamily(name, doc, labels=["campaign"])
             for s in campaigns:
-                fam.add_metric([s.name], s.hwm.get(total, 0))
+                fam.add_metric([s.name], s.exported.get(total, 0))
             yield fam
         fam = CounterMetricFamily("callpulse_calls_exited", "Flow-outs (left the queue without an agent), by reason.",
                                   labels=["queue", "reason"])
         for s in queues:
             for reason in EXIT_LABELS:
-                fam.add_metric([s.name, reason], s.hwm.get("exited:" + reason, 0))
+                fam.add_metric([s.name, reason], s.exported.get("exited:" + reason, 0))
         yield fam
         fam = CounterMetricFamily("callpulse_calls_refused", "Calls that could not enter the queue, by reason.",
                                   labels=["queue", "reason"])
         for s in queues:
             for reason in REFUSED_REASONS:
-                fam.add_metric([s.name, reason], s.hwm.get("refused:" + reason, 0))
+                fam.add_metric([s.name, reason], s.exported.get("refused:" + reason, 0))
         yield fam
         fam = CounterMetricFamily("callpulse_survey_responses", "Post-call survey responses by scale and band.",
                                   labels=["queue", "scale", "band"])
         for s in queues:
             for scale, bands in SURVEY_BANDS.items():
                 for band, _, _ in bands:
-                    fam.add_metric([s.name, scale, band], s.hwm.get(f"survey:{scale}:{band}", 0))
+                    fam.add_metric([s.name, scale, band], s.exported.get(f"survey:{scale}:{band}", 0))
         yield fam
 
         wait_bounds = engine.config.wait_bounds_s
@@ -219,9 +221,9 @@ def _histogram(state: KeyState, name: str, bounds_s: tuple[float, ...]) -> tuple
     """Cumulative buckets and sum (seconds) of one exported histogram, from the never-decreasing values."""
     buckets = []
     for i, bound in enumerate(bounds_s):
-        buckets.append((_le(bound), state.hwm.get(f"h:{name}:{i}", 0)))
-    buckets.append(("+Inf", state.hwm.get(f"h:{name}:{len(bounds_s)}", 0)))
-    return buckets, state.hwm.get(f"h:{name}:sum", 0) / 1000
+        buckets.append((_le(bound), state.exported.get(f"h:{name}:{i}", 0)))
+    buckets.append(("+Inf", state.exported.get(f"h:{name}:{len(bounds_s)}", 0)))
+    return buckets, state.exported.get(f"h:{name}:sum", 0) / 1000
 
 
 def _le(bound: float) -> str:

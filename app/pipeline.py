@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
+from app import commits
 from streams.calls import BucketState, SessionConfig
 from streams.facts import Fact
 from streams.kpi import KeyState, KpiEngine
@@ -41,12 +44,29 @@ LIVE_KINDS = frozenset(("live", "agent"))
 CHECKPOINT_MAX_MESSAGES = 5000
 
 
+@contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event: the RocksDB store picks its partition database from it."""
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 class _CheckpointedStage:
-    """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing."""
+    """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing.
+
+    ``lock`` serialises message processing and checkpoints (the agent and the idle-checkpoint timer).
+    """
 
     def __init__(self, table: Any, interval_s: float) -> None:
         self.table = table
         self.interval_s = interval_s
+        self.lock = asyncio.Lock()
+        self.ack: Ack | None = None
         self.unacked: dict[int, list[Any]] = defaultdict(list)
         self.pending: list[Awaitable[Any]] = []
         self.last_checkpoint: dict[int, float] = {}
@@ -57,6 +77,7 @@ class _CheckpointedStage:
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
+        commits.forget()
         self.generation += 1
         self.unacked.clear()
         self.pending.clear()
@@ -65,6 +86,15 @@ class _CheckpointedStage:
     def due(self, partition: int) -> bool:
         last = self.last_checkpoint.setdefault(partition, time.monotonic())
         return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
+
+    async def checkpoint_idle(self) -> None:
+        """Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger."""
+        if self.ack is None:
+            return
+        async with self.lock:
+            for partition in [p for p, events in self.unacked.items() if events and self.due(p)]:
+                with event_context(self.unacked[partition][-1]):
+                    await self.checkpoint(partition, self.ack)
 
     async def _write(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> list[Awaitable[Any]]:
         data = self.table.data
@@ -80,6 +110,7 @@ class _CheckpointedStage:
         return futures
 
     async def checkpoint(self, partition: int, ack: Ack) -> None:
+        """Confirm sends, persist the partition's changed keys, then acknowledge its messages (lock held)."""
         generation = self.generation
         if self.pending:
             pending, self.pending = self.pending, []
@@ -91,12 +122,20 @@ class _CheckpointedStage:
             await asyncio.gather(*futures)
         if generation != self.generation:
             return
-        for event in self.unacked.pop(partition, []):
+        self.confirmed(partition)
+        events = self.unacked.pop(partition, [])
+        for event in events:
             await ack(event)
+        if events:
+            last = events[-1].message
+            commits.checkpointed(last.topic, partition, last.offset + 1)
         self.last_checkpoint[partition] = time.monotonic()
 
     def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
         raise NotImplementedError
+
+    def confirmed(self, partition: int) -> None:
+        """The partition's checkpoint is durable."""
 
 
 class PipelineCounters:
@@ -149,6 +188,11 @@ class Sessionizer(_CheckpointedStage):
 
     async def process(self, event: Any, ack: Ack) -> None:
         """Apply one calls.events message; checkpoint the partition when due."""
+        self.ack = ack
+        async with self.lock:
+            await self._process(event, ack)
+
+    async def _process(self, event: Any, ack: Ack) -> None:
         message = event.message
         partition, offset = message.partition, message.offset
         key = message.key or b"_p%d" % partition
@@ -224,12 +268,21 @@ class Aggregator(_CheckpointedStage):
         self.engine = engine
         self.dirty: dict[int, set[str]] = defaultdict(set)
         self.partition_of: dict[str, int] = {}
+        #: Counter values of a checkpoint in flight, exported once it is durable.
+        self.staged: dict[int, list[tuple[KeyState, dict[str, int]]]] = defaultdict(list)
 
     def reset(self) -> None:
         super().reset()
         self.engine.keys.clear()
         self.dirty.clear()
         self.partition_of.clear()
+        self.staged.clear()
+
+    def confirmed(self, partition: int) -> None:
+        # Counters are exported from durable state only: a restart can never show a value below one already
+        # scraped, which Prometheus would take for a counter reset.
+        for state, hwm in self.staged.pop(partition, ()):
+            state.exported = hwm
 
     def load(self, partitions: set[int]) -> None:
         """Load every key of ``partitions`` from the store (after a rebalance, before processing resumes)."""
@@ -274,9 +327,16 @@ class Aggregator(_CheckpointedStage):
             snapshot = state.snapshot()
             snapshot["p"] = partition
             items.append((state_key(key), orjson.dumps(snapshot)))
+            self.staged[partition].append((state, dict(state.hwm)))
         return items
 
     async def process(self, event: Any, ack: Ack) -> None:
+        """Apply one calls.facts message; checkpoint the partition when due."""
+        self.ack = ack
+        async with self.lock:
+            await self._process(event, ack)
+
+    async def _process(self, event: Any, ack: Ack) -> None:
         message = event.message
         partition, offset = message.partition, message.offset
         key = message.key.decode("utf-8")

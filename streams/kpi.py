@@ -70,7 +70,7 @@ def _hist_new(n_bounds: int) -> dict:
 class KeyState:
     """Everything the engine keeps for one queue or campaign."""
 
-    __slots__ = ("key", "hw", "wm", "first", "applied", "live", "agents", "totals", "hist", "hwm", "minutes",
+    __slots__ = ("key", "hw", "wm", "first", "applied", "live", "agents", "totals", "hist", "hwm", "exported", "minutes",
                  "dirty_minutes", "deleted_minutes", "touch_seq", "touched")
 
     def __init__(self, key: str) -> None:
@@ -87,6 +87,8 @@ class KeyState:
         self.totals: dict[str, int] = {}
         self.hist: dict[str, dict] = {}
         self.hwm: dict[str, int] = {}
+        #: The counter values to export: ``hwm`` as of the last durable checkpoint (set by the shell).
+        self.exported: dict[str, int] = {}
         self.minutes: dict[int, dict] = {}
         self.dirty_minutes: set[int] = set()
         self.deleted_minutes: set[int] = set()
@@ -119,6 +121,7 @@ class KeyState:
         state.totals = data["totals"]
         state.hist = data["hist"]
         state.hwm = data["hwm"]
+        state.exported = dict(state.hwm)
         state.minutes = minutes
         return state
 
@@ -308,6 +311,8 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
             _add(merged.totals, name, value)
         for name, value in st.hwm.items():
             merged.hwm[name] = merged.hwm.get(name, 0) + value
+        for name, value in st.exported.items():
+            merged.exported[name] = merged.exported.get(name, 0) + value
         for name, hist in st.hist.items():
             into = merged.hist.setdefault(name, _hist_new(len(hist["b"]) - 1))
             if len(into["b"]) == len(hist["b"]):

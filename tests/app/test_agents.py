@@ -77,7 +77,17 @@ async def run_through(p, messages):
         for sent in facts:
             await agent.put(sent["value"], key=sent["key"])
         await wait_for(p.aggregator, len(facts))
+        await asyncio.sleep(p.aggregator.interval_s)
+        await p.aggregator.checkpoint_idle()  # counters are exported from durable checkpoints
     return facts
+
+
+class FakeEvent:
+    """What the stages read of a Faust event, for calling ``process`` directly with chosen offsets."""
+
+    def __init__(self, topic, partition, offset, key, value):
+        self.message = type("Message", (), {"topic": topic, "partition": partition, "offset": offset, "key": key,
+                                            "value": value})()
 
 
 def sample(p, name, **labels):
@@ -159,6 +169,29 @@ async def test_checkpoints_write_each_changed_key_once_and_restore_exactly(pipel
     assert snapshot["hw"] == 3 and set(snapshot["calls"]) == {"c1", "c2"}
 
 
+async def test_counters_are_exported_only_once_their_checkpoint_is_durable(pipeline):
+    p = pipeline
+    a = p.aggregator
+    a.interval_s = 3600
+    acks = []
+
+    async def ack(event):
+        acks.append(event.message.offset)
+
+    facts = [[ "b1", 0, [["entered", "q:q", T0 * 1000, "f1", "c1", 0, "", 0, 0, 0, 0, 0, "", 0, "", 0, "", 1]]]]
+    await a.process(FakeEvent("calls.facts", 2, 0, b"q:q", orjson.dumps(facts)), ack)
+    assert p.engine.keys["q:q"].totals == {"entered": 1}
+    assert sample(p, "callpulse_calls_entered_total", queue="q") == 0  # applied, not yet durable
+    a.interval_s = 0
+    with mock.patch("app.pipeline.event_context"):
+        await a.checkpoint_idle()
+    assert acks == [0]
+    assert sample(p, "callpulse_calls_entered_total", queue="q") == 1
+    from app import commits
+
+    assert commits.CHECKPOINTED[("calls.facts", 2)] == 1  # the commit offset follows the durable checkpoint
+
+
 async def test_a_replayed_message_is_not_applied_twice(pipeline):
     p = pipeline
     s = p.sessionizer
@@ -167,13 +200,8 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     async def ack(event):
         acks.append(event.message.offset)
 
-    class Msg:
-        def __init__(self, offset, value):
-            self.topic, self.partition, self.offset, self.key, self.value = "calls.events", 0, offset, b"5", value
-
-    class Ev:
-        def __init__(self, offset, value):
-            self.message = Msg(offset, value)
+    def Ev(offset, value):  # noqa: N802
+        return FakeEvent("calls.events", 0, offset, b"5", value)
 
     value = orjson.dumps(events_of("c1", "q", ("queue", 0, {})))
     s.interval_s = 0
@@ -188,6 +216,6 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     sent = s.facts_topic.sent[0]
     a = p.aggregator
     a.interval_s = 0
-    await a.process(type("E", (), {"message": type("M", (), {"partition": 0, "offset": 0, "key": sent["key"], "value": sent["value"]})()})(), ack)
-    await a.process(type("E", (), {"message": type("M", (), {"partition": 0, "offset": 1, "key": sent["key"], "value": sent["value"]})()})(), ack)
+    await a.process(FakeEvent("calls.facts", 0, 0, sent["key"], sent["value"]), ack)
+    await a.process(FakeEvent("calls.facts", 0, 1, sent["key"], sent["value"]), ack)
     assert p.engine.keys["q:q"].totals == {"entered": 1}
