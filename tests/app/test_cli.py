@@ -1,0 +1,51 @@
+"""The command line: run functions get their arguments; bad input is one sentence and an exit code."""
+
+import os
+import subprocess
+import sys
+from unittest import mock
+
+from click.testing import CliRunner
+
+from app import cli
+
+
+def run(*args, **env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "app", *args], env=full, capture_output=True, timeout=60)
+
+
+def test_a_bad_setting_is_one_sentence_and_exit_2():
+    result = run("worker", CALLPULSE_GRACE="soon")
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.decode().strip() == "callpulse: CALLPULSE_GRACE must be a number, not 'soon'."
+
+
+def test_an_unreachable_broker_is_one_sentence_and_exit_3():
+    with mock.patch("app.kafka._admin", side_effect=cli.BrokerUnavailable("cannot reach the Kafka broker at x:1")):
+        result = CliRunner().invoke(cli.main, ["produce", "-"], input=b"{}\n", env={"CALLPULSE_CALLER_KEY": "k"})
+    assert result.exit_code == cli.EXIT_UNAVAILABLE
+    assert "cannot reach the Kafka broker at x:1. Start one with `callpulse broker`" in result.output
+
+
+def test_a_missing_file_is_one_sentence():
+    result = run("produce", "/nonexistent.jsonl", CALLPULSE_CALLER_KEY="k")
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.decode().strip() == "callpulse: /nonexistent.jsonl is not a readable file."
+
+
+def test_produce_passes_its_options():
+    with mock.patch.object(cli, "run_produce", return_value=0) as run_produce:
+        result = CliRunner().invoke(cli.main, ["produce", "--batch", "7", "-"], env={"CALLPULSE_CALLER_KEY": "k"})
+    assert result.exit_code == 0
+    assert run_produce.call_args.kwargs["source"] == "-" and run_produce.call_args.kwargs["batch"] == 7
+
+
+def test_message_keys_are_call_buckets():
+    import zlib
+
+    assert cli.message_key({"call_id": "c1"}) == str(zlib.crc32(b"c1") % 256).encode()
+    assert cli.message_key({"agent": "a7", "type": "agent_state"}) == str(zlib.crc32(b"a7") % 256).encode()
+    assert cli.message_key({"type": "queue"}) == b"_unroutable"
+    assert cli.message_key([1]) == b"_unroutable"
