@@ -18,7 +18,7 @@ dev: $(STAMP)
 	$(VENV)/bin/callpulse dev
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check app streams tests
+	$(VENV)/bin/ruff check app streams tests bench
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
