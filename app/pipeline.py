@@ -83,6 +83,20 @@ class _CheckpointedStage:
         self.pending.clear()
         self.last_checkpoint.clear()
 
+    async def process(self, event: Any, ack: Ack) -> None:
+        """Apply one message unless its key already holds it; checkpoint the partition when due."""
+        self.ack = ack
+        async with self.lock:
+            partition = event.message.partition
+            self.unacked[partition].append(event)
+            await self._apply_message(event.message)
+            self.processed += 1
+            if self.due(partition):
+                await self.checkpoint(partition, ack)
+
+    async def _apply_message(self, message: Any) -> None:
+        raise NotImplementedError
+
     def due(self, partition: int) -> bool:
         last = self.last_checkpoint.setdefault(partition, time.monotonic())
         return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
@@ -186,25 +200,14 @@ class Sessionizer(_CheckpointedStage):
             items.append((key, orjson.dumps(snapshot)))
         return items
 
-    async def process(self, event: Any, ack: Ack) -> None:
-        """Apply one calls.events message; checkpoint the partition when due."""
-        self.ack = ack
-        async with self.lock:
-            await self._process(event, ack)
-
-    async def _process(self, event: Any, ack: Ack) -> None:
-        message = event.message
+    async def _apply_message(self, message: Any) -> None:
         partition, offset = message.partition, message.offset
         key = message.key or b"_p%d" % partition
         bucket = self.bucket(key)
-        self.unacked[partition].append(event)
         if offset > bucket.hw:
             await self._apply(bucket, key, message)
             bucket.hw = offset
             self.dirty[partition].add(key)
-        self.processed += 1
-        if self.due(partition):
-            await self.checkpoint(partition, ack)
 
     async def _apply(self, bucket: BucketState, key: bytes, message: Any) -> None:
         counters = self.counters
@@ -267,7 +270,6 @@ class Aggregator(_CheckpointedStage):
         super().__init__(table, interval_s)
         self.engine = engine
         self.dirty: dict[int, set[str]] = defaultdict(set)
-        self.partition_of: dict[str, int] = {}
         #: Counter values of a checkpoint in flight, exported once it is durable.
         self.staged: dict[int, list[tuple[KeyState, dict[str, int]]]] = defaultdict(list)
 
@@ -275,7 +277,6 @@ class Aggregator(_CheckpointedStage):
         super().reset()
         self.engine.keys.clear()
         self.dirty.clear()
-        self.partition_of.clear()
         self.staged.clear()
 
     def confirmed(self, partition: int) -> None:
@@ -297,7 +298,6 @@ class Aggregator(_CheckpointedStage):
             text = raw_key.decode()
             if text.startswith("k|"):
                 states[text[2:]] = value
-                self.partition_of[text[2:]] = value["p"]
             elif text.startswith("m|"):
                 key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
                 minutes[key][int(start)] = value
@@ -330,24 +330,12 @@ class Aggregator(_CheckpointedStage):
             self.staged[partition].append((state, dict(state.hwm)))
         return items
 
-    async def process(self, event: Any, ack: Ack) -> None:
-        """Apply one calls.facts message; checkpoint the partition when due."""
-        self.ack = ack
-        async with self.lock:
-            await self._process(event, ack)
-
-    async def _process(self, event: Any, ack: Ack) -> None:
-        message = event.message
+    async def _apply_message(self, message: Any) -> None:
         partition, offset = message.partition, message.offset
         key = message.key.decode("utf-8")
-        self.partition_of[key] = partition
         state = self.engine.state(key)
-        self.unacked[partition].append(event)
         if offset > state.hw:
             for src, src_offset, facts in orjson.loads(message.value):
                 self.engine.apply_group(key, src, src_offset, [Fact.decode(f) for f in facts], seq=offset)
             state.hw = offset
             self.dirty[partition].add(key)
-        self.processed += 1
-        if self.due(partition):
-            await self.checkpoint(partition, ack)
