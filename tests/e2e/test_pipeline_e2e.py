@@ -237,3 +237,43 @@ def test_the_rocksdb_store_recovers_after_sigkill(broker, worker_factory, tmp_pa
     w.start()
     w.wait_for("callpulse_calls_entered_total", 5, queue="sales")
     assert business_counters(w) == before
+
+
+def summed(workers, name, **labels):
+    return sum(w.value(name, **labels) or 0 for w in workers)
+
+
+def test_two_workers_split_the_queues_and_keep_totals_exact(broker, worker_factory, tmp_path):
+    result = run_cli(broker, "produce", str(write_jsonl(tmp_path / "in.jsonl", SCENARIO)))
+    assert result.returncode == 0, result.stderr.decode()
+    a = worker_factory(CALLPULSE_CLOCK="event", CALLPULSE_DATADIR=str(tmp_path / "a")).start()
+    b = worker_factory(CALLPULSE_CLOCK="event", CALLPULSE_DATADIR=str(tmp_path / "b")).start()
+    both = [a, b]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        exporters = [w for w in both if w.value("callpulse_calls_entered_total", queue="sales") is not None]
+        if (summed(both, "callpulse_calls_entered_total", queue="sales") == 5
+                and summed(both, "callpulse_outbound_attempts_total", campaign="renew") == 3
+                and summed(both, "callpulse_calls_entered_total", queue="overflow") == 2
+                and len(exporters) == 1):
+            break
+        time.sleep(0.5)
+    # each queue is exported by exactly one worker (the owner of its partition), so sums are the hand counts
+    for name, labels, expected in [("callpulse_calls_entered_total", {"queue": "sales"}, 5),
+                                   ("callpulse_calls_answered_total", {"queue": "sales"}, 2),
+                                   ("callpulse_calls_abandoned_total", {"queue": "sales"}, 2),
+                                   ("callpulse_calls_entered_total", {"queue": "overflow"}, 2),
+                                   ("callpulse_outbound_contacts_total", {"campaign": "renew"}, 2)]:
+        assert summed(both, name, **labels) == expected, name
+        assert sum(1 for w in both if w.value(name, **labels) is not None) == 1, name
+    # the API merges both workers' queues, and forwards one queue to its owner
+    for w in both:
+        listing = json.loads(w.get("/api/v1/queues"))
+        assert [q["queue"] for q in listing["queues"]] == ["overflow", "sales"]
+        assert json.loads(w.get("/api/v1/queues/sales"))["windows"]["15m"]["counts"]["entered"] == 5
+    # one worker dies: the other takes all partitions over with the same totals
+    b.kill()
+    a.wait_for("callpulse_calls_entered_total", 5, timeout=120, queue="sales")
+    a.wait_for("callpulse_calls_entered_total", 2, timeout=60, queue="overflow")
+    a.wait_for("callpulse_outbound_conversions_total", 1, timeout=60, campaign="renew")
+    assert a.value("callpulse_calls_abandoned_total", queue="sales") == 2
