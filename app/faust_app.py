@@ -8,7 +8,6 @@ built with ``env={}`` from callpulse's own settings.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,6 +105,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     sessionizer = Sessionizer(sessions, facts_topic, deadletter_topic, settings.session, settings.validation,
                               counters, interval)
     aggregator = Aggregator(aggregates, engine, interval)
+    sessionizer.on_fatal = aggregator.on_fatal = app.crash
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
     registry.register(KpiCollector(lambda: engine, settings, now_ms))
 
@@ -143,8 +143,8 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
-        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # On the event loop, not in a thread: the collector reads state the agents change.
+        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/api/v1/queues")
     async def queues_page(web: Any, request: Any) -> Any:
@@ -167,7 +167,10 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
 
     @app.page("/api/v1/queues/{queue}")
     async def queue_page(web: Any, request: Any, queue: str) -> Any:
-        owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
+        try:
+            owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
+        except Exception:  # noqa: BLE001 - no assignment known yet: answer from here
+            owner = settings.advertised_url.rstrip("/")
         if not request.query.get("local") and owner != settings.advertised_url.rstrip("/"):
             async with app.http_client.get(f"{owner}/api/v1/queues/{queue}?local=1") as response:
                 return web.json(await response.json(), status=response.status)

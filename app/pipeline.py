@@ -56,6 +56,10 @@ def event_context(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
+async def _no_fatal_handler(exc: BaseException) -> None:
+    return None
+
+
 class _CheckpointedStage:
     """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing.
 
@@ -67,6 +71,8 @@ class _CheckpointedStage:
         self.interval_s = interval_s
         self.lock = asyncio.Lock()
         self.ack: Ack | None = None
+        #: Called with the exception when a checkpoint fails (the Faust shell passes ``app.crash``).
+        self.on_fatal: Callable[[BaseException], Awaitable[Any]] = _no_fatal_handler
         self.unacked: dict[int, list[Any]] = defaultdict(list)
         self.pending: list[Awaitable[Any]] = []
         self.last_checkpoint: dict[int, float] = {}
@@ -87,9 +93,12 @@ class _CheckpointedStage:
         """Apply one message unless its key already holds it; checkpoint the partition when due."""
         self.ack = ack
         async with self.lock:
+            generation = self.generation
             partition = event.message.partition
             self.unacked[partition].append(event)
             await self._apply_message(event.message)
+            if generation != self.generation:  # a rebalance came in between: the message is replayed
+                return
             self.processed += 1
             if self.due(partition):
                 await self.checkpoint(partition, ack)
@@ -126,14 +135,21 @@ class _CheckpointedStage:
     async def checkpoint(self, partition: int, ack: Ack) -> None:
         """Confirm sends, persist the partition's changed keys, then acknowledge its messages (lock held)."""
         generation = self.generation
-        if self.pending:
-            pending, self.pending = self.pending, []
-            await asyncio.gather(*pending)
-        if generation != self.generation:
-            return
-        futures = await self._write(partition, self.dirty_items(partition))
-        if futures:
-            await asyncio.gather(*futures)
+        try:
+            if self.pending:
+                pending, self.pending = self.pending, []
+                await asyncio.gather(*pending)
+            if generation != self.generation:
+                return
+            futures = await self._write(partition, self.dirty_items(partition))
+            if futures:
+                await asyncio.gather(*futures)
+        except Exception as exc:
+            # A send the broker did not take (after the producer's retries): what it carried can only be
+            # recovered by replaying from the last checkpoint, which a restart does. Stop the worker.
+            log.critical("checkpoint of partition %d failed, stopping the worker: %r", partition, exc)
+            await self.on_fatal(exc)
+            raise
         if generation != self.generation:
             return
         self.confirmed(partition)
@@ -205,7 +221,10 @@ class Sessionizer(_CheckpointedStage):
         key = message.key or b"_p%d" % partition
         bucket = self.bucket(key)
         if offset > bucket.hw:
+            generation = self.generation
             await self._apply(bucket, key, message)
+            if generation != self.generation:
+                return
             bucket.hw = offset
             self.dirty[partition].add(key)
 

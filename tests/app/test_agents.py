@@ -219,3 +219,50 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     await a.process(FakeEvent("calls.facts", 0, 0, sent["key"], sent["value"]), ack)
     await a.process(FakeEvent("calls.facts", 0, 1, sent["key"], sent["value"]), ack)
     assert p.engine.keys["q:q"].totals == {"entered": 1}
+
+
+async def test_a_send_the_broker_refused_stops_the_worker_and_acks_nothing(pipeline):
+    s = pipeline.sessionizer
+    s.interval_s = 0
+    fatal, acks = [], []
+
+    async def on_fatal(exc):
+        fatal.append(exc)
+
+    async def ack(event):
+        acks.append(event)
+
+    async def failing_send(**kwargs):
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(RuntimeError("broker gone"))
+        return fut
+
+    s.on_fatal = on_fatal
+    s.facts_topic.send = failing_send
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+    assert [str(e) for e in fatal] == ["broker gone"] and acks == []
+    assert pipeline.changelog == []
+
+
+async def test_a_rebalance_during_a_message_leaves_nothing_half_applied(pipeline):
+    s = pipeline.sessionizer
+    s.interval_s = 3600
+    recorder = s.facts_topic
+
+    async def send_then_rebalance(**kwargs):
+        s.reset()  # the partition is revoked while the send is under way
+        return await recorder.send(**kwargs)
+
+    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+
+    async def ack(event):
+        raise AssertionError("nothing may be acknowledged")
+
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+    assert s.dirty == {} and s.unacked == {} and s.processed == 0
+    s.facts_topic = recorder
+    s.interval_s = 0
+    s.ack = ack
+    await s.checkpoint_idle()  # nothing to checkpoint, no KeyError
+    assert pipeline.changelog == []
