@@ -96,3 +96,20 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [n for n in SPECS if f"CALLPULSE_{n}" not in readme]
     assert missing == []
+
+
+def test_callpulse_settings_win_over_fausts_own_environment(monkeypatch, tmp_path):
+    from app.faust_app import build, faust_options
+
+    monkeypatch.setenv("BROKER_URL", "kafka://elsewhere:1")
+    monkeypatch.setenv("WEB_PORT", "1")
+    monkeypatch.setenv("STORE", "rocksdb://")
+    settings = Settings.from_env({"CALLPULSE_BROKER": "kafka://127.0.0.1:19999", "CALLPULSE_CALLER_KEY": "k",
+                                  "CALLPULSE_DATADIR": str(tmp_path)})
+    app = build(settings, embedded=False).app
+    assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:19999"]
+    assert app.conf.web_port == 6066 and app.conf.store.scheme == "memory"
+    # against the embedded broker every record is its own batch (exact end offsets) and sessions are short
+    embedded = faust_options(settings, embedded=True)
+    assert embedded["producer_max_batch_size"] == 1 and embedded["broker_session_timeout"] <= 10
+    assert "producer_max_batch_size" not in faust_options(settings, embedded=False)

@@ -59,6 +59,23 @@ SCENARIO = [
 ]
 
 
+def topic_partitions(broker):
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def describe():
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
+        await admin.start()
+        try:
+            topics = await admin.describe_topics(["calls.events", "calls.facts", "calls.deadletter"])
+        finally:
+            await admin.close()
+        return {t["topic"]: len(t["partitions"]) for t in topics}
+
+    return asyncio.run(describe())
+
+
 def write_jsonl(path, events, extra_lines=()):
     path.write_bytes(b"\n".join([orjson.dumps(e) for e in events] + list(extra_lines)) + b"\n")
     return path
@@ -77,6 +94,8 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
         (call_bucket("c1").encode(), orjson.dumps(ev("c1-late", "hold", -1000, "c1"))),
     ])
     w = worker_factory(CALLPULSE_CLOCK="event").start()
+    # `produce` created the topics, before any worker, with CALLPULSE_PARTITIONS (4) partitions
+    assert topic_partitions(broker) == {"calls.events": 4, "calls.facts": 4, "calls.deadletter": 4}
 
     s, o, r = {"queue": "sales"}, {"queue": "overflow"}, {"campaign": "renew"}
     w.wait_for("callpulse_survey_responses_total", 1, queue="sales", scale="csat", band="positive")
