@@ -250,7 +250,9 @@ class _InboundWalk:
                 facts.append(Fact("survey", queue_key(sq), ts, "survey:" + eid, self.call_id, scale=ev[4],
                                   score=ev[5]))
         elif t == "expire":
-            xq = self.q if state == QUEUED else self.ans_q if state in (CONNECTED, HELD) else self.last_q
+            # Only a call lost while waiting or talking is expired; one that already left its queue
+            # (transferred away, exited) simply ends without its hangup.
+            xq = self.q if state == QUEUED else self.ans_q if state in (CONNECTED, HELD) else ""
             if xq:
                 facts.append(Fact("expired", queue_key(xq), ts, "expired:" + eid, self.call_id))
             self.state = ENDED
@@ -272,36 +274,42 @@ class _InboundWalk:
 
 
 def _derive_outbound(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:
+    """Outbound: every ``dial`` is an attempt (a channel may redial under one call id); an ``answer``
+    connects one dialled attempt; a ``hangup`` judges the last open answer (contact, conversion).
+
+    Outcomes are not paired with attempts by order: redials within one second sort all dials first
+    (equal timestamps), and the counts must not depend on that.
+    """
     campaign = next((ev[4] for ev in events if ev[1] == "dial"), None) or next(
         (ev[5] for ev in events if ev[1] != "survey" and ev[5]), None) or "default"
     key = campaign_key(campaign)
     facts: list[Fact] = []
-    dialed = False
-    ans = -1
-    ended = False
+    dials = answers = hangups = 0
+    open_answer = -1
     for ev in events:
         ts, t, eid = ev[0], ev[1], ev[2]
-        if ended:
-            break
         if t == "dial":
-            if not dialed:
-                dialed = True
-                facts.append(Fact("attempt", key, ts, "attempt:" + eid, call_id))
+            dials += 1
+            facts.append(Fact("attempt", key, ts, "attempt:" + eid, call_id))
         elif t == "answer":
-            if dialed and ans < 0:
-                ans = ts
+            if answers < dials:
+                answers += 1
+                open_answer = ts
                 facts.append(Fact("connected", key, ts, "connected:" + eid, call_id))
-        elif t in ("hangup", "expire"):
-            ended = True
-            if not dialed or t == "expire":
+        elif t == "hangup":
+            if hangups >= dials:
                 continue
+            hangups += 1
             disposition = ev[4]
-            talk = ts - ans if ans >= 0 else 0
-            if disposition in ("contact", "success") or (disposition is None and ans >= 0 and talk >= contact_min_talk_ms):
+            talk = ts - open_answer if open_answer >= 0 else -1
+            if disposition in ("contact", "success") or (disposition is None and talk >= contact_min_talk_ms):
                 facts.append(Fact("contact", key, ts, "contact:" + eid, call_id))
             if disposition == "success":
                 facts.append(Fact("conversion", key, ts, "conversion:" + eid, call_id))
-    return Derivation(facts, ended, "", None)
+            open_answer = -1
+        elif t == "expire":
+            hangups = dials
+    return Derivation(facts, dials > 0 and hangups >= dials, "", None)
 
 
 # --------------------------------------------------------------------------------------------------------

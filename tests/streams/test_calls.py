@@ -500,3 +500,33 @@ def test_agent_timelines_fold_past_grace_without_retracting_history():
     assert open_ == {("q:q1", "ag"): ("available", 2000)}
     assert len(bucket.agents["ag"].pending) == 1  # everything older than 2000 - 120 s is folded
     assert bucket.apply(A("3", 60, "ag", "busy")).status == "duplicate"
+
+
+def test_redials_under_one_call_id_are_separate_attempts_in_any_same_second_order():
+    # pbxware-2018 rows 905-908: dial, channel unavailable, dial (all at 119 s), then the answered call
+    # logged at 162 s with 40 s of talk: 2 attempts, 1 connection, 1 contact (40 s >= 30 s)
+    events = [E("905", "dial", 119, campaign="default"), E("906", "hangup", 119, outbound=True, disposition="failed"),
+              E("907", "dial", 119, campaign="default"), E("908a", "answer", 122, outbound=True),
+              E("908b", "hangup", 162, outbound=True)]
+    expected = Counter(attempt=2, connected=1, contact=1)
+    for order in itertools.permutations(events):
+        emitted, _, bucket = run(list(order))
+        assert counts(in_force(emitted)) == expected
+    # rows 683-688: three dials and three failures in one second: 3 attempts and nothing else
+    burst = [E(f"d{i}", "dial", 6, campaign="default") for i in range(3)] + [
+        E(f"f{i}", "hangup", 6, outbound=True, disposition="failed") for i in range(3)]
+    assert counts(in_force(run(burst)[0])) == Counter(attempt=3)
+
+
+def test_an_answer_needs_a_dial_and_a_call_ends_when_every_attempt_did():
+    emitted, _, bucket = run([E("1", "dial", 0, campaign="k"), E("2", "answer", 5, outbound=True),
+                              E("3", "answer", 6, outbound=True), E("4", "hangup", 50, outbound=True),
+                              E("9", "ring", 400, call="other")])
+    assert counts(in_force(emitted)) == Counter(attempt=1, connected=1, contact=1)  # the second answer has no dial
+    assert "c1" in bucket.done  # ended and finalized
+
+
+def test_a_call_that_left_its_queue_and_never_hung_up_ends_without_expiring():
+    emitted, _, _ = run([E("1", "queue", 0, queue="q"), E("2", "answer", 5), E("3", "transfer", 60, target="x"),
+                         E("9", "ring", 3600 + 61, call="c2")])
+    assert counts(in_force(emitted)) == Counter(entered=1, answered=1, completed=1)
