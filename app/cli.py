@@ -22,8 +22,8 @@ import click
 import orjson
 
 from app.kafka import TOPIC_EVENTS, BrokerUnavailable, detect_embedded, ensure_topics, start_producer
+from app.producing import EventProducer, message_key
 from app.settings import Settings, SettingsError
-from streams.events import call_bucket
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -137,40 +137,14 @@ def broker() -> None:
 
 # -- produce -----------------------------------------------------------------------------------------------------
 
-def message_key(event: object) -> bytes:
-    """The call bucket of an event (the agent's for agent events); unroutable values share one key."""
-    if isinstance(event, dict):
-        ident = event.get("call_id") or event.get("agent")
-        if isinstance(ident, str) and ident:
-            return call_bucket(ident).encode()
-    return b"_unroutable"
-
-
 async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tuple[int, int, int]:
     """Send JSON Lines to calls.events, keyed by call bucket, ``batch`` events of one bucket per message.
 
     A line that is not JSON is sent as it is (the worker dead-letters it with its reason) and reported.
     Returns (messages, events, bad lines).
     """
-    embedded = await detect_embedded(settings)
-    await ensure_topics(settings)
-    producer = await start_producer(settings, embedded)
-    buffers: dict[bytes, list[bytes]] = {}
-    futures: list[asyncio.Future] = []
-    messages = events = bad = 0
-
-    async def send(key: bytes, value: bytes) -> None:
-        nonlocal messages
-        futures.append(await producer.send(TOPIC_EVENTS, value=value, key=key))
-        messages += 1
-        if len(futures) >= 5000:
-            await asyncio.gather(*futures)
-            futures.clear()
-
-    async def flush(key: bytes) -> None:
-        items = buffers.pop(key)
-        await send(key, items[0] if batch == 1 else b"[" + b",".join(items) + b"]")
-
+    producer = await EventProducer.start(settings, batch)
+    bad = 0
     try:
         for number, line in enumerate(lines, 1):
             line = line.strip()
@@ -181,20 +155,15 @@ async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tup
             except orjson.JSONDecodeError:
                 bad += 1
                 log.warning("line %d is not JSON; sent as it is, for the dead-letter topic", number)
-                await send(b"_unroutable", line)
+                await producer.add_raw(line)
                 continue
             for item in value if isinstance(value, list) else [value]:
-                events += 1
-                key = message_key(item)
-                buffers.setdefault(key, []).append(orjson.dumps(item))
-                if len(buffers[key]) >= batch:
-                    await flush(key)
-        for key in list(buffers):
-            await flush(key)
-        await asyncio.gather(*futures)
+                await producer.add(item)
+        await producer.flush()
+        await producer.drain()
     finally:
         await producer.stop()
-    return messages, events, bad
+    return producer.messages, producer.events, bad
 
 
 def run_produce(*, settings: Settings, source: str, batch: int) -> int:
@@ -219,6 +188,52 @@ def produce(source: str, batch: int) -> None:
     if source != "-" and not Path(source).is_file():
         _fail(f"{source} is not a readable file.", EXIT_USAGE)
     sys.exit(run_produce(settings=load_settings(), source=source, batch=batch))
+
+
+# -- ingest ------------------------------------------------------------------------------------------------------
+
+def run_ingest_queue_log(*, settings: Settings, path: Path, follow: bool, speed: float, fmt: str | None,
+                         state: Path | None) -> int:
+    from app.ingest import QueueLogIngest
+
+    ingest = QueueLogIngest(settings, path, fmt, speed, state if follow else None)
+    if not follow:
+        report = asyncio.run(ingest.read_once())
+    else:
+        loop = asyncio.new_event_loop()
+        stop_event = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, stop_event.set)
+        loop.add_signal_handler(signal.SIGTERM, stop_event.set)
+        try:
+            report = loop.run_until_complete(ingest.follow(stop_event))
+        finally:
+            loop.close()
+    click.echo(report.summary(str(path)), err=True)
+    return EXIT_OK
+
+
+@main.group()
+def ingest() -> None:
+    """Read other systems' logs into calls.events."""
+
+
+@ingest.command("asterisk-queue-log")
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--follow", is_flag=True, help="Keep reading as the file grows, across rotation and truncation.")
+@click.option("--speed", type=click.FloatRange(0), default=0, show_default=True,
+              help="Replay at this many times real time (0: as fast as the broker takes it).")
+@click.option("--format", "fmt", type=click.Choice(["native", "qm-csv"]), default=None,
+              help="native pipe format or the QueueMetrics CSV export (default: detected).")
+@click.option("--state", type=click.Path(path_type=Path), default=None,
+              help="With --follow: where the position is kept (default FILE.callpulse-state).")
+@_guard
+def asterisk_queue_log(path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None) -> None:
+    """Read an Asterisk queue_log (native or QueueMetrics CSV) into calls.events."""
+    if not follow and not path.is_file():
+        _fail(f"{path} is not a readable file.", EXIT_USAGE)
+    state = state or path.with_name(path.name + ".callpulse-state")
+    sys.exit(run_ingest_queue_log(settings=load_settings(), path=path, follow=follow, speed=speed, fmt=fmt,
+                                  state=state))
 
 
 # -- dev ---------------------------------------------------------------------------------------------------------

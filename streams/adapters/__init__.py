@@ -1,0 +1,1 @@
+"""Adapters: pure parsers from other systems' formats to canonical events."""
