@@ -15,14 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import click
 import orjson
 
-from app.kafka import TOPIC_EVENTS, BrokerUnavailable, detect_embedded, ensure_topics, start_producer
-from app.producing import EventProducer, message_key
+from app.kafka import TOPIC_EVENTS, BrokerUnavailable, detect_embedded, ensure_topics
+from app.producing import EventProducer, Pacer
 from app.settings import Settings, SettingsError
 
 EXIT_OK = 0
@@ -236,29 +237,126 @@ def asterisk_queue_log(path: Path, follow: bool, speed: float, fmt: str | None, 
                                   state=state))
 
 
-# -- dev ---------------------------------------------------------------------------------------------------------
+# -- simulate ----------------------------------------------------------------------------------------------------
 
-async def _dev_traffic(settings: Settings, stop: asyncio.Event, calls_per_minute: float) -> None:
-    from streams.devtraffic import generate
+def simulation(*, profile: str | None, seed: int, start_ms: int, hours: float | None, calls_per_hour: float | None,
+               agents: int | None, aht: float | None, patience: float | None, scale: float = 1.0) -> Iterator[dict]:
+    """The simulator's events: a profile, or the plain Erlang-A queue when its four parameters are given."""
+    from streams.simulator import ErlangAConfig, ProfileSimulator, erlang_a, load_profile
 
-    embedded = await detect_embedded(settings)
-    await ensure_topics(settings)
-    producer = await start_producer(settings, embedded)
+    rng = random.Random(seed)
+    if profile is not None:
+        return ProfileSimulator(load_profile(profile), rng, start_ms, hours, scale=scale, seed=seed).run()
+    config = ErlangAConfig(calls_per_hour, agents, aht, patience, hours)  # type: ignore[arg-type]
+    return erlang_a(config, rng, start_ms, seed)
+
+
+async def send_events(settings: Settings, events: Iterator[dict], speed: float, stop: asyncio.Event | None = None) -> int:
+    """Send events to calls.events, paced at ``speed`` times real time (0: as fast as possible)."""
+    producer = await EventProducer.start(settings, 100 if not speed else 20)
+    pacer = Pacer(speed)
     try:
-        start = int(time.time() * 1000)
-        for event in generate(random.Random(), start, calls_per_minute):
-            delay = event["ts"] - time.time()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                    return
-                except TimeoutError:
-                    pass
-            if stop.is_set():
-                return
-            await producer.send(TOPIC_EVENTS, value=orjson.dumps(event), key=message_key(event))
+        for event in events:
+            if stop is not None and stop.is_set():
+                break
+            await pacer.wait(event["ts"], producer)
+            await producer.add(event)
+        await producer.flush()
+        await producer.drain()
     finally:
         await producer.stop()
+    return producer.events
+
+
+def run_simulate(*, settings: Settings | None, out: Path | None, speed: float, events: Iterator[dict]) -> int:
+    if out is not None:
+        n = 0
+        origin: tuple[float, float] | None = None
+        with out.open("wb") as f:
+            for event in events:
+                if speed:
+                    origin = origin or (event["ts"], time.monotonic())
+                    delay = origin[1] + (event["ts"] - origin[0]) / speed - time.monotonic()
+                    if delay > 0:
+                        f.flush()
+                        time.sleep(delay)
+                f.write(orjson.dumps(event) + b"\n")
+                n += 1
+        click.echo(f"wrote {n} events to {out}", err=True)
+        return EXIT_OK
+    assert settings is not None
+    loop = asyncio.new_event_loop()
+    stop_event = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stop_event.set)
+    loop.add_signal_handler(signal.SIGTERM, stop_event.set)
+    try:
+        n = loop.run_until_complete(send_events(settings, events, speed, stop_event))
+    finally:
+        loop.close()
+    click.echo(f"produced {n} events to {TOPIC_EVENTS}", err=True)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write JSON Lines here instead of producing to calls.events (no broker needed).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed: the same seed, the same events.")
+@click.option("--speed", type=click.FloatRange(0), default=None,
+              help="Times real time; 0 as fast as possible. Default: 1 to Kafka, 0 with --out.")
+@click.option("--profile", type=click.Choice(["bank", "lively"]), default=None,
+              help="Rich traffic calibrated on the Anonymous Bank data (bank), or steady daytime traffic (lively).")
+@click.option("--scale", type=click.FloatRange(0.001), default=1.0, show_default=True, help="Profile arrival-rate multiplier.")
+@click.option("--calls-per-hour", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: arrival rate.")
+@click.option("--agents", type=click.IntRange(1), default=None, help="Erlang-A: agents.")
+@click.option("--aht", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: mean handle time, seconds.")
+@click.option("--patience", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: mean patience, seconds.")
+@click.option("--hours", type=click.FloatRange(0, min_open=True), default=None,
+              help="Simulated hours of arrivals (default: 24 with --out or Erlang-A, endless for a profile to Kafka).")
+@click.option("--start", "start_at", default=None, help="Event time of the start, RFC 3339 (default: now).")
+@_guard
+def simulate(out: Path | None, seed: int, speed: float | None, profile: str | None, scale: float,
+             calls_per_hour: float | None, agents: int | None, aht: float | None, patience: float | None,
+             hours: float | None, start_at: str | None) -> None:
+    """Simulate a contact center: a plain Erlang-A queue, or a calibrated profile."""
+    erlang = (calls_per_hour, agents, aht, patience)
+    if profile is None and None in erlang:
+        _fail("give --profile NAME, or all of --calls-per-hour, --agents, --aht and --patience.", EXIT_USAGE)
+    if profile is not None and any(v is not None for v in erlang):
+        _fail("--profile and the Erlang-A parameters exclude each other.", EXIT_USAGE)
+    start_ms = int(time.time() // 60 * 60_000)
+    if start_at is not None:
+        from streams.exceptions import EventValidationError
+        from streams.validation import parse_timestamp
+
+        try:
+            start_ms = parse_timestamp(start_at)
+        except EventValidationError as exc:
+            _fail(f"--start {exc.error}.", EXIT_USAGE)
+    if hours is None and (out is not None or profile is None):
+        hours = 24.0
+    events = simulation(profile=profile, seed=seed, start_ms=start_ms, hours=hours, calls_per_hour=calls_per_hour,
+                        agents=agents, aht=aht, patience=patience, scale=scale)
+    if speed is None:
+        speed = 0.0 if out is not None else 1.0
+    settings = None if out is not None else load_settings()
+    sys.exit(run_simulate(settings=settings, out=out, speed=speed, events=events))
+
+
+# -- dev ---------------------------------------------------------------------------------------------------------
+
+#: Arrivals per hour of the ``lively`` profile at scale 1 (the sum of its queues' Monday peaks).
+def _lively_scale(calls_per_minute: float) -> float:
+    from streams.simulator import load_profile
+
+    base = sum(max(q["arrivals_per_hour"][0]) for q in load_profile("lively")["queues"].values())
+    return calls_per_minute * 60 / base
+
+
+async def _dev_traffic(settings: Settings, stop: asyncio.Event, calls_per_minute: float) -> None:
+    events = simulation(profile="lively", seed=random.randrange(10**6), start_ms=int(time.time() * 1000), hours=None,
+                        calls_per_hour=None, agents=None, aht=None, patience=None,
+                        scale=_lively_scale(calls_per_minute))
+    await send_events(settings, events, 1.0, stop)
 
 
 def run_dev(*, settings: Settings, calls_per_minute: float) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import BinaryIO
 
 import orjson
 
-from app.producing import EventProducer
+from app.producing import EventProducer, Pacer
 from app.settings import Settings
 from streams.adapters.asterisk import BadLine, QueueLogParser, detect_format
 
@@ -50,26 +49,6 @@ class IngestReport:
         return "; ".join(parts)
 
 
-class _Pacer:
-    """Sleeps so that event time advances ``speed`` times faster than the wall clock (no pacing when 0)."""
-
-    def __init__(self, speed: float) -> None:
-        self.speed = speed
-        self.origin: tuple[float, float] | None = None
-
-    async def wait(self, ts: float, producer: EventProducer) -> None:
-        if not self.speed:
-            return
-        if self.origin is None:
-            self.origin = (ts, time.monotonic())
-            return
-        due = self.origin[1] + (ts - self.origin[0]) / self.speed
-        delay = due - time.monotonic()
-        if delay > 0:
-            await producer.flush()
-            await asyncio.sleep(delay)
-
-
 class QueueLogIngest:
     """Reads one queue_log (a file path) into calls.events."""
 
@@ -90,7 +69,7 @@ class QueueLogIngest:
             self.parser = QueueLogParser(fmt=fmt, contact_min_talk_s=self.settings.contact_min_talk)
         return self.parser
 
-    async def _line(self, raw: bytes, producer: EventProducer, pacer: _Pacer) -> None:
+    async def _line(self, raw: bytes, producer: EventProducer, pacer: Pacer) -> None:
         self.line_no += 1
         self.report.lines += 1
         parser = self._parser(raw)
@@ -109,7 +88,7 @@ class QueueLogIngest:
 
     async def read_once(self) -> IngestReport:
         producer = await EventProducer.start(self.settings, BATCH)
-        pacer = _Pacer(self.speed)
+        pacer = Pacer(self.speed)
         try:
             with self.path.open("rb") as f:
                 for raw in f:
@@ -157,7 +136,7 @@ class QueueLogIngest:
 
     async def follow(self, stop: asyncio.Event) -> IngestReport:
         producer = await EventProducer.start(self.settings, 20)
-        pacer = _Pacer(self.speed)
+        pacer = Pacer(self.speed)
         f: BinaryIO | None = None
         pending = b""
         try:

@@ -8,6 +8,7 @@ broker has acknowledged everything sent.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -92,3 +93,23 @@ class EventProducer:
         futures, self.futures = self.futures, []
         if futures:
             await asyncio.gather(*futures)
+
+
+class Pacer:
+    """Sleeps so that event time advances ``speed`` times faster than the wall clock (no pacing when 0)."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.origin: tuple[float, float] | None = None
+
+    async def wait(self, ts: float, producer: EventProducer) -> None:
+        if not self.speed:
+            return
+        if self.origin is None:
+            self.origin = (ts, time.monotonic())
+            return
+        due = self.origin[1] + (ts - self.origin[0]) / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await producer.flush()
+            await asyncio.sleep(delay)

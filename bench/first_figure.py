@@ -1,6 +1,6 @@
 """A first throughput figure (not a test): one worker over a file of pre-produced events.
 
-Starts the embedded broker, writes N events of interleaved calls (streams.devtraffic, seed 1) to a JSON
+Starts the embedded broker, writes N events of interleaved calls (the simulator's lively profile, seed 1) to a JSON
 Lines file, produces them with ``callpulse produce --batch B`` before any worker runs, then starts one
 worker and times it from its first answer on /metrics until ``callpulse_events_total`` (summed over types)
 reaches N and every queue's calls are counted. Prints events/s and writes JSON.
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.broker import start_broker, stop  # noqa: E402
-from streams.devtraffic import generate  # noqa: E402
+from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
 from tests.e2e.conftest import free_port  # noqa: E402
 
 
@@ -50,7 +50,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="callpulse-bench-"))
     start_ms = 1_767_258_000_000  # 2026-01-01T09:00Z: event time, CLOCK=event
-    events = list(itertools.islice(generate(random.Random(1), start_ms, calls_per_minute=600), args.events))
+    sim = ProfileSimulator(load_profile("lively"), random.Random(1), start_ms, hours=None, scale=4.0, seed=1)
+    events = list(itertools.islice(sim.run(), args.events))
     path = work / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
     broker_port, web_port = free_port(), free_port()

@@ -49,3 +49,21 @@ def test_message_keys_are_call_buckets():
     assert producing.message_key({"agent": "a7", "type": "agent_state"}) == str(zlib.crc32(b"a7") % 256).encode()
     assert producing.message_key({"type": "queue"}) == b"_unroutable"
     assert producing.message_key([1]) == b"_unroutable"
+
+
+def test_simulate_needs_a_profile_or_every_erlang_a_parameter(tmp_path):
+    result = run("simulate", "--agents", "3", "--out", str(tmp_path / "x.jsonl"))
+    assert result.returncode == cli.EXIT_USAGE
+    assert result.stderr.decode().strip() == (
+        "callpulse: give --profile NAME, or all of --calls-per-hour, --agents, --aht and --patience.")
+    result = run("simulate", "--profile", "bank", "--agents", "3", "--out", str(tmp_path / "x.jsonl"))
+    assert result.stderr.decode().strip() == "callpulse: --profile and the Erlang-A parameters exclude each other."
+
+
+def test_simulate_to_a_file_is_deterministic(tmp_path):
+    args = ["simulate", "--calls-per-hour", "120", "--agents", "2", "--aht", "60", "--patience", "30", "--hours", "1",
+            "--seed", "9", "--start", "2026-01-01T00:00:00Z"]
+    assert run(*args, "--out", str(tmp_path / "a.jsonl")).returncode == 0
+    assert run(*args, "--out", str(tmp_path / "b.jsonl")).returncode == 0
+    a = (tmp_path / "a.jsonl").read_bytes()
+    assert a == (tmp_path / "b.jsonl").read_bytes() and a.count(b'"type":"queue"') > 60  # Poisson(120): > 60
