@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from app import commits
 from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS
@@ -97,6 +97,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     aggregates = app.Table("aggregates", key_type=bytes, value_type=bytes, partitions=partitions,
                            help="KPI state: one key per queue/campaign and one per minute bucket.")
 
+    disable_created_metrics()  # no `*_created` twin of every counter
     registry = CollectorRegistry(auto_describe=False)
     counters = make_counters(registry)
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "callpulse_faust"))
