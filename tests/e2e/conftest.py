@@ -132,10 +132,19 @@ def worker_factory(broker, tmp_path):
         w.stop()
 
 
-def run_cli(broker: Broker, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess:
+def cli_command() -> list[str]:
+    return [sys.executable, "-m", "app"]
+
+
+def cli_env(broker: Broker, **env: str) -> dict[str, str]:
+    """The environment of a callpulse command against ``broker`` (no CALLPULSE_* of the caller leaks in)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
     full_env.update({"CALLPULSE_BROKER": broker.url, "CALLPULSE_PARTITIONS": "4", "CALLPULSE_CALLER_KEY": "e2e", **env})
-    return subprocess.run([sys.executable, "-m", "app", *args], env=full_env, input=stdin, capture_output=True,
+    return full_env
+
+
+def run_cli(broker: Broker, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*cli_command(), *args], env=cli_env(broker, **env), input=stdin, capture_output=True,
                           timeout=120, cwd=REPO)
 
 
