@@ -343,6 +343,7 @@ class Aggregator(_CheckpointedStage):
                 items.append((minute_key(key, start), None))
             state.dirty_minutes = set()
             state.deleted_minutes = set()
+            self.engine.settle(state)
             snapshot = state.snapshot()
             snapshot["p"] = partition
             items.append((state_key(key), orjson.dumps(snapshot)))

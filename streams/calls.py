@@ -97,6 +97,8 @@ class Derivation:
     survey_key: str
     #: The last completed fact while no wrap-up has amended it (a late wrap-up may still do so).
     open_completed: Fact | None
+    #: The inbound walk after the last event: a strictly later event can continue it (not persisted).
+    walk: _InboundWalk | None = None
 
 
 def derive(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:
@@ -258,7 +260,8 @@ class _InboundWalk:
             self.state = ENDED
 
     def result(self) -> Derivation:
-        facts, call_id, state = self.facts, self.call_id, self.state
+        """The derivation so far; the walk's own fact list is copied, so stepping on leaves it intact."""
+        facts, call_id, state = list(self.facts), self.call_id, self.state
         if state == QUEUED:
             facts.append(Fact("live", queue_key(self.q), self.enq, "live:" + call_id, call_id, status="waiting",
                               since_ms=self.enq))
@@ -270,7 +273,7 @@ class _InboundWalk:
                               status="held", since_ms=self.hold_start))
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
-        return Derivation(facts, state == ENDED, queue_key(sq) if sq else "", open_co)
+        return Derivation(facts, state == ENDED, queue_key(sq) if sq else "", open_co, self)
 
 
 def _derive_outbound(call_id: str, events: list[Ev], contact_min_talk_ms: int) -> Derivation:
@@ -354,21 +357,26 @@ def _interval(agent: str, queue: str, state: str, since: int, until: int) -> Fac
 
 def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[tuple]) -> list[Fact]:
     """Facts of an agent from its base state and its pending events ``(ts, eid, state, queue)``, sorted."""
-    state, qs0 = base
-    qs = dict(qs0)
-    facts: list[Fact] = []
+    return _agent_walk(agent, base[0], dict(base[1]), pending, [])[0]
+
+
+def _agent_walk(agent: str, state: str, qs: dict[str, int], pending: list[tuple],
+                closed: list[Fact]) -> tuple[list[Fact], str, dict[str, int], list[Fact]]:
+    """Walk ``pending`` from (state, qs) appending closed intervals to ``closed``; return every fact (closed
+    intervals, then the open state per queue), the end state, its queues, and the closed intervals."""
     for ts, _eid, new_state, queue in pending:
-        state = _agent_step(state, qs, ts, new_state, queue, agent, facts)
+        state = _agent_step(state, qs, ts, new_state, queue, agent, closed)
+    facts = list(closed)
     for q, since in qs.items():
         facts.append(Fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent=agent, status=state,
                           since_ms=since))
-    return facts
+    return facts, state, qs, closed
 
 
 class AgentSession:
     """One agent's timeline: a folded base, events still within grace, and recent event ids."""
 
-    __slots__ = ("state", "queues", "pending", "seen", "facts")
+    __slots__ = ("state", "queues", "pending", "seen", "facts", "end")
 
     def __init__(self, state: str = "offline", queues: dict[str, int] | None = None,
                  pending: list[tuple] | None = None, seen: dict[str, int] | None = None) -> None:
@@ -377,11 +385,29 @@ class AgentSession:
         self.pending: list[tuple] = pending or []
         self.seen: dict[str, int] = seen or {}
         self.facts: list[Fact] | None = None
+        #: (state, queues, closed intervals) after the pending events: where a later event continues.
+        self.end: tuple[str, dict[str, int], list[Fact]] | None = None
 
     def derived(self, agent: str) -> list[Fact]:
         if self.facts is None:
-            self.facts = derive_agent(agent, (self.state, self.queues), self.pending)
+            self.facts, state, qs, closed = _agent_walk(agent, self.state, dict(self.queues), self.pending, [])
+            self.end = (state, qs, closed)
         return self.facts
+
+    def add(self, agent: str, item: tuple) -> list[Fact]:
+        """Insert one event ``(ts, eid, state, queue)``; return the facts it changes."""
+        old = self.derived(agent)
+        if not self.pending or item[:2] > self.pending[-1][:2]:
+            # Later than every pending event: continue the walk instead of deriving it all again.
+            self.pending.append(item)
+            assert self.end is not None
+            state, qs, closed = self.end
+            self.facts, state, qs, closed = _agent_walk(agent, state, qs, [item], list(closed))
+            self.end = (state, qs, closed)
+        else:
+            _insert_sorted_agent(self.pending, item)
+            self.facts = self.end = None
+        return diff(old, self.derived(agent))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,11 +479,18 @@ class BucketState:
         ev = to_ev(event)
         if session is None:
             session = self.calls[call_id] = CallSession([ev])
-            old: list[Fact] = []
+            return Applied("ok", session.derived(call_id, self.config).facts)
+        before = session.derived(call_id, self.config)
+        old = before.facts
+        session.eids.add(ev[2])
+        if before.walk is not None and ev[0] > session.events[-1][0] and not ev[6] and ev[1] != "dial":
+            # Strictly later than every event of this inbound call: continue its walk (equal timestamps
+            # may reorder, out-of-order arrivals insert: both derive the call again).
+            session.events.append(ev)
+            before.walk.step(ev)
+            session.derivation = before.walk.result()
         else:
-            old = session.derived(call_id, self.config).facts
             _insert_sorted(session.events, ev)
-            session.eids.add(ev[2])
             session.derivation = None
         return Applied("ok", diff(old, session.derived(call_id, self.config).facts))
 
@@ -504,11 +537,8 @@ class BucketState:
         self._advance(event.ts_ms)
         if session is None:
             session = self.agents[agent] = AgentSession()
-        old = session.derived(agent)
-        _insert_sorted_agent(session.pending, (event.ts_ms, event.event_id, event.state, event.queue))
         session.seen[event.event_id] = event.ts_ms
-        session.facts = None
-        return Applied("ok", diff(old, session.derived(agent)))
+        return Applied("ok", session.add(agent, (event.ts_ms, event.event_id, event.state, event.queue)))
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def sweep(self) -> list[Fact]:
@@ -555,7 +585,7 @@ class BucketState:
                 while session.pending and session.pending[0][0] < final_before:
                     ts, _eid, new_state, queue = session.pending.pop(0)
                     session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
-                session.facts = None
+                session.facts = session.end = None
             for eid in [e for e, ts in session.seen.items() if ts < forget_before]:
                 del session.seen[eid]
             if not session.pending and not session.queues and not session.seen:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class EventType(StrEnum):
@@ -91,9 +91,8 @@ def call_bucket(call_id: str) -> str:
     return str(zlib.crc32(call_id.encode("utf-8")) % BUCKETS)
 
 
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    """One validated event. ``ts_ms`` is epoch milliseconds; ``caller`` is already pseudonymised."""
+class CallEvent(NamedTuple):
+    """One validated event (immutable). ``ts_ms`` is epoch milliseconds; ``caller`` is already pseudonymised."""
 
     event_id: str
     type: str

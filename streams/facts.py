@@ -25,7 +25,7 @@ agent_time     a closed agent-state interval [``since_ms``, ``ts_ms``) (``agent`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Fact kinds that count calls or outcomes (as opposed to live state).
 COUNT_KINDS = (
@@ -35,9 +35,9 @@ COUNT_KINDS = (
 FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_time")
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """One fact. Equality covers every field, so a changed fact with the same ``fid`` differs."""
+class Fact(NamedTuple):
+    """One fact. A tuple: equality and hashing cover every field (in C), so a changed fact with the same
+    ``fid`` differs."""
 
     kind: str
     key: str
@@ -60,24 +60,16 @@ class Fact:
 
     def retraction(self) -> Fact:
         """Return this fact with the opposite sign."""
-        return _replace_sign(self, -self.sign)
+        return self._replace(sign=-self.sign)
 
     def encode(self) -> list:
         """Return the compact wire form (a JSON array)."""
-        return [self.kind, self.key, self.ts_ms, self.fid, self.call, self.wait_ms, self.reason, self.talk_ms,
-                self.hold_ms, self.holds, self.acw_ms, self.transferred, self.scale, self.score, self.status,
-                self.since_ms, self.agent, self.sign]
+        return list(self)
 
     @classmethod
     def decode(cls, data: list) -> Fact:
         """Inverse of ``encode``."""
         return cls(*data)
-
-
-def _replace_sign(fact: Fact, sign: int) -> Fact:
-    return Fact(fact.kind, fact.key, fact.ts_ms, fact.fid, fact.call, fact.wait_ms, fact.reason, fact.talk_ms,
-                fact.hold_ms, fact.holds, fact.acw_ms, fact.transferred, fact.scale, fact.score, fact.status,
-                fact.since_ms, fact.agent, sign)
 
 
 def queue_key(queue: str) -> str:
@@ -91,9 +83,19 @@ def campaign_key(campaign: str) -> str:
 
 
 def diff(old: list[Fact], new: list[Fact]) -> list[Fact]:
-    """Return what turns the facts ``old`` into ``new``: retractions first, then additions, in order."""
-    old_set = set(old)
-    new_set = set(new)
-    out = [f.retraction() for f in old if f not in new_set]
-    out.extend(f for f in new if f not in old_set)
+    """Return what turns the facts ``old`` into ``new``: retractions first, then additions, in order.
+
+    Derivations mostly grow at the end, so the common prefix is skipped before the tails are compared.
+    """
+    n = min(len(old), len(new))
+    i = 0
+    while i < n and old[i] == new[i]:
+        i += 1
+    old_tail, new_tail = old[i:], new[i:]
+    if not old_tail:
+        return list(new_tail)
+    old_set = set(old_tail)
+    new_set = set(new_tail)
+    out = [f.retraction() for f in old_tail if f not in new_set]
+    out.extend(f for f in new_tail if f not in old_set)
     return out

@@ -6,9 +6,10 @@ State per aggregation key (``q:<queue>`` or ``c:<campaign>``):
   stints that left the queue in that minute (for the longest wait, which must survive retractions);
 - ``totals`` and ``hist``: cumulative counters and histograms since the key was first seen, the source of
   the Prometheus counters;
-- ``hwm``: the counter values last exported. Prometheus counters may never decrease, but a retraction
-  does decrease a total: the exported value is ``max(hwm, total)``, so a retraction is absorbed by the
-  next increments instead of looking like a counter reset. Windowed KPIs and live values are always exact;
+- ``hwm``: the counter values to export, settled at each checkpoint. Prometheus counters may never
+  decrease, but a retraction does decrease a total: the exported value is ``max(hwm, total)``, so a
+  retraction is absorbed by the next increments instead of looking like a counter reset. Windowed KPIs and
+  live values are always exact;
 - ``live`` (calls waiting / talking / on hold with their since-time) and ``agents`` (state and since);
 - ``applied``: per source (a sessionizer bucket) the last source offset applied, so a re-emitted batch of
   facts counts once.
@@ -183,8 +184,6 @@ class KpiEngine:
         for fact in facts:
             self._apply_fact(state, fact, seq)
         state.applied[src] = [off, state.wm]
-        self._update_hwm(state)
-        self._prune(state)
         return True
 
     def _apply_fact(self, state: KeyState, f: Fact, seq: int = -1) -> None:
@@ -264,7 +263,11 @@ class KpiEngine:
         hist["s"] += sign * value
         hist["n"] += sign
 
-    def _update_hwm(self, state: KeyState) -> None:
+    def settle(self, state: KeyState) -> None:
+        """At each checkpoint: forget minutes and sources past their retention, and raise the never-decrease
+        values to the current totals (only checkpointed values are exported, so a retraction and its
+        correction between two checkpoints never show)."""
+        self._prune(state)
         hwm = state.hwm
         for name, value in self.exported_counters(state).items():
             if value > hwm.get(name, 0):

@@ -116,6 +116,9 @@ def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | Non
     return value
 
 
+OPTIONAL_STRINGS = ("queue", "agent", "campaign", "target", "tenant", "reason", "direction", "disposition")
+
+
 def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEvent:
     """Validate one decoded JSON value as a canonical event.
 
@@ -145,14 +148,20 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
             f"{config.max_clock_skew_ms // 1000})"
         )
 
-    direction = _choice(_opt_str(obj, "direction"), "direction", ("inbound", "outbound"))
-    queue = _opt_str(obj, "queue")
-    agent = _opt_str(obj, "agent")
-    campaign = _opt_str(obj, "campaign")
-    target = _opt_str(obj, "target")
-    tenant = _opt_str(obj, "tenant")
-    reason = _opt_str(obj, "reason")
-    disposition = _choice(_opt_str(obj, "disposition"), "disposition", DISPOSITIONS)
+    get = obj.get
+    queue, agent, campaign, target, tenant, reason, direction, disposition = (
+        get("queue"), get("agent"), get("campaign"), get("target"), get("tenant"), get("reason"), get("direction"),
+        get("disposition"))
+    # One pass for the common case (every optional string present is a non-empty string); the per-field
+    # checks run only to name the offending field.
+    for value in (queue, agent, campaign, target, tenant, reason, direction, disposition):
+        if value is not None and (type(value) is not str or not value):
+            for name in OPTIONAL_STRINGS:
+                _opt_str(obj, name)
+    if direction is not None:
+        _choice(direction, "direction", ("inbound", "outbound"))
+    if disposition is not None:
+        _choice(disposition, "disposition", DISPOSITIONS)
     caller = obj.get("caller")
     if caller is not None:
         if isinstance(caller, int) and not isinstance(caller, bool):

@@ -22,6 +22,7 @@ def entered(engine, queue, sec, n=1):
     key = f"q:{queue}"
     engine.apply_group(key, "b", sec, [Fact("entered", key, T0 + sec * 1000, f"e{queue}{i}") for i in range(n)])
     state = engine.keys[key]
+    engine.settle(state)
     state.exported = dict(state.hwm)  # as a durable checkpoint would
 
 
@@ -50,6 +51,7 @@ def test_every_family_of_the_design_is_exposed_with_its_labels():
     engine, registry = collector(max_queues=10)
     entered(engine, "q", 1)
     engine.apply_group("c:k", "b", 2, [Fact("attempt", "c:k", T0, "a")])
+    engine.settle(engine.keys["c:k"])
     engine.keys["c:k"].exported = dict(engine.keys["c:k"].hwm)
     text = generate_latest(registry).decode()
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
