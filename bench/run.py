@@ -1,0 +1,364 @@
+"""The callpulse benchmark (DESIGN 8): one worker against the raw consumer loop, in the same run.
+
+    .venv/bin/python bench/run.py                      # both message shapes, prints a table, writes JSON
+    .venv/bin/python bench/run.py --memory-calls 1000000
+
+For each message shape (100-event arrays, single-event messages), on a fresh embedded broker:
+
+1. fills ``calls.events`` with simulated calls (the ``lively`` profile scaled so that more than 1,000 calls
+   are open at once; keyed by call bucket, a batch holds one bucket's events);
+2. (a) the raw loop: aiokafka ``getmany(max_records=10000)`` over the topic, ``orjson.loads`` of each
+   message value, counting events;
+3. (b) one callpulse worker, started after the topic is full, timed until ``callpulse_events_total`` on
+   /metrics counts every event (from the first event counted, and from the worker's start);
+4. (c) event-to-metric latency at a steady 10,000 events/s: simulated traffic paced at that rate, plus a
+   probe call every 100 ms into queue ``_probe``; a probe's latency runs from its send until the worker's
+   API counts it waiting (live values come from the working state; counters follow at the next checkpoint);
+5. (d) the worker's peak RSS; with ``--memory-calls N``, RSS as it processes N calls (flat is the goal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.broker import start_broker, stop  # noqa: E402
+from app.producing import message_key  # noqa: E402
+from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
+from tests.e2e.conftest import free_port  # noqa: E402
+
+TOPIC = "calls.events"
+PARTITIONS = 8
+SCALE = 150.0  # lively x 150: about 21,600 calls an hour, more than 1,000 open at once
+
+
+def simulated(start_ms: int, seed: int) -> ProfileSimulator:
+    return ProfileSimulator(load_profile("lively"), random.Random(seed), start_ms, hours=None, scale=SCALE, seed=seed)
+
+
+def concurrency(events: list[dict]) -> int:
+    """Most calls open at once: from a call's first event to its last."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for e in events:
+        call = e.get("call_id")
+        if call:
+            first.setdefault(call, e["ts"])
+            last[call] = e["ts"]
+    edges = sorted([(t, 1) for t in first.values()] + [(t, -1) for t in last.values()])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def messages(events: list[dict], batch: int) -> list[tuple[bytes, bytes, int]]:
+    """(key, value, events) per message: events grouped by call bucket, ``batch`` per message, in order."""
+    out = []
+    buffers: dict[bytes, list[bytes]] = defaultdict(list)
+    for e in events:
+        key = message_key(e)
+        buffers[key].append(orjson.dumps(e))
+        if len(buffers[key]) == batch:
+            items = buffers.pop(key)
+            out.append((key, items[0] if batch == 1 else b"[" + b",".join(items) + b"]", len(items)))
+    for key, items in buffers.items():
+        out.append((key, items[0] if batch == 1 else b"[" + b",".join(items) + b"]", len(items)))
+    return out
+
+
+async def produce(port: int, msgs: list[tuple[bytes, bytes, int]]) -> float:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+    await admin.start()
+    for name in ("calls.events", "calls.facts", "calls.deadletter"):
+        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    t = time.monotonic()
+    futures = []
+    for key, value, _ in msgs:
+        futures.append(await producer.send(TOPIC, value=value, key=key))
+        if len(futures) >= 20_000:
+            await asyncio.gather(*futures)
+            futures = []
+    await asyncio.gather(*futures)
+    await producer.stop()
+    return time.monotonic() - t
+
+
+async def raw_loop(port: int, expected_messages: int) -> tuple[float, int]:
+    """DESIGN 8's raw loop: getmany(max_records=10000), orjson.loads of each value, count the events."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                fetch_max_bytes=64 << 20)
+    await consumer.start()
+    consumer.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
+    await consumer.seek_to_beginning()
+    seen = events = 0
+    t = time.monotonic()
+    while seen < expected_messages:
+        batch = await consumer.getmany(max_records=10000, timeout_ms=1000)
+        for records in batch.values():
+            for record in records:
+                value = orjson.loads(record.value)
+                events += len(value) if isinstance(value, list) else 1
+                seen += 1
+    elapsed = time.monotonic() - t
+    await consumer.stop()
+    return elapsed, events
+
+
+class WorkerProc:
+    def __init__(self, broker_port: int, work: Path, name: str) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
+        env.update(CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}", CALLPULSE_WEB_PORT=str(self.port),
+                   CALLPULSE_PARTITIONS=str(PARTITIONS), CALLPULSE_CALLER_KEY="bench", CALLPULSE_CLOCK="event",
+                   CALLPULSE_DATADIR=str(work / f"data-{name}"), CALLPULSE_LOG_LEVEL="warning",
+                   CALLPULSE_MAX_CLOCK_SKEW="86400")
+        self.log = (work / f"worker-{name}.log").open("wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, cwd=work, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def metrics(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:  # noqa: S310
+            text = r.read().decode()
+        out: dict[str, float] = defaultdict(float)
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name] += s.value
+        return out
+
+    def events_total(self) -> float:
+        try:
+            return self.metrics()["callpulse_events_total"]
+        except OSError:
+            return -1
+
+    def probe_waiting(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/queues/_probe?local=1", timeout=10) as r:  # noqa: S310
+                return json.loads(r.read())["live"]["calls_waiting"]
+        except OSError:
+            return 0
+
+    def rss(self) -> tuple[int, int]:
+        """(current RSS, peak RSS) in MiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
+        return values["VmRSS"] // 1024, values["VmHWM"] // 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tuple[float, float]:
+    """Seconds from the first event counted to ``expected`` counted, and from the worker's start."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while True:
+        n = worker.events_total()
+        now = time.monotonic()
+        if n > 0 and first is None:
+            first = (now, n)
+        if n >= expected:
+            assert first is not None
+            span = now - first[0]
+            return (expected - first[1]) / span if span > 0 else float("inf"), now - worker.started
+        if now > deadline:
+            raise SystemExit(f"timeout: {n} of {expected} events counted")
+        time.sleep(0.2)
+
+
+async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seconds: float, batch: int) -> dict:
+    """Send simulated traffic at ``rate`` events/s plus a probe every 100 ms; return probe latencies."""
+    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{broker_port}", linger_ms=5)
+    await producer.start()
+    start_ms = int(time.time() * 1000)
+    traffic = simulated(start_ms, seed=99).run()
+    sent_at: list[float] = []
+    t0 = time.monotonic()
+    sent = 0
+    next_probe = t0
+    buffers: dict[bytes, list[bytes]] = defaultdict(list)
+    loop = asyncio.get_running_loop()
+    observed: list[float] = []
+
+    def poll() -> None:
+        while len(observed) < len(sent_at) or time.monotonic() < t0 + seconds:
+            waiting = worker.probe_waiting()
+            now = time.monotonic()
+            while len(observed) < min(waiting, len(sent_at)):
+                observed.append(now)
+            if time.monotonic() > t0 + seconds + 30:
+                return
+            time.sleep(0.01)
+
+    poller = loop.run_in_executor(None, poll)
+    while time.monotonic() < t0 + seconds:
+        due = t0 + sent / rate
+        now = time.monotonic()
+        if now < due:
+            await asyncio.sleep(due - now)
+        # 1,000 events at a time at most, keyed and batched by bucket
+        for event in itertools.islice(traffic, 100):
+            event["ts"] = time.time()
+            key = message_key(event)
+            buffers[key].append(orjson.dumps(event))
+            if len(buffers[key]) >= batch:
+                items = buffers.pop(key)
+                await producer.send(TOPIC, value=items[0] if batch == 1 else b"[" + b",".join(items) + b"]", key=key)
+            sent += 1
+        if time.monotonic() >= next_probe:
+            n = len(sent_at)
+            probe = {"event_id": f"probe-{n}", "type": "queue", "ts": time.time(), "call_id": f"probe-{n}", "queue": "_probe"}
+            await producer.send_and_wait(TOPIC, value=orjson.dumps(probe), key=message_key(probe))
+            sent_at.append(time.monotonic())
+            next_probe += 0.1
+    await producer.stop()
+    await poller
+    latencies = sorted(o - s for o, s in zip(observed, sent_at, strict=False))
+    return {"rate_events_per_second": round(sent / seconds), "probes": len(latencies),
+            "p50_seconds": round(statistics.median(latencies), 3),
+            "p99_seconds": round(latencies[int(len(latencies) * 0.99) - 1], 3), "max_seconds": round(latencies[-1], 3)}
+
+
+def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds: float) -> dict:
+    broker_port = free_port()
+    broker = start_broker("127.0.0.1", broker_port, log_path=work / f"broker-{shape}.log")
+    try:
+        start_ms = int(time.time() * 1000) - 3 * 3600_000
+        events = list(itertools.islice(simulated(start_ms, seed=1).run(), n_events))
+        msgs = messages(events, batch)
+        produce_s = asyncio.run(produce(broker_port, msgs))
+        raw_s, raw_events = asyncio.run(raw_loop(broker_port, len(msgs)))
+        assert raw_events == len(events)
+        worker = WorkerProc(broker_port, work, shape)
+        try:
+            rate, total_s = wait_counted(worker, len(events))
+            rss_now, rss_peak = worker.rss()
+            latency = asyncio.run(steady_latency(broker_port, worker, 10_000, latency_seconds, batch))
+            rss_after, rss_peak = worker.rss()
+        finally:
+            worker.stop()
+    finally:
+        stop(broker)
+    raw_rate = raw_events / raw_s
+    return {
+        "shape": shape, "events": len(events), "messages": len(msgs), "concurrent_calls_peak": concurrency(events),
+        "produce_seconds": round(produce_s, 2),
+        "raw_loop_events_per_second": round(raw_rate),
+        "worker_events_per_second": round(rate), "worker_seconds_from_start": round(total_s, 2),
+        "ratio_to_raw": round(rate / raw_rate, 4),
+        "latency_at_10k": latency, "rss_mib_after_run": rss_now, "rss_mib_peak": rss_peak,
+    }
+
+
+def memory_run(n_calls: int, work: Path) -> dict:
+    """RSS of one worker while it processes ``n_calls`` calls (100-event arrays), at milestones."""
+    broker_port = free_port()
+    broker = start_broker("127.0.0.1", broker_port, log_path=work / "broker-memory.log")
+    milestones = {}
+    try:
+        worker = None
+        start_ms = int(time.time() * 1000) - 72 * 3600_000
+        sim = simulated(start_ms, seed=7).run()
+        produced_events = 0
+        calls_done = 0
+        chunk_calls = max(n_calls // 10, 1)
+        while calls_done < n_calls:
+            chunk: list[dict] = []
+            rings = 0
+            for event in sim:
+                chunk.append(event)
+                if event["type"] in ("ring", "dial"):
+                    rings += 1
+                    if rings >= chunk_calls:
+                        break
+            asyncio.run(produce(broker_port, messages(chunk, 100))) if worker is None else asyncio.run(
+                produce_more(broker_port, messages(chunk, 100)))
+            produced_events += len(chunk)
+            calls_done += rings
+            if worker is None:
+                worker = WorkerProc(broker_port, work, "memory")
+            wait_counted(worker, produced_events)
+            milestones[calls_done] = worker.rss()[0]
+            print(f"  {calls_done} calls: RSS {milestones[calls_done]} MiB", flush=True)
+        peak = worker.rss()[1] if worker else 0
+        if worker:
+            worker.stop()
+    finally:
+        stop(broker)
+    return {"calls": n_calls, "rss_mib_by_calls": milestones, "rss_mib_peak": peak}
+
+
+async def produce_more(port: int, msgs: list[tuple[bytes, bytes, int]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    futures = [await producer.send(TOPIC, value=v, key=k) for k, v, _ in msgs]
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events-arrays", type=int, default=1_000_000, help="events for the 100-event arrays run")
+    parser.add_argument("--events-single", type=int, default=200_000, help="events for the single-event run")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--memory-calls", type=int, default=0, help="also measure RSS over this many calls (0: no)")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bench.json"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="callpulse-bench-"))
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+    for shape, batch, n in (("arrays-100", 100, args.events_arrays), ("single", 1, args.events_single)):
+        if n:
+            print(f"{shape}: {n} events...", flush=True)
+            results["runs"].append(run_shape(shape, batch, n, work, args.latency_seconds))
+    if args.memory_calls:
+        print(f"memory: {args.memory_calls} calls...", flush=True)
+        results["memory"] = memory_run(args.memory_calls, work)
+    print()
+    print(f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}"
+          f"{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}")
+    for r in results["runs"]:
+        lat = r["latency_at_10k"]
+        print(f"{r['shape']:<12}{r['events']:>10}{r['concurrent_calls_peak']:>11}{r['raw_loop_events_per_second']:>11}"
+              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}"
+              f"{r['rss_mib_peak']:>9}")
+    if "memory" in results:
+        print("RSS by calls processed:", results["memory"]["rss_mib_by_calls"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
