@@ -18,10 +18,11 @@ A message costs no table write of its own: a checkpoint writes each changed key 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +43,9 @@ Ack = Callable[[Any], Awaitable[Any]]
 LIVE_KINDS = frozenset(("live", "agent"))
 #: Checkpoint at the latest after this many messages of a partition.
 CHECKPOINT_MAX_MESSAGES = 5000
+#: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
+FLUSH_FACTS = 2000
+FLUSH_S = 0.02
 
 
 @contextmanager
@@ -80,6 +84,9 @@ class _CheckpointedStage:
         self.generation = 0
         #: Messages processed since start (tests wait on it).
         self.processed = 0
+        #: partition -> the checkpoint being persisted in the background
+        self.inflight: dict[int, asyncio.Future] = {}
+        self.failed: BaseException | None = None
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
@@ -116,10 +123,9 @@ class _CheckpointedStage:
             return
         async with self.lock:
             for partition in [p for p, events in self.unacked.items() if events and self.due(p)]:
-                with event_context(self.unacked[partition][-1]):
-                    await self.checkpoint(partition, self.ack)
+                await self.checkpoint(partition, self.ack)
 
-    async def _write(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> list[Awaitable[Any]]:
+    def _write(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> list[Awaitable[Any]]:
         data = self.table.data
         futures = []
         for key, value in items:
@@ -133,39 +139,69 @@ class _CheckpointedStage:
         return futures
 
     async def checkpoint(self, partition: int, ack: Ack) -> None:
-        """Confirm sends, persist the partition's changed keys, then acknowledge its messages (lock held)."""
-        generation = self.generation
+        """Snapshot the partition now (lock held) and persist it in the background.
+
+        The snapshot takes the sends made so far, the changed keys (as bytes) and the messages to
+        acknowledge. The background task, chained after the partition's previous one, confirms the sends,
+        then writes and confirms the keys, and only then acknowledges the messages: the order that makes a
+        crash lose nothing. Processing goes on meanwhile.
+        """
+        await self.before_checkpoint()
+        pending, self.pending = self.pending, []
+        items, staged = self.dirty_items(partition)
+        events = self.unacked.pop(partition, [])
+        self.last_checkpoint[partition] = time.monotonic()
+        previous = self.inflight.get(partition)
+        self.inflight[partition] = asyncio.ensure_future(
+            self._persist(partition, previous, pending, items, staged, events, ack, self.generation))
+
+    async def _persist(self, partition: int, previous: asyncio.Future | None, pending: list[Awaitable[Any]],
+                       items: list[tuple[bytes, bytes | None]], staged: Any, events: list[Any], ack: Ack,
+                       generation: int) -> None:
+        if previous is not None:
+            await previous
         try:
-            if self.pending:
-                pending, self.pending = self.pending, []
+            if pending:
                 await asyncio.gather(*pending)
             if generation != self.generation:
                 return
-            futures = await self._write(partition, self.dirty_items(partition))
+            with event_context(events[-1]) if events else contextlib.nullcontext():
+                futures = self._write(partition, items)
             if futures:
                 await asyncio.gather(*futures)
         except Exception as exc:
             # A send the broker did not take (after the producer's retries): what it carried can only be
             # recovered by replaying from the last checkpoint, which a restart does. Stop the worker.
             log.critical("checkpoint of partition %d failed, stopping the worker: %r", partition, exc)
+            self.failed = exc
             await self.on_fatal(exc)
-            raise
+            return
         if generation != self.generation:
             return
-        self.confirmed(partition)
-        events = self.unacked.pop(partition, [])
+        self.confirmed(staged)
         for event in events:
             await ack(event)
         if events:
             last = events[-1].message
             commits.checkpointed(last.topic, partition, last.offset + 1)
-        self.last_checkpoint[partition] = time.monotonic()
 
-    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    async def wait_checkpoints(self) -> None:
+        """Wait for the checkpoints under way (tests, shutdown); raise if one failed."""
+        while self.inflight:
+            tasks = list(self.inflight.values())
+            self.inflight = {}
+            await asyncio.gather(*tasks)
+        if self.failed is not None:
+            raise self.failed
+
+    async def before_checkpoint(self) -> None:
+        """Send what is buffered: a checkpoint confirms every send made before it."""
+
+    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
         raise NotImplementedError
 
-    def confirmed(self, partition: int) -> None:
-        """The partition's checkpoint is durable."""
+    def confirmed(self, staged: Any) -> None:
+        """A checkpoint is durable (``staged``: what ``dirty_items`` handed over)."""
 
 
 class PipelineCounters:
@@ -194,11 +230,17 @@ class Sessionizer(_CheckpointedStage):
         self.wall_ms = wall_ms
         self.buckets: dict[bytes, BucketState] = {}
         self.dirty: dict[int, set[bytes]] = defaultdict(set)
+        #: fact key -> groups [source key, source offset, facts] not yet sent; one message per key at a flush
+        self.facts_buffer: dict[str, list[list]] = {}
+        self.buffered = 0
+        self.buffered_since = 0.0
 
     def reset(self) -> None:
         super().reset()
         self.buckets.clear()
         self.dirty.clear()
+        self.facts_buffer.clear()
+        self.buffered = 0
 
     def bucket(self, key: bytes) -> BucketState:
         bucket = self.buckets.get(key)
@@ -208,13 +250,30 @@ class Sessionizer(_CheckpointedStage):
             self.buckets[key] = bucket
         return bucket
 
-    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
         items = []
         for key in self.dirty.pop(partition, ()):
             snapshot = self.buckets[key].snapshot()
             snapshot["p"] = partition
             items.append((key, orjson.dumps(snapshot)))
-        return items
+        return items, None
+
+    async def before_checkpoint(self) -> None:
+        await self.flush_facts()
+
+    async def flush_facts(self) -> None:
+        """Send the buffered facts: one message per fact key, holding its groups in order."""
+        for fact_key, groups in self.facts_buffer.items():
+            value = orjson.dumps(groups, default=tuple)
+            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=value))
+        self.facts_buffer = {}
+        self.buffered = 0
+
+    async def flush_idle(self) -> None:
+        """Timer: send facts buffered longer than FLUSH_S when no message came to send them."""
+        if self.buffered and time.monotonic() - self.buffered_since >= FLUSH_S:
+            async with self.lock:
+                await self.flush_facts()
 
     async def _apply_message(self, message: Any) -> None:
         partition, offset = message.partition, message.offset
@@ -229,13 +288,17 @@ class Sessionizer(_CheckpointedStage):
             self.dirty[partition].add(key)
 
     async def _apply(self, bucket: BucketState, key: bytes, message: Any) -> None:
+        """Apply one message to its bucket and buffer the facts; stops if a rebalance comes in meanwhile."""
+        generation = self.generation
         counters = self.counters
         events, rejections = parse_message(message.value, self.validation, self.wall_ms())
         for rejection in rejections:
             await self._dead_letter(message, rejection.reason, rejection.error, rejection.raw)
         groups: dict[str, list[Fact]] = defaultdict(list)
+        types = Counter(ev.type for ev in events)
+        for etype, n in types.items():
+            counters.events.labels(etype).inc(n)
         for ev in events:
-            counters.events.labels(ev.type).inc()
             applied = bucket.apply(ev)
             if applied.status == "ok":
                 for fact in applied.facts:
@@ -247,14 +310,22 @@ class Sessionizer(_CheckpointedStage):
                 await self._dead_letter(message, applied.status, applied.error, _element_bytes(message.value, ev.event_id))
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
+        if generation != self.generation:  # revoked while a dead letter was sent: the message is replayed
+            return
         src = key.decode("utf-8", "replace")
+        retracted = 0
+        buffer = self.facts_buffer
+        if groups and not self.buffered:
+            self.buffered_since = time.monotonic()
         for fact_key, facts in groups.items():
             # Corrections only: a live status replaced as the call moves on is not one.
-            retracted = sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
-            if retracted:
-                counters.retracted.inc(retracted)
-            value = orjson.dumps([[src, message.offset, [f.encode() for f in facts]]])
-            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=value))
+            retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
+            buffer.setdefault(fact_key, []).append([src, message.offset, facts])
+            self.buffered += len(facts)
+        if retracted:
+            counters.retracted.inc(retracted)
+        if self.buffered >= FLUSH_FACTS or (self.buffered and time.monotonic() - self.buffered_since >= FLUSH_S):
+            await self.flush_facts()
 
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
         self.counters.rejected.labels(reason).inc()
@@ -289,19 +360,16 @@ class Aggregator(_CheckpointedStage):
         super().__init__(table, interval_s)
         self.engine = engine
         self.dirty: dict[int, set[str]] = defaultdict(set)
-        #: Counter values of a checkpoint in flight, exported once it is durable.
-        self.staged: dict[int, list[tuple[KeyState, dict[str, int]]]] = defaultdict(list)
 
     def reset(self) -> None:
         super().reset()
         self.engine.keys.clear()
         self.dirty.clear()
-        self.staged.clear()
 
-    def confirmed(self, partition: int) -> None:
+    def confirmed(self, staged: Any) -> None:
         # Counters are exported from durable state only: a restart can never show a value below one already
         # scraped, which Prometheus would take for a counter reset.
-        for state, hwm in self.staged.pop(partition, ()):
+        for state, hwm in staged:
             state.exported = hwm
 
     def load(self, partitions: set[int]) -> None:
@@ -329,8 +397,9 @@ class Aggregator(_CheckpointedStage):
                 self.engine.state(key).minutes = minutes[key]
         log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
 
-    def dirty_items(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
         items: list[tuple[bytes, bytes | None]] = []
+        staged: list[tuple[KeyState, dict[str, int]]] = []
         for key in self.dirty.pop(partition, ()):
             state = self.engine.keys[key]
             # Minutes first, the key state last: a checkpoint cut short leaves a prefix (one changelog
@@ -347,8 +416,8 @@ class Aggregator(_CheckpointedStage):
             snapshot = state.snapshot()
             snapshot["p"] = partition
             items.append((state_key(key), orjson.dumps(snapshot)))
-            self.staged[partition].append((state, dict(state.hwm)))
-        return items
+            staged.append((state, dict(state.hwm)))
+        return items, staged
 
     async def _apply_message(self, message: Any) -> None:
         partition, offset = message.partition, message.offset

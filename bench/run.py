@@ -195,7 +195,7 @@ def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tu
             return (expected - first[1]) / span if span > 0 else float("inf"), now - worker.started
         if now > deadline:
             raise SystemExit(f"timeout: {n} of {expected} events counted")
-        time.sleep(0.2)
+        time.sleep(0.5)  # a scrape costs the worker a little: not too often
 
 
 async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seconds: float, batch: int) -> dict:

@@ -60,7 +60,7 @@ class Fact(NamedTuple):
 
     def retraction(self) -> Fact:
         """Return this fact with the opposite sign."""
-        return self._replace(sign=-self.sign)
+        return tuple.__new__(Fact, (*self[:-1], -self[-1]))
 
     def encode(self) -> list:
         """Return the compact wire form (a JSON array)."""

@@ -72,6 +72,7 @@ async def run_through(p, messages):
         for key, value in messages:
             await agent.put(value, key=key)
         await wait_for(p.sessionizer, len(messages))
+        await p.sessionizer.flush_facts()  # facts go out in batches per queue
     facts = p.sessionizer.facts_topic.sent
     p.aggregator.interval_s = 3600  # one checkpoint, at the end
     async with p.aggregate_agent.test_context() as agent:
@@ -80,6 +81,7 @@ async def run_through(p, messages):
         await wait_for(p.aggregator, len(facts))
         p.aggregator.interval_s = 0
         await p.aggregator.checkpoint_idle()  # counters are exported from durable checkpoints
+        await p.aggregator.wait_checkpoints()
     return facts
 
 
@@ -160,10 +162,7 @@ async def test_checkpoints_write_each_changed_key_once_and_restore_exactly(pipel
         with mock.patch.object(p.sessionizer, "interval_s", 0):
             await agent.put(orjson.dumps({"event_id": "c2-0", "type": "ring", "ts": T0 + 70, "call_id": "c2"}), key=b"7")
             await wait_for(p.sessionizer, 4)
-            for _ in range(100):
-                if p.changelog:
-                    break
-                await asyncio.sleep(0.01)
+            await p.sessionizer.wait_checkpoints()
     # four messages of one bucket: one changelog write of that key, holding the last offset applied
     assert [(t, key) for t, _, key, _ in p.changelog] == [("sessions", b"7")]
     snapshot = orjson.loads(p.changelog[0][3])
@@ -186,6 +185,7 @@ async def test_counters_are_exported_only_once_their_checkpoint_is_durable(pipel
     a.interval_s = 0
     with mock.patch("app.pipeline.event_context"):
         await a.checkpoint_idle()
+        await a.wait_checkpoints()
     assert acks == [0]
     assert sample(p, "callpulse_calls_entered_total", queue="q") == 1
     from app import commits
@@ -207,10 +207,12 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     value = orjson.dumps(events_of("c1", "q", ("queue", 0, {})))
     s.interval_s = 0
     await s.process(Ev(10, value), ack)
+    await s.wait_checkpoints()
     assert len(s.facts_topic.sent) == 1 and acks == [10]
     # a restart: the working state is gone, the checkpointed store has it; the same offset comes again
     s.reset()
     await s.process(Ev(10, value), ack)
+    await s.wait_checkpoints()
     assert len(s.facts_topic.sent) == 1  # skipped: offset 10 <= the bucket's persisted hw
     assert acks == [10, 10]
     # the aggregator counts a re-emitted batch once
@@ -219,6 +221,7 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     a.interval_s = 0
     await a.process(FakeEvent("calls.facts", 0, 0, sent["key"], sent["value"]), ack)
     await a.process(FakeEvent("calls.facts", 0, 1, sent["key"], sent["value"]), ack)
+    await a.wait_checkpoints()
     assert p.engine.keys["q:q"].totals == {"entered": 1}
 
 
@@ -240,8 +243,9 @@ async def test_a_send_the_broker_refused_stops_the_worker_and_acks_nothing(pipel
 
     s.on_fatal = on_fatal
     s.facts_topic.send = failing_send
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
     with pytest.raises(RuntimeError, match="broker gone"):
-        await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+        await s.wait_checkpoints()
     assert [str(e) for e in fatal] == ["broker gone"] and acks == []
     assert pipeline.changelog == []
 
@@ -249,21 +253,23 @@ async def test_a_send_the_broker_refused_stops_the_worker_and_acks_nothing(pipel
 async def test_a_rebalance_during_a_message_leaves_nothing_half_applied(pipeline):
     s = pipeline.sessionizer
     s.interval_s = 3600
-    recorder = s.facts_topic
+    recorder = s.deadletter_topic
 
     async def send_then_rebalance(**kwargs):
-        s.reset()  # the partition is revoked while the send is under way
+        s.reset()  # the partition is revoked while the dead letter is being sent
         return await recorder.send(**kwargs)
 
-    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+    s.deadletter_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
 
     async def ack(event):
         raise AssertionError("nothing may be acknowledged")
 
-    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
-    assert s.dirty == {} and s.unacked == {} and s.processed == 0
-    s.facts_topic = recorder
+    message = events_of("c1", "q", ("queue", 0, {})) + [{"event_id": "bad", "type": "nonsense"}]
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(message)), ack)
+    assert s.dirty == {} and s.unacked == {} and s.processed == 0 and s.facts_buffer == {}
+    s.deadletter_topic = recorder
     s.interval_s = 0
     s.ack = ack
     await s.checkpoint_idle()  # nothing to checkpoint, no KeyError
+    await s.wait_checkpoints()
     assert pipeline.changelog == []
