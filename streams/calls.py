@@ -30,7 +30,9 @@ Replaying the same messages from the same snapshot gives the same facts (determi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from streams.events import TYPE_RANK, CallEvent
 from streams.facts import Fact, campaign_key, diff, queue_key
@@ -148,6 +150,8 @@ class _InboundWalk:
         self.holds = 0
         self.pending_co = -1  # index in facts of the completed fact a wrap-up may still amend
         self.last_q = ""
+        #: What the last ``continue_with`` changed.
+        self.changes: list[Fact] = []
 
     def closes_attempt(self, etype: str) -> bool:
         """Whether an event of this type would close the call's current queue attempt."""
@@ -258,6 +262,33 @@ class _InboundWalk:
             if xq:
                 facts.append(Fact("expired", queue_key(xq), ts, "expired:" + eid, self.call_id))
             self.state = ENDED
+
+    def continue_with(self, ev: Ev, before: Derivation) -> Derivation:
+        """Step one event later than all before it; ``self.changes`` gets what ``diff`` would give.
+
+        The walk's facts only grow, except the completion a wrap-up amends in place; the live fact is
+        computed afresh. So the changes are known without comparing the two derivations.
+        """
+        n = len(self.facts)
+        co_i = self.pending_co
+        co_old = self.facts[co_i] if co_i >= 0 else None
+        self.step(ev)
+        after = self.result()
+        old_live = before.facts[-1] if before.facts and before.facts[-1].kind == "live" else None
+        new_live = after.facts[-1] if after.facts and after.facts[-1].kind == "live" else None
+        changes: list[Fact] = []
+        co_new = self.facts[co_i] if co_old is not None else None
+        if co_old is not None and co_new != co_old:
+            changes.append(co_old.retraction())
+        if old_live is not None and old_live != new_live:
+            changes.append(old_live.retraction())
+        if co_new is not None and co_new != co_old:
+            changes.append(co_new)
+        changes.extend(self.facts[n:])
+        if new_live is not None and new_live != old_live:
+            changes.append(new_live)
+        self.changes = changes
+        return after
 
     def result(self) -> Derivation:
         """The derivation so far; the walk's own fact list is copied, so stepping on leaves it intact."""
@@ -398,15 +429,22 @@ class AgentSession:
         """Insert one event ``(ts, eid, state, queue)``; return the facts it changes."""
         old = self.derived(agent)
         if not self.pending or item[:2] > self.pending[-1][:2]:
-            # Later than every pending event: continue the walk instead of deriving it all again.
+            # Later than every pending event: continue the walk instead of deriving it all again. Closed
+            # intervals only grow; the open states are compared, which is what diff would find.
             self.pending.append(item)
             assert self.end is not None
             state, qs, closed = self.end
+            n = len(closed)
+            old_open = old[n:]
             self.facts, state, qs, closed = _agent_walk(agent, state, qs, [item], list(closed))
             self.end = (state, qs, closed)
-        else:
-            _insert_sorted_agent(self.pending, item)
-            self.facts = self.end = None
+            new_open = self.facts[len(closed):]
+            changes = [f.retraction() for f in old_open if f not in new_open]
+            changes.extend(closed[n:])
+            changes.extend(f for f in new_open if f not in old_open)
+            return changes
+        _insert_sorted_agent(self.pending, item)
+        self.facts = self.end = None
         return diff(old, self.derived(agent))
 
 
@@ -481,18 +519,17 @@ class BucketState:
             session = self.calls[call_id] = CallSession([ev])
             return Applied("ok", session.derived(call_id, self.config).facts)
         before = session.derived(call_id, self.config)
-        old = before.facts
         session.eids.add(ev[2])
-        if before.walk is not None and ev[0] > session.events[-1][0] and not ev[6] and ev[1] != "dial":
+        walk = before.walk
+        if walk is not None and ev[0] > session.events[-1][0] and not ev[6] and ev[1] != "dial":
             # Strictly later than every event of this inbound call: continue its walk (equal timestamps
             # may reorder, out-of-order arrivals insert: both derive the call again).
             session.events.append(ev)
-            before.walk.step(ev)
-            session.derivation = before.walk.result()
-        else:
-            _insert_sorted(session.events, ev)
-            session.derivation = None
-        return Applied("ok", diff(old, session.derived(call_id, self.config).facts))
+            session.derivation = walk.continue_with(ev, before)
+            return Applied("ok", walk.changes)
+        _insert_sorted(session.events, ev)
+        session.derivation = None
+        return Applied("ok", diff(before.facts, session.derived(call_id, self.config).facts))
 
     def _lateness(self, ts: int) -> Applied | None:
         wm = self.wm
@@ -576,7 +613,9 @@ class BucketState:
                     tomb[3] = co
                 del self.calls[call_id]
         forget_before = wm - cfg.dedup_ttl_ms
-        for call_id in [c for c, tomb in self.done.items() if tomb[0] < forget_before]:
+        # Tombstones and seen ids are inserted in about event-time order: stop at the first young one
+        # (one a little out of order is forgotten a little later).
+        for call_id in _older_keys(self.done, forget_before, lambda tomb: tomb[0]):
             del self.done[call_id]
         for agent in list(self.agents):
             session = self.agents[agent]
@@ -586,7 +625,7 @@ class BucketState:
                     ts, _eid, new_state, queue = session.pending.pop(0)
                     session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
                 session.facts = session.end = None
-            for eid in [e for e, ts in session.seen.items() if ts < forget_before]:
+            for eid in _older_keys(session.seen, forget_before, lambda ts: ts):
                 del session.seen[eid]
             if not session.pending and not session.queues and not session.seen:
                 del self.agents[agent]
@@ -613,6 +652,16 @@ class BucketState:
         bucket.done = data["done"]
         bucket.agents = {a: AgentSession(s[0], s[1], [tuple(p) for p in s[2]], s[3]) for a, s in data["agents"].items()}
         return bucket
+
+
+def _older_keys(table: dict, before: int, ts_of: Callable[[Any], int]) -> list:
+    """Keys at the start of ``table`` (insertion order) whose time is before ``before``."""
+    out = []
+    for key, value in table.items():
+        if ts_of(value) >= before:
+            break
+        out.append(key)
+    return out
 
 
 def _insert_sorted(events: list[Ev], ev: Ev) -> None:
