@@ -245,15 +245,29 @@ class Sessionizer(_CheckpointedStage):
     def bucket(self, key: bytes) -> BucketState:
         bucket = self.buckets.get(key)
         if bucket is None:
-            raw = self.table.data.get(key)
-            bucket = BucketState.restore(orjson.loads(raw), self.session) if raw else BucketState(self.session)
+            data = self.table.data
+            raw = data.get(key)
+
+            def load_chunk(chunk: int) -> dict | None:
+                value = data.get(chunk_key(key, chunk))
+                return orjson.loads(value) if value else None
+
+            bucket = BucketState.restore(orjson.loads(raw), self.session, load_chunk) if raw else BucketState(self.session)
             self.buckets[key] = bucket
         return bucket
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
-        items = []
+        items: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty.pop(partition, ()):
-            snapshot = self.buckets[key].snapshot()
+            bucket = self.buckets[key]
+            # The bucket's tombstone chunks first, the bucket last: a checkpoint cut short leaves a prefix.
+            for chunk in bucket.dirty_chunks:
+                items.append((chunk_key(key, chunk), orjson.dumps(bucket.chunk_snapshot(chunk))))
+            for chunk in bucket.deleted_chunks:
+                items.append((chunk_key(key, chunk), None))
+            bucket.dirty_chunks = set()
+            bucket.deleted_chunks = set()
+            snapshot = bucket.snapshot()
             snapshot["p"] = partition
             items.append((key, orjson.dumps(snapshot)))
         return items, None
@@ -343,6 +357,11 @@ def _element_bytes(value: bytes, event_id: str) -> bytes:
             if isinstance(element, dict) and element.get("event_id") == event_id:
                 return orjson.dumps(element)
     return value
+
+
+def chunk_key(bucket_key: bytes, chunk_ms: int) -> bytes:
+    """Store key of one tombstone chunk of a sessionizer bucket."""
+    return bucket_key + b"|t|" + str(chunk_ms).encode()
 
 
 def minute_key(key: str, minute_ms: int) -> bytes:

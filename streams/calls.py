@@ -37,6 +37,11 @@ from typing import Any
 from streams.events import TYPE_RANK, CallEvent
 from streams.facts import Fact, campaign_key, diff, queue_key
 
+#: Separates the event ids of a tombstone (one string per finished call instead of a list of them).
+SEP = "\x1f"
+#: Tombstones are kept in chunks of this many ms of finalization time (persisted one key per chunk).
+TOMB_CHUNK_MS = 600_000
+
 #: A stored call event: (ts_ms, type, event_id, queue, a, b). ``a``/``b`` by type: answer and
 #: agent_missed: agent; exit and refused: reason; hangup: disposition; transfer: target; dial: campaign;
 #: survey: scale, score. ``b`` holds the campaign on other outbound events. The last element is 1 for an
@@ -484,7 +489,7 @@ class Applied:
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "done", "agents")
+    __slots__ = ("config", "hw", "wm", "calls", "done", "chunks", "dirty_chunks", "deleted_chunks", "agents")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -493,8 +498,14 @@ class BucketState:
         #: Watermark: the largest event time seen (ms), ``None`` before the first event.
         self.wm: int | None = None
         self.calls: dict[str, CallSession] = {}
-        #: call id -> [last_ts, event ids, survey queue key, open completed fact (encoded) or None]
+        #: call id -> tombstone [last_ts, event ids joined by SEP, survey queue key, open completed fact
+        #: (encoded) or None, chunk]; the same lists as in ``chunks``
         self.done: dict[str, list] = {}
+        #: Tombstones by the TOMB_CHUNK_MS chunk of their finalization, persisted one key per chunk: a
+        #: checkpoint writes only the chunks that changed, and a chunk past DEDUP_TTL goes as a whole.
+        self.chunks: dict[int, dict[str, list]] = {}
+        self.dirty_chunks: set[int] = set()
+        self.deleted_chunks: set[int] = set()
         self.agents: dict[str, AgentSession] = {}
 
     # -- events -------------------------------------------------------------------------------------------
@@ -506,7 +517,7 @@ class BucketState:
         assert call_id is not None
         session = self.calls.get(call_id)
         tomb = self.done.get(call_id)
-        if (session is not None and event.event_id in session.eids) or (tomb is not None and event.event_id in tomb[1]):
+        if (session is not None and event.event_id in session.eids) or (tomb is not None and _holds(tomb[1], event.event_id)):
             return Applied("duplicate", [])
         lateness = self._lateness(event.ts_ms)
         if lateness is not None:
@@ -548,8 +559,9 @@ class BucketState:
             self.wm = ts
 
     def _apply_to_tombstone(self, tomb: list, event: CallEvent) -> list[Fact]:
-        tomb[1].append(event.event_id)
+        tomb[1] += SEP + event.event_id
         tomb[0] = max(tomb[0], event.ts_ms)
+        self.dirty_chunks.add(tomb[4])
         if event.type == "survey":
             if not tomb[2]:
                 return []
@@ -602,21 +614,28 @@ class BucketState:
                 facts.extend(diff(old, derivation.facts))
             if derivation.ended and session.last_ts < final_before:
                 tomb = self.done.get(call_id)
-                eids = [ev[2] for ev in session.events]
+                eids = SEP.join(ev[2] for ev in session.events)
                 co = derivation.open_completed.encode() if derivation.open_completed is not None else None
                 if tomb is None:
-                    self.done[call_id] = [session.last_ts, eids, derivation.survey_key, co]
+                    chunk = session.last_ts - session.last_ts % TOMB_CHUNK_MS
+                    tomb = self.done[call_id] = [session.last_ts, eids, derivation.survey_key, co, chunk]
+                    self.chunks.setdefault(chunk, {})[call_id] = tomb
                 else:  # a call re-opened after it was finalized
                     tomb[0] = max(tomb[0], session.last_ts)
-                    tomb[1].extend(eids)
+                    tomb[1] += SEP + eids
                     tomb[2] = derivation.survey_key or tomb[2]
                     tomb[3] = co
+                self.dirty_chunks.add(tomb[4])
+                self.deleted_chunks.discard(tomb[4])
                 del self.calls[call_id]
         forget_before = wm - cfg.dedup_ttl_ms
-        # Tombstones and seen ids are inserted in about event-time order: stop at the first young one
-        # (one a little out of order is forgotten a little later).
-        for call_id in _older_keys(self.done, forget_before, lambda tomb: tomb[0]):
-            del self.done[call_id]
+        # Whole chunks are forgotten once they end before wm - DEDUP_TTL (a tombstone refreshed by a late
+        # survey goes with its chunk).
+        for chunk in [c for c in self.chunks if c + TOMB_CHUNK_MS <= forget_before]:
+            for call_id in self.chunks.pop(chunk):
+                del self.done[call_id]
+            self.dirty_chunks.discard(chunk)
+            self.deleted_chunks.add(chunk)
         for agent in list(self.agents):
             session = self.agents[agent]
             if session.pending and session.pending[0][0] < final_before:
@@ -638,20 +657,34 @@ class BucketState:
             "hw": self.hw,
             "wm": self.wm,
             "calls": {c: s.events for c, s in self.calls.items()},
-            "done": self.done,
+            "chunks": sorted(self.chunks),
             "agents": {a: [s.state, s.queues, s.pending, s.seen] for a, s in self.agents.items()},
         }
 
+    def chunk_snapshot(self, chunk: int) -> dict[str, list]:
+        """The tombstones of one chunk, as plain data (persisted under its own key)."""
+        return self.chunks[chunk]
+
     @classmethod
-    def restore(cls, data: dict, config: SessionConfig) -> BucketState:
-        """Rebuild a bucket from ``snapshot()`` output (lists come back from JSON as lists)."""
+    def restore(cls, data: dict, config: SessionConfig,
+                load_chunk: Callable[[int], dict[str, list] | None] = lambda _c: None) -> BucketState:
+        """Rebuild a bucket from ``snapshot()`` output and its chunks (``load_chunk`` reads one)."""
         bucket = cls(config)
         bucket.hw = data["hw"]
         bucket.wm = data["wm"]
         bucket.calls = {c: CallSession([tuple(ev) for ev in evs]) for c, evs in data["calls"].items()}
-        bucket.done = data["done"]
+        for chunk in data["chunks"]:
+            tombs = load_chunk(chunk)
+            if tombs is not None:  # None: forgotten in a checkpoint cut short before the bucket was written
+                bucket.chunks[chunk] = tombs
+                bucket.done.update(tombs)
         bucket.agents = {a: AgentSession(s[0], s[1], [tuple(p) for p in s[2]], s[3]) for a, s in data["agents"].items()}
         return bucket
+
+
+def _holds(joined: str, eid: str) -> bool:
+    """Whether ``eid`` is one of the SEP-joined ids (only tombstones need this, rarely)."""
+    return eid == joined or (SEP + eid + SEP) in (SEP + joined + SEP)
 
 
 def _older_keys(table: dict, before: int, ts_of: Callable[[Any], int]) -> list:

@@ -8,6 +8,7 @@ import itertools
 import random
 from collections import Counter
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -311,13 +312,27 @@ def test_a_wrapup_after_finalization_still_amends_the_completion():
     assert bucket.apply(E("4", "wrapup", 440)).status == "duplicate"
 
 
-def test_tombstones_are_forgotten_after_the_dedup_ttl():
+def test_tombstones_are_forgotten_with_their_chunk_after_the_dedup_ttl():
+    # c1 is finalized with its last event at 1 s: chunk [0, 600 s) (T0 is a chunk boundary). With a TTL of
+    # 60 s the chunk is forgotten when the stream time reaches 600 + 60 = 660 s, not before.
     config = SessionConfig(grace_ms=1000, call_timeout_ms=10**9, dedup_ttl_ms=60_000, max_event_age_ms=10**9)
     _, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 1), E("9", "ring", 30, call="c2")], config)
-    assert "c1" in bucket.done
-    bucket.apply(E("10", "ring", 62, call="c3"))
+    assert "c1" in bucket.done and list(bucket.chunks) == [T0]
+    bucket.apply(E("10", "ring", 659, call="c3"))
     bucket.sweep()
-    assert "c1" not in bucket.done  # last event at 1 s, stream time 62 s > 1 + 60
+    assert "c1" in bucket.done
+    bucket.apply(E("11", "ring", 660, call="c4"))
+    bucket.sweep()
+    assert "c1" not in bucket.done and T0 in bucket.deleted_chunks and T0 not in bucket.chunks
+
+
+def test_tombstones_persist_in_chunks_and_come_back():
+    _, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 10), E("9", "ring", 131, call="c2")])
+    assert bucket.dirty_chunks == {T0}
+    stored = {chunk: orjson.loads(orjson.dumps(bucket.chunk_snapshot(chunk))) for chunk in bucket.dirty_chunks}
+    restored = BucketState.restore(orjson.loads(orjson.dumps(bucket.snapshot())), CFG, stored.get)
+    assert restored.apply(E("2", "hangup", 10)).status == "duplicate"
+    assert restored.apply(E("3", "survey", 140, scale="csat", score=5)).facts[0].key == "q:q"
 
 
 # -- duplicates and lateness -------------------------------------------------------------------------------------
@@ -446,7 +461,6 @@ def test_snapshot_and_restore_in_the_middle_changes_nothing():
     emitted = []
     for i, e in enumerate(events):
         if i % 2:
-            import orjson
             bucket = BucketState.restore(orjson.loads(orjson.dumps(bucket.snapshot())), CFG)
         emitted += bucket.apply(e).facts + bucket.sweep()
     assert emitted == straight
