@@ -246,6 +246,8 @@ async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seco
     await producer.stop()
     await poller
     latencies = sorted(o - s for o, s in zip(observed, sent_at, strict=False))
+    if not latencies:
+        raise SystemExit("no probe was counted: the worker did not keep up, or the probes were late")
     return {"rate_events_per_second": round(sent / seconds), "probes": len(latencies),
             "p50_seconds": round(statistics.median(latencies), 3),
             "p99_seconds": round(latencies[int(len(latencies) * 0.99) - 1], 3), "max_seconds": round(latencies[-1], 3)}
@@ -255,7 +257,9 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
     broker_port = free_port()
     broker = start_broker("127.0.0.1", broker_port, log_path=work / f"broker-{shape}.log")
     try:
-        start_ms = int(time.time() * 1000) - 3 * 3600_000
+        # A day back: the prefilled traffic (a million events span about 5 hours) must end before the latency
+        # probes, which are stamped now, or their buckets' stream time would make the probes late.
+        start_ms = int(time.time() * 1000) - 24 * 3600_000
         events = list(itertools.islice(simulated(start_ms, seed=1).run(), n_events))
         msgs = messages(events, batch)
         produce_s = asyncio.run(produce(broker_port, msgs))
