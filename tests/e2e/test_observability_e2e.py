@@ -106,14 +106,16 @@ class Prometheus:
 
 def backfill(samples: dict, instance: str, path: Path, now: datetime) -> int:
     """A week of history of the call and event counters, as OpenMetrics: every 15 minutes for 8 days, and every
-    minute around the same time last week (so that 15-minute windows one week ago hold samples)."""
+    minute around the same time last week and in the last two hours up to 3 minutes ago (so that 15-minute
+    windows, now and a week ago, hold increasing samples whatever the live traffic did)."""
     start = now - timedelta(days=8)
-    dense = (now - timedelta(weeks=1, hours=2), now - timedelta(weeks=1) + timedelta(minutes=30))
+    dense = [(now - timedelta(weeks=1, hours=2), now - timedelta(weeks=1) + timedelta(minutes=30)),
+             (now - timedelta(hours=2), now - timedelta(minutes=3))]
     times = []
     t = start
-    while t < now - timedelta(hours=1):
+    while t < now - timedelta(minutes=3):
         times.append(t)
-        t += timedelta(minutes=1) if dense[0] <= t < dense[1] else timedelta(minutes=15)
+        t += timedelta(minutes=1) if any(lo <= t < hi for lo, hi in dense) else timedelta(minutes=15)
     lines = []
     series = 0
     for (name, labels), value in samples.items():
@@ -131,12 +133,22 @@ def backfill(samples: dict, instance: str, path: Path, now: datetime) -> int:
 
 
 def test_every_dashboard_query_and_every_rule_runs_against_prometheus(broker, worker_factory, tmp_path):
-    w = worker_factory().start()
+    # A long grace: the hand-made abandons below are minutes older than the simulated calls' latest events.
+    w = worker_factory(CALLPULSE_GRACE="3600").start()
     now = datetime.now(UTC).replace(microsecond=0)
     start = (now - timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
     result = run_cli(broker, "simulate", "--profile", "lively", "--scale", "20", "--hours", "0.5", "--seed", "3",
                      "--start", start, "--speed", "0")
     assert result.returncode == 0, result.stderr.decode()
+    # The simulator makes abandons, but not surely inside one given 15-minute window: three calls that
+    # abandon new_customers in the last five minutes make the abandon-wait panels' data certain.
+    t = int(now.timestamp())
+    abandons = tmp_path / "abandons.jsonl"
+    abandons.write_text("".join(
+        json.dumps({"event_id": f"ab-{i}-{kind}", "type": kind, "ts": t - 300 + i + (60 if kind == "abandon" else 0),
+                    "call_id": f"ab-{i}", **({"queue": "new_customers"} if kind == "queue" else {})}) + "\n"
+        for i in range(3) for kind in ("queue", "abandon")))
+    assert run_cli(broker, "produce", str(abandons)).returncode == 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (w.value("callpulse_outbound_attempts_total", campaign="renewals") or 0):
         time.sleep(0.5)
