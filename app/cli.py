@@ -87,6 +87,10 @@ def run_worker(*, settings: Settings) -> int:
 
     level = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}[settings.log_level]
     worker = Worker(pipeline.app, loglevel=level, quiet=True, loop=loop, redirect_stdouts=False)
+    # Faust's terminal spinner sets the root logger to DEBUG whenever the level is warning or error, so every
+    # debug call of Faust and aiokafka (several per message) would build a log record. A service has no use
+    # for a spinner.
+    worker.spinner = None
     log.info("metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues", settings.web_host,
              settings.web_port, settings.web_host, settings.web_port)
     try:

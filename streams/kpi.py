@@ -4,6 +4,8 @@ State per aggregation key (``q:<queue>`` or ``c:<campaign>``):
 
 - ``minutes``: event-time minute buckets of counters and sums, plus the multiset of queue waits of the
   stints that left the queue in that minute (for the longest wait, which must survive retractions);
+- ``spans``: the whole minutes of long agent-state intervals, kept as one entry per interval rather than
+  one addition per minute (an agent left logged in overnight would otherwise rewrite hundreds of minutes);
 - ``totals`` and ``hist``: cumulative counters and histograms since the key was first seen, the source of
   the Prometheus counters;
 - ``hwm``: the counter values to export, settled at each checkpoint. Prometheus counters may never
@@ -33,6 +35,8 @@ TALK_BOUNDS_S = (10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 360
 #: Minute buckets are kept this long behind the key's watermark: enough for ``today`` (25 h on a DST day,
 #: plus the day-start shift), with room for grace.
 RETENTION_MS = 50 * 3600_000
+#: An agent-state interval whose whole minutes span at least this long is kept as a span, not per minute.
+SPAN_MIN_MS = 60 * MINUTE_MS
 AGENT_MEMBER_STATES = ("available", "busy", "acw", "paused")
 SURVEY_BANDS = {
     "csat": (("negative", 1, 2), ("neutral", 3, 3), ("positive", 4, 5)),
@@ -72,7 +76,7 @@ class KeyState:
     """Everything the engine keeps for one queue or campaign."""
 
     __slots__ = ("key", "hw", "wm", "first", "applied", "live", "agents", "totals", "hist", "hwm", "exported", "minutes",
-                 "dirty_minutes", "deleted_minutes", "touch_seq", "touched")
+                 "spans", "dirty_minutes", "deleted_minutes", "touch_seq", "touched")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -91,6 +95,9 @@ class KeyState:
         #: The counter values to export: ``hwm`` as of the last durable checkpoint (set by the shell).
         self.exported: dict[str, int] = {}
         self.minutes: dict[int, dict] = {}
+        #: ``"<agent state>|<first minute>|<end minute>"`` -> count: every minute in [first, end) holds
+        #: count x 60 s of that state (see ``SPAN_MIN_MS``).
+        self.spans: dict[str, int] = {}
         self.dirty_minutes: set[int] = set()
         self.deleted_minutes: set[int] = set()
         #: Minutes the facts message ``touch_seq`` has already added to (not persisted).
@@ -108,7 +115,7 @@ class KeyState:
     def snapshot(self) -> dict:
         """The key's state without its minutes (those are persisted one key per minute)."""
         return {"hw": self.hw, "wm": self.wm, "first": self.first, "applied": self.applied, "live": self.live, "agents": self.agents,
-                "totals": self.totals, "hist": self.hist, "hwm": self.hwm}
+                "totals": self.totals, "hist": self.hist, "hwm": self.hwm, "spans": self.spans}
 
     @classmethod
     def restore(cls, key: str, data: dict, minutes: dict[int, dict]) -> KeyState:
@@ -122,6 +129,7 @@ class KeyState:
         state.totals = data["totals"]
         state.hist = data["hist"]
         state.hwm = data["hwm"]
+        state.spans = data.get("spans", {})
         state.exported = dict(state.hwm)
         state.minutes = minutes
         return state
@@ -244,15 +252,30 @@ class KpiEngine:
             del table[ident]
 
     def _agent_time(self, state: KeyState, f: Fact, seq: int) -> None:
-        """Add an agent-state interval [since, ts) to the minutes it overlaps (split at minute boundaries)."""
+        """Add an agent-state interval [since, ts) to the minutes it overlaps (split at minute boundaries).
+
+        The whole minutes of a long interval go to one span instead (the key state holds it, so the key's
+        replay guard covers it); only its partial first and last minutes are added to minutes.
+        """
         name = "agent_ms:" + f.status
         start, end = f.since_ms, f.ts_ms
+        first_whole = -(-start // MINUTE_MS) * MINUTE_MS
+        end_whole = bucket_start(end)
+        if end_whole - first_whole >= SPAN_MIN_MS:
+            _add(state.spans, f"{f.status}|{first_whole}|{end_whole}", f.sign)
+            self._agent_minutes(state, name, start, first_whole, f.sign, seq)
+            self._agent_minutes(state, name, end_whole, end, f.sign, seq)
+        else:
+            self._agent_minutes(state, name, start, end, f.sign, seq)
+
+    @staticmethod
+    def _agent_minutes(state: KeyState, name: str, start: int, end: int, sign: int, seq: int) -> None:
         while start < end:
             minute_end = bucket_start(start) + MINUTE_MS
             part = min(end, minute_end) - start
             minute = _minute(state, start, seq)
             if minute is not None:
-                _add(minute["c"], name, f.sign * part)
+                _add(minute["c"], name, sign * part)
             start += part
 
     def _observe(self, state: KeyState, name: str, bounds: list[int], value: int, sign: int) -> None:
@@ -291,6 +314,14 @@ class KpiEngine:
             del state.minutes[start]
             state.dirty_minutes.discard(start)
             state.deleted_minutes.add(start)
+        # A span keeps only the minutes a minute bucket would keep: those starting at or after the horizon.
+        first_kept = -(-horizon // MINUTE_MS) * MINUTE_MS
+        for span in list(state.spans):
+            agent_state, first, end = _span(span)
+            if first < first_kept:
+                count = state.spans.pop(span)
+                if end > first_kept:
+                    _add(state.spans, f"{agent_state}|{first_kept}|{end}", count)
         forget = state.wm - self.config.dedup_ttl_ms
         for src in [s for s, (_off, ts) in state.applied.items() if ts < forget]:
             del state.applied[src]
@@ -322,6 +353,8 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
                 into["b"] = [a + b for a, b in zip(into["b"], hist["b"], strict=True)]
                 into["s"] += hist["s"]
                 into["n"] += hist["n"]
+        for span, count in st.spans.items():
+            _add(merged.spans, span, count)
         for start, minute in st.minutes.items():
             into_minute = merged.minutes.setdefault(start, {"c": {}, "w": {}, "h": -1})
             for name, value in minute["c"].items():
@@ -331,6 +364,11 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
         merged.live.update({f"{st.key}/{c}": v for c, v in st.live.items()})
         merged.agents.update({f"{st.key}/{a}": v for a, v in st.agents.items()})
     return merged
+
+
+def _span(span: str) -> tuple[str, int, int]:
+    agent_state, first, end = span.split("|")
+    return agent_state, int(first), int(end)
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -364,6 +402,11 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
     windows = {}
     for w, (lo, hi) in ranges.items():
         c = sums[w]
+        for span, count in state.spans.items():
+            agent_state, first, end = _span(span)
+            overlap = min(hi, end) - max(lo, first)  # all on minute boundaries
+            if overlap > 0:
+                c["agent_ms:" + agent_state] = c.get("agent_ms:" + agent_state, 0) + count * overlap
         for agent_state, since in state.agents.values():
             # The open interval of each agent's current state counts up to now.
             overlap = min(hi, now_ms) - max(lo, since)

@@ -7,7 +7,7 @@ import pytest
 
 from streams.config import QueueTargets, TargetsConfig
 from streams.facts import Fact
-from streams.kpi import RETENTION_MS, KpiConfig, KpiEngine, kpis, merge_states, survey_band
+from streams.kpi import RETENTION_MS, KeyState, KpiConfig, KpiEngine, kpis, merge_states, survey_band
 from streams.windows import WindowSpec
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a minute boundary
@@ -253,3 +253,66 @@ def test_several_facts_of_one_message_in_one_minute_all_count():
     assert read(eng)["counts"]["entered"] == 3 and read(eng)["counts"]["answered"] == 1
     eng.apply_group("q:sales", "b1", 4, [F("entered", 30)], seq=12)
     assert read(eng)["counts"]["entered"] == 4
+
+
+def agent_time(since_sec, until_sec, status="available", sign=1):
+    return Fact("agent_time", "q:sales", T0 + until_sec * SEC, f"t:{since_sec}", agent="a", status=status,
+                since_ms=T0 + since_sec * SEC, sign=sign)
+
+
+HOUR = 3600
+
+
+def test_a_long_agent_interval_adds_its_whole_minutes_as_one_span():
+    # An agent left available overnight: 00:00:30 .. 10:00:20. Whole minutes 00:01 .. 10:00 (599 of them) are
+    # one span; 30 s go to minute 00:00 and 20 s to minute 10:00, the only two minutes written.
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [agent_time(30, 10 * HOUR + 20)], seq=1)
+    state = eng.keys["q:sales"]
+    assert state.dirty_minutes == {T0, T0 + 10 * HOUR * SEC}
+    assert state.spans == {f"available|{T0 + 60 * SEC}|{T0 + 10 * HOUR * SEC}": 1}
+    now = 10 * HOUR + 20
+    # 5m = [09:56, 10:01): 4 whole minutes + 20 s; 1h = [09:01, 10:01): 59 minutes + 20 s;
+    # today = [00:00, 10:01): 30 s + 599 minutes + 20 s = the whole interval, 36,000 - 30 + 20 s
+    assert read(eng, now_sec=now)["counts"]["agent_ms:available"] == 260_000
+    assert read(eng, now_sec=now, window="1h")["counts"]["agent_ms:available"] == 3_560_000
+    assert read(eng, now_sec=now, window="today")["counts"]["agent_ms:available"] == 35_990_000
+    # a window before the interval's last minute: 5m at 05:00:00 = [04:56, 05:01), 5 whole minutes
+    assert read(eng, now_sec=5 * HOUR)["counts"]["agent_ms:available"] == 300_000
+
+
+def test_an_interval_of_59_whole_minutes_stays_in_minutes():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [agent_time(30, 60 * 60 + 10)], seq=1)  # 00:00:30 .. 01:00:10
+    state = eng.keys["q:sales"]
+    assert state.spans == {}
+    assert len(state.dirty_minutes) == 61  # 00:00 .. 01:00
+    assert read(eng, now_sec=3610, window="today")["counts"]["agent_ms:available"] == 3_580_000
+
+
+def test_a_retracted_span_is_gone_and_a_span_survives_snapshot_and_merge():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [agent_time(0, 2 * HOUR)], seq=1)
+    state = eng.keys["q:sales"]
+    restored = KeyState.restore("q:sales", state.snapshot(), dict(state.minutes))
+    assert restored.spans == {f"available|{T0}|{T0 + 2 * HOUR * SEC}": 1}
+    merged = merge_states([state, restored], "q:_other")
+    # 1h window at 02:00:00 = [01:01, 02:01): 59 minutes of the span, twice
+    assert eng.read(merged, T0 + 2 * HOUR * SEC)["windows"]["1h"]["counts"]["agent_ms:available"] == 2 * 59 * 60_000
+    eng.apply_group("q:sales", "b1", 1, [agent_time(0, 2 * HOUR, sign=-1)], seq=2)
+    assert state.spans == {}
+    assert "agent_ms:available" not in read(eng, now_sec=2 * HOUR, window="today")["counts"]
+
+
+def test_pruning_trims_a_span_to_the_minutes_a_minute_bucket_would_keep():
+    eng = engine()
+    eng.apply_group("q:sales", "b1", 0, [agent_time(0, 10 * HOUR)], seq=1)  # whole minutes 00:00 .. 10:00
+    # the watermark moves to RETENTION + 5 h + 30 s: minutes before 05:00:30 go, so the span keeps 05:01 .. 10:00
+    eng.apply_group("q:sales", "b1", 1, [F("entered", RETENTION_MS // SEC + 5 * HOUR + 30)], seq=2)
+    state = eng.keys["q:sales"]
+    eng.settle(state)
+    assert state.spans == {f"available|{T0 + (5 * HOUR + 60) * SEC}|{T0 + 10 * HOUR * SEC}": 1}
+    # a span wholly behind the horizon is dropped
+    eng.apply_group("q:sales", "b1", 2, [F("entered", RETENTION_MS // SEC + 11 * HOUR)], seq=3)
+    eng.settle(state)
+    assert state.spans == {}
