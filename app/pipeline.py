@@ -31,7 +31,7 @@ import orjson
 
 from app import commits
 from streams.calls import BucketState, SessionConfig
-from streams.facts import Fact
+from streams.facts import LIVE_KINDS, Fact
 from streams.kpi import KeyState, KpiEngine
 from streams.validation import ValidationConfig, parse_message
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 #: Acknowledge a Faust event (the noack stream's ``ack``).
 Ack = Callable[[Any], Awaitable[Any]]
 #: Fact kinds that describe live state, not counts.
-LIVE_KINDS = frozenset(("live", "agent"))
 #: Checkpoint at the latest after this many messages of a partition.
 CHECKPOINT_MAX_MESSAGES = 5000
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.

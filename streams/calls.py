@@ -285,8 +285,8 @@ class _InboundWalk:
         co_new = self.facts[co_i] if co_old is not None else None
         if co_old is not None and co_new != co_old:
             changes.append(co_old.retraction())
-        if old_live is not None and old_live != new_live:
-            changes.append(old_live.retraction())
+        if old_live is not None and old_live != new_live and (new_live is None or new_live.key != old_live.key):
+            changes.append(old_live.retraction())  # not when the new live value replaces it (an upsert)
         if co_new is not None and co_new != co_old:
             changes.append(co_new)
         changes.extend(self.facts[n:])
@@ -444,7 +444,9 @@ class AgentSession:
             self.facts, state, qs, closed = _agent_walk(agent, state, qs, [item], list(closed))
             self.end = (state, qs, closed)
             new_open = self.facts[len(closed):]
-            changes = [f.retraction() for f in old_open if f not in new_open]
+            # The open state of a queue the agent is still in is replaced by its new one (an upsert).
+            still_in = {f.key for f in new_open}
+            changes = [f.retraction() for f in old_open if f.key not in still_in]
             changes.extend(closed[n:])
             changes.extend(f for f in new_open if f not in old_open)
             return changes

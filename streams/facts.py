@@ -21,6 +21,10 @@ live           the call's live status in a queue: ``status`` waiting|talking|hel
 agent          an agent's open state in a queue since ``since_ms`` (``agent``, ``status``)
 agent_time     a closed agent-state interval [``since_ms``, ``ts_ms``) (``agent``, ``status``)
 =============  ======================================================================
+
+``live`` and ``agent`` facts are upserts: the aggregator keeps one value per call (``live``) or agent
+(``agent``) and key, and a new fact replaces it. So a status change is sent as the new fact alone; a
+retraction is sent only when nothing replaces the old value (the call left the queue, the agent logged off).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ COUNT_KINDS = (
     "survey", "attempt", "connected", "contact", "conversion",
 )
 FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_time")
+#: Fact kinds that are upserts of a live value rather than counts (see the module docstring).
+LIVE_KINDS = frozenset(("live", "agent"))
 
 
 class Fact(NamedTuple):
@@ -82,9 +88,15 @@ def campaign_key(campaign: str) -> str:
     return "c:" + campaign
 
 
+def live_identity(fact: Fact) -> tuple[str, str, str, str]:
+    """What a ``live`` or ``agent`` fact is the value of: a later fact with the same identity replaces it."""
+    return fact.kind, fact.key, fact.call, fact.agent
+
+
 def diff(old: list[Fact], new: list[Fact]) -> list[Fact]:
     """Return what turns the facts ``old`` into ``new``: retractions first, then additions, in order.
 
+    A live value that an addition replaces (same ``live_identity``) is not retracted (upserts).
     Derivations mostly grow at the end, so the common prefix is skipped before the tails are compared.
     """
     n = min(len(old), len(new))
@@ -96,6 +108,9 @@ def diff(old: list[Fact], new: list[Fact]) -> list[Fact]:
         return list(new_tail)
     old_set = set(old_tail)
     new_set = set(new_tail)
-    out = [f.retraction() for f in old_tail if f not in new_set]
-    out.extend(f for f in new_tail if f not in old_set)
+    added = [f for f in new_tail if f not in old_set]
+    replaced = {live_identity(f) for f in added if f.kind in LIVE_KINDS}
+    out = [f.retraction() for f in old_tail
+           if f not in new_set and not (f.kind in LIVE_KINDS and live_identity(f) in replaced)]
+    out.extend(added)
     return out

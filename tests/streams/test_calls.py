@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from streams.calls import BucketState, SessionConfig, derive, sort_key, to_ev
 from streams.events import CallEvent
+from streams.facts import LIVE_KINDS, live_identity
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 CFG = SessionConfig(grace_ms=120_000, call_timeout_ms=3_600_000, dedup_ttl_ms=86_400_000,
@@ -44,12 +45,23 @@ def run(events, config=CFG, sweep=True):
 
 
 def in_force(emitted):
-    """The facts in force after a stream: additions minus retractions (each must net to 0 or 1)."""
+    """The facts in force after a stream, as the aggregator sees them: counted facts are additions minus
+    retractions (each must net to 0 or 1); live and agent facts are upserts, one value per identity, and a
+    retraction must name the value in force."""
     net = Counter()
+    live = {}
     for f in emitted:
-        net[f if f.sign > 0 else f.retraction()] += f.sign
+        if f.kind in LIVE_KINDS:
+            identity = live_identity(f)
+            if f.sign > 0:
+                live[identity] = f
+            else:
+                assert live.get(identity) == f.retraction(), (f, live.get(identity))
+                del live[identity]
+        else:
+            net[f if f.sign > 0 else f.retraction()] += f.sign
     assert all(v in (0, 1) for v in net.values()), net
-    return {f for f, v in net.items() if v == 1}
+    return {f for f, v in net.items() if v == 1} | set(live.values())
 
 
 def brief(facts, *fields):
@@ -77,6 +89,30 @@ def test_answered_call_enters_waits_talks_and_completes():
     assert brief(facts, "wait_ms", "talk_ms") == {
         ("entered", "q:sales", 5, 0, 0), ("answered", "q:sales", 17, 12_000, 0),
         ("completed", "q:sales", 137, 0, 120_000)}
+
+
+def test_a_live_status_change_is_sent_as_the_new_value_alone():
+    bucket = BucketState(CFG)
+    bucket.apply(E("1", "queue", 0, queue="q"))
+    answer = bucket.apply(E("2", "answer", 10)).facts
+    # the talking value replaces the waiting one in q:q (an upsert): no retraction of it is sent
+    assert [(f.kind, f.status, f.sign) for f in answer if f.kind == "live"] == [("live", "talking", 1)]
+    hangup = bucket.apply(E("3", "hangup", 60)).facts
+    # nothing replaces the talking value when the call ends: it is retracted
+    assert [(f.kind, f.status, f.sign) for f in hangup if f.kind == "live"] == [("live", "talking", -1)]
+
+
+def test_an_agent_state_change_is_sent_as_the_new_value_and_a_queue_left_is_retracted():
+    bucket = BucketState(CFG)
+    bucket.apply(A("1", 0, "ag", "available", "q1"))
+    bucket.apply(A("2", 0, "ag", "available", "q2"))
+    busy = bucket.apply(A("3", 60, "ag", "busy")).facts
+    assert sorted((f.kind, f.key, f.status, f.sign) for f in busy) == [
+        ("agent", "q:q1", "busy", 1), ("agent", "q:q2", "busy", 1),
+        ("agent_time", "q:q1", "available", 1), ("agent_time", "q:q2", "available", 1)]
+    off = bucket.apply(A("4", 90, "ag", "offline", "q2")).facts
+    assert sorted((f.kind, f.key, f.status, f.sign) for f in off) == [
+        ("agent", "q:q2", "busy", -1), ("agent_time", "q:q2", "busy", 1)]
 
 
 def test_live_status_follows_the_call():
