@@ -41,6 +41,8 @@ from streams.facts import Fact, campaign_key, diff, queue_key
 SEP = "\x1f"
 #: Tombstones are kept in chunks of this many ms of finalization time (persisted one key per chunk).
 TOMB_CHUNK_MS = 600_000
+#: A watermark no stream reaches (no housekeeping due).
+_NEVER = 2**62
 
 #: A stored call event: (ts_ms, type, event_id, queue, a, b). ``a``/``b`` by type: answer and
 #: agent_missed: agent; exit and refused: reason; hangup: disposition; transfer: target; dial: campaign;
@@ -491,7 +493,7 @@ class Applied:
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "done", "chunks", "dirty_chunks", "deleted_chunks", "agents")
+    __slots__ = ("config", "hw", "wm", "calls", "done", "chunks", "dirty_chunks", "deleted_chunks", "agents", "due")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -509,6 +511,9 @@ class BucketState:
         self.dirty_chunks: set[int] = set()
         self.deleted_chunks: set[int] = set()
         self.agents: dict[str, AgentSession] = {}
+        #: No housekeeping is due before the watermark reaches this (a lower bound; not persisted, so a
+        #: restored bucket sweeps in full at its first message).
+        self.due = 0
 
     # -- events -------------------------------------------------------------------------------------------
     def apply(self, event: CallEvent) -> Applied:
@@ -525,6 +530,7 @@ class BucketState:
         if lateness is not None:
             return lateness
         self._advance(event.ts_ms)
+        self._touch(event.ts_ms)
         if session is None and tomb is not None and event.type in ("wrapup", "survey"):
             return Applied("ok", self._apply_to_tombstone(tomb, event))
         ev = to_ev(event)
@@ -560,6 +566,14 @@ class BucketState:
         if self.wm is None or ts > self.wm:
             self.wm = ts
 
+    def _touch(self, ts: int) -> None:
+        """An event at ``ts`` was applied: whatever it changed cannot need housekeeping before ts + grace
+        (finalizing, folding), ts + call timeout (expiring) or ts + DEDUP_TTL (forgetting its id)."""
+        cfg = self.config
+        due = ts + min(cfg.grace_ms, cfg.call_timeout_ms, cfg.dedup_ttl_ms)
+        if due < self.due:
+            self.due = due
+
     def _apply_to_tombstone(self, tomb: list, event: CallEvent) -> list[Fact]:
         tomb[1] += SEP + event.event_id
         tomb[0] = max(tomb[0], event.ts_ms)
@@ -586,6 +600,7 @@ class BucketState:
         if lateness is not None:
             return lateness
         self._advance(event.ts_ms)
+        self._touch(event.ts_ms)
         if session is None:
             session = self.agents[agent] = AgentSession()
         session.seen[event.event_id] = event.ts_ms
@@ -598,11 +613,13 @@ class BucketState:
         Runs on event time (the watermark) only, so it is deterministic; call it after each message.
         """
         wm = self.wm
-        if wm is None:
+        if wm is None or wm < self.due:
             return []
         cfg = self.config
         facts: list[Fact] = []
         final_before = wm - cfg.grace_ms
+        # The next watermark at which anything below can happen (see ``due``).
+        due = _NEVER
         for call_id in list(self.calls):
             session = self.calls[call_id]
             derivation = session.derived(call_id, cfg)
@@ -630,6 +647,9 @@ class BucketState:
                 self.dirty_chunks.add(tomb[4])
                 self.deleted_chunks.discard(tomb[4])
                 del self.calls[call_id]
+            else:
+                last = session.last_ts
+                due = min(due, last + cfg.grace_ms if derivation.ended else last + cfg.call_timeout_ms)
         forget_before = wm - cfg.dedup_ttl_ms
         # Whole chunks are forgotten once they end before wm - DEDUP_TTL (a tombstone refreshed by a late
         # survey goes with its chunk).
@@ -638,6 +658,8 @@ class BucketState:
                 del self.done[call_id]
             self.dirty_chunks.discard(chunk)
             self.deleted_chunks.add(chunk)
+        if self.chunks:
+            due = min(due, min(self.chunks) + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
         for agent in list(self.agents):
             session = self.agents[agent]
             if session.pending and session.pending[0][0] < final_before:
@@ -650,6 +672,12 @@ class BucketState:
                 del session.seen[eid]
             if not session.pending and not session.queues and not session.seen:
                 del self.agents[agent]
+                continue
+            if session.pending:
+                due = min(due, session.pending[0][0] + cfg.grace_ms)
+            if session.seen:
+                due = min(due, next(iter(session.seen.values())) + cfg.dedup_ttl_ms)
+        self.due = due
         return facts
 
     # -- persistence ------------------------------------------------------------------------------------------

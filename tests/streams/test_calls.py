@@ -613,3 +613,38 @@ def test_the_incremental_walks_emit_exactly_what_a_full_derivation_would(case):
         bucket = BucketState(SessionConfig(grace_ms=10**9, call_timeout_ms=10**9))  # no folding, no expiry
         got = [Counter(bucket.apply(e).facts) for e in stream]
         assert got == reference_changes(stream)
+
+
+@st.composite
+def long_streams(draw):
+    """Calls (some never ending) and agent events over hours, with duplicates, in arrival order."""
+    events = []
+    for c in range(draw(st.integers(1, 8))):
+        call, t = f"call{c}", draw(st.integers(0, 20_000))
+        events.append(E(f"{call}-q", "queue", t, call=call, queue=draw(st.sampled_from(["q1", "q2"]))))
+        if draw(st.booleans()):
+            events.append(E(f"{call}-a", "answer", t + draw(st.integers(0, 60)), call=call))
+        if draw(st.booleans()):  # else the call never ends: it expires
+            events.append(E(f"{call}-x", "hangup", t + draw(st.integers(60, 400)), call=call))
+    for i in range(draw(st.integers(0, 6))):
+        events.append(A(f"ag{i}", draw(st.integers(0, 20_000)), f"ag{i % 2}",
+                        draw(st.sampled_from(["available", "busy", "offline"])), draw(st.sampled_from(["q1", None]))))
+    events.sort(key=lambda e: e.ts_ms)
+    repeats = [events[i] for i in draw(st.lists(st.integers(0, len(events) - 1), max_size=4))]
+    return events + repeats + [E("end", "queue", 40_000, call="late-caller", queue="q1")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(long_streams())
+def test_skipping_housekeeping_until_it_is_due_changes_nothing(stream):
+    # grace 120 s, calls expire after 600 s, ids are remembered 1,800 s: all of it happens within the stream
+    config = SessionConfig(grace_ms=120_000, call_timeout_ms=600_000, dedup_ttl_ms=1_800_000,
+                           max_event_age_ms=86_400_000)
+    lazy, eager = BucketState(config), BucketState(config)
+    for event in stream:
+        a, b = lazy.apply(event), eager.apply(event)
+        assert (a.status, a.facts) == (b.status, b.facts)
+        eager.due = 0  # always the full pass
+        assert lazy.sweep() == eager.sweep()
+        assert lazy.snapshot() == eager.snapshot()
+        assert lazy.chunks == eager.chunks
