@@ -31,7 +31,7 @@ import orjson
 
 from app import commits
 from streams.calls import BucketState, SessionConfig
-from streams.facts import LIVE_KINDS, Fact
+from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
 from streams.validation import ValidationConfig, parse_message
 
@@ -279,7 +279,7 @@ class Sessionizer(_CheckpointedStage):
     async def flush_facts(self) -> None:
         """Send the buffered facts: one message per fact key, holding its groups in order."""
         for fact_key, groups in self.facts_buffer.items():
-            value = orjson.dumps(groups, default=tuple)
+            value = orjson.dumps(groups)
             self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=value))
         self.facts_buffer = {}
         self.buffered = 0
@@ -341,7 +341,7 @@ class Sessionizer(_CheckpointedStage):
         for fact_key, facts in groups.items():
             # Corrections only: a live status replaced as the call moves on is not one.
             retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
-            buffer.setdefault(fact_key, []).append([src, message.offset, facts])
+            buffer.setdefault(fact_key, []).append([src, message.offset, [to_wire(f) for f in facts]])
             self.buffered += len(facts)
         if retracted:
             counters.retracted.inc(retracted)
@@ -451,6 +451,6 @@ class Aggregator(_CheckpointedStage):
         state = self.engine.state(key)
         if offset > state.hw:
             for src, src_offset, facts in orjson.loads(message.value):
-                self.engine.apply_group(key, src, src_offset, [Fact.decode(f) for f in facts], seq=offset)
+                self.engine.apply_wire(key, src, src_offset, facts, seq=offset)
             state.hw = offset
             self.dirty[partition].add(key)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.producing import message_key  # noqa: E402
 from streams.calls import BucketState, SessionConfig  # noqa: E402
-from streams.facts import Fact  # noqa: E402
+from streams.facts import to_wire  # noqa: E402
 from streams.kpi import KpiConfig, KpiEngine  # noqa: E402
 from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
 from streams.validation import ValidationConfig, parse_message  # noqa: E402
@@ -60,8 +60,9 @@ def main() -> None:
             groups[fact.key].append(fact)
         t2 = time.perf_counter()
         for fact_key, facts in groups.items():
-            for src, src_offset, wire in orjson.loads(orjson.dumps([[key.decode(), offset, facts]], default=tuple)):
-                engine.apply_group(fact_key, src, src_offset, [Fact(*f) for f in wire], seq=offset)
+            wire = [[key.decode(), offset, [to_wire(f) for f in facts]]]
+            for src, src_offset, wire_facts in orjson.loads(orjson.dumps(wire)):
+                engine.apply_wire(fact_key, src, src_offset, wire_facts, seq=offset)
         t3 = time.perf_counter()
         t_parse, t_session, t_aggregate = t_parse + t1 - t0, t_session + t2 - t1, t_aggregate + t3 - t2
     elapsed = time.perf_counter() - t

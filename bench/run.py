@@ -9,8 +9,11 @@ For each message shape (100-event arrays, single-event messages), on a fresh emb
    are open at once; keyed by call bucket, a batch holds one bucket's events);
 2. (a) the raw loop: aiokafka ``getmany(max_records=10000)`` over the topic, ``orjson.loads`` of each
    message value, counting events;
-3. (b) one callpulse worker, started after the topic is full, timed until ``callpulse_events_total`` on
-   /metrics counts every event (from the first event counted, and from the worker's start);
+3. (b) one callpulse worker, started after the topic is full, timed from the first event counted on
+   /metrics (``callpulse_events_total``) until every event is sessionized *and* aggregated: the worker's
+   consumer group has committed ``calls.events`` and ``calls.facts`` up to their end offsets (commits follow
+   the durable checkpoints, from which the KPI counters on /metrics are exported); the sessionizer's own
+   rate (until ``callpulse_events_total`` counts every event) is reported beside it;
 4. (c) event-to-metric latency at a steady 10,000 events/s: simulated traffic paced at that rate, plus a
    probe call every 100 ms into queue ``_probe``; a probe's latency runs from its send until the worker's
    API counts it waiting (live values come from the working state; counters follow at the next checkpoint);
@@ -47,6 +50,8 @@ from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
 from tests.e2e.conftest import free_port  # noqa: E402
 
 TOPIC = "calls.events"
+FACTS_TOPIC = "calls.facts"
+APP_ID = "callpulse"  # CALLPULSE_APP_ID's default: the worker's consumer group
 PARTITIONS = 8
 SCALE = 150.0  # lively x 150: about 21,600 calls an hour, more than 1,000 open at once
 
@@ -87,26 +92,74 @@ def messages(events: list[dict], batch: int) -> list[tuple[bytes, bytes, int]]:
     return out
 
 
-async def produce(port: int, msgs: list[tuple[bytes, bytes, int]]) -> float:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+#: calls.events partition -> offset after the last message produced (the embedded broker reports end offsets
+#: exactly only for single-record batches, which the bench's producer does not use)
+produced_ends: dict[int, int] = {}
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
-    await admin.start()
-    for name in ("calls.events", "calls.facts", "calls.deadletter"):
-        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-    await admin.close()
+
+async def produce(port: int, msgs: list[tuple[bytes, bytes, int]], create: bool = True) -> float:
+    if create:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        await admin.start()
+        for name in ("calls.events", "calls.facts", "calls.deadletter"):
+            await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+        await admin.close()
+        produced_ends.clear()
     producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     t = time.monotonic()
     futures = []
+
+    async def confirm() -> None:
+        for meta in await asyncio.gather(*futures):
+            produced_ends[meta.partition] = max(produced_ends.get(meta.partition, 0), meta.offset + 1)
+        futures.clear()
+
     for key, value, _ in msgs:
         futures.append(await producer.send(TOPIC, value=value, key=key))
         if len(futures) >= 20_000:
-            await asyncio.gather(*futures)
-            futures = []
-    await asyncio.gather(*futures)
+            await confirm()
+    await confirm()
     await producer.stop()
     return time.monotonic() - t
+
+
+async def unsettled(port: int) -> int:
+    """Messages of calls.events and calls.facts beyond the worker group's committed offsets.
+
+    calls.events first: once its commits cover every message produced, the checkpoints behind them have
+    confirmed every facts message those events caused, so calls.facts' end offsets are final (the worker
+    writes single-record batches, whose end offsets the embedded broker reports exactly).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", group_id=APP_ID, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        behind = 0
+        for partition, end in produced_ends.items():
+            behind += max(end - (await consumer.committed(TopicPartition(TOPIC, partition)) or 0), 0)
+        if behind:
+            return behind
+        tps = [TopicPartition(FACTS_TOPIC, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            behind += ends[tp] - (await consumer.committed(tp) or 0)
+        return behind
+    finally:
+        await consumer.stop()
+
+
+def wait_settled(port: int, timeout: float = 3600) -> float:
+    """Wait until the worker has committed everything on both topics; return the monotonic time then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = asyncio.run(unsettled(port))
+        if behind == 0:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timeout: the worker is {behind} messages behind")
+        time.sleep(0.2)
 
 
 async def raw_loop(port: int, expected_messages: int) -> tuple[float, int]:
@@ -180,8 +233,9 @@ class WorkerProc:
             self.proc.kill()
 
 
-def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tuple[float, float]:
-    """Seconds from the first event counted to ``expected`` counted, and from the worker's start."""
+def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tuple[float, float, tuple[float, float]]:
+    """Events/s from the first event counted until ``expected`` are counted, seconds from the worker's start
+    until then, and (monotonic time, count) at the first count (``callpulse_events_total``: sessionized)."""
     first = None
     deadline = time.monotonic() + timeout
     while True:
@@ -192,7 +246,7 @@ def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tu
         if n >= expected:
             assert first is not None
             span = now - first[0]
-            return (expected - first[1]) / span if span > 0 else float("inf"), now - worker.started
+            return (expected - first[1]) / span if span > 0 else float("inf"), now - worker.started, first
         if now > deadline:
             raise SystemExit(f"timeout: {n} of {expected} events counted")
         time.sleep(0.5)  # a scrape costs the worker a little: not too often
@@ -267,7 +321,9 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         assert raw_events == len(events)
         worker = WorkerProc(broker_port, work, shape)
         try:
-            rate, total_s = wait_counted(worker, len(events))
+            sessionized_rate, _, (first_t, first_n) = wait_counted(worker, len(events))
+            settled = wait_settled(broker_port)
+            rate, total_s = (len(events) - first_n) / (settled - first_t), settled - worker.started
             rss_now, rss_peak = worker.rss()
             latency = asyncio.run(steady_latency(broker_port, worker, 10_000, latency_seconds, batch))
             rss_after, rss_peak = worker.rss()
@@ -281,6 +337,7 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         "produce_seconds": round(produce_s, 2),
         "raw_loop_events_per_second": round(raw_rate),
         "worker_events_per_second": round(rate), "worker_seconds_from_start": round(total_s, 2),
+        "sessionizer_events_per_second": round(sessionized_rate),
         "ratio_to_raw": round(rate / raw_rate, 4),
         "latency_at_10k": latency, "rss_mib_after_run": rss_now, "rss_mib_peak": rss_peak,
     }
@@ -307,13 +364,13 @@ def memory_run(n_calls: int, work: Path) -> dict:
                     rings += 1
                     if rings >= chunk_calls:
                         break
-            asyncio.run(produce(broker_port, messages(chunk, 100))) if worker is None else asyncio.run(
-                produce_more(broker_port, messages(chunk, 100)))
+            asyncio.run(produce(broker_port, messages(chunk, 100), create=worker is None))
             produced_events += len(chunk)
             calls_done += rings
             if worker is None:
                 worker = WorkerProc(broker_port, work, "memory")
             wait_counted(worker, produced_events)
+            wait_settled(broker_port)
             milestones[calls_done] = worker.rss()[0]
             print(f"  {calls_done} calls: RSS {milestones[calls_done]} MiB", flush=True)
         peak = worker.rss()[1] if worker else 0
@@ -322,14 +379,6 @@ def memory_run(n_calls: int, work: Path) -> dict:
     finally:
         stop(broker)
     return {"calls": n_calls, "rss_mib_by_calls": milestones, "rss_mib_peak": peak}
-
-
-async def produce_more(port: int, msgs: list[tuple[bytes, bytes, int]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    futures = [await producer.send(TOPIC, value=v, key=k) for k, v, _ in msgs]
-    await asyncio.gather(*futures)
-    await producer.stop()
 
 
 def main() -> None:
@@ -351,12 +400,12 @@ def main() -> None:
         results["memory"] = memory_run(args.memory_calls, work)
     print()
     print(f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}"
-          f"{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}")
+          f"{'sessionizer':>13}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}")
     for r in results["runs"]:
         lat = r["latency_at_10k"]
         print(f"{r['shape']:<12}{r['events']:>10}{r['concurrent_calls_peak']:>11}{r['raw_loop_events_per_second']:>11}"
-              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}"
-              f"{r['rss_mib_peak']:>9}")
+              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{r['sessionizer_events_per_second']:>13}"
+              f"{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}{r['rss_mib_peak']:>9}")
     if "memory" in results:
         print("RSS by calls processed:", results["memory"]["rss_mib_by_calls"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ retraction is sent only when nothing replaces the old value (the call left the q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 #: Fact kinds that count calls or outcomes (as opposed to live state).
@@ -76,6 +77,45 @@ class Fact(NamedTuple):
     def decode(cls, data: list) -> Fact:
         """Inverse of ``encode``."""
         return cls(*data)
+
+
+# -- the wire form (calls.facts) -------------------------------------------------------------------------
+#
+# A facts message is keyed by the aggregation key and holds only what the aggregator reads, per kind:
+# ``[kind, ts_ms, sign, ...]`` followed by
+#
+#   answered, abandoned   wait_ms
+#   exited                wait_ms, reason
+#   refused               reason
+#   completed             talk_ms, hold_ms, holds, acw_ms, transferred
+#   survey                scale, score
+#   live                  call, status, since_ms
+#   agent, agent_time     agent, status, since_ms
+#   (other kinds)         nothing
+#
+# The key (the message's) and the id (the sessionizer's business) are left out: a third of the bytes of the
+# full 18-field form, and a third of the objects to decode.
+
+_WIRE: dict[str, Callable[[Fact], list]] = {
+    "answered": lambda f: [f.kind, f.ts_ms, f.sign, f.wait_ms],
+    "abandoned": lambda f: [f.kind, f.ts_ms, f.sign, f.wait_ms],
+    "exited": lambda f: [f.kind, f.ts_ms, f.sign, f.wait_ms, f.reason],
+    "refused": lambda f: [f.kind, f.ts_ms, f.sign, f.reason],
+    "completed": lambda f: [f.kind, f.ts_ms, f.sign, f.talk_ms, f.hold_ms, f.holds, f.acw_ms, f.transferred],
+    "survey": lambda f: [f.kind, f.ts_ms, f.sign, f.scale, f.score],
+    "live": lambda f: [f.kind, f.ts_ms, f.sign, f.call, f.status, f.since_ms],
+    "agent": lambda f: [f.kind, f.ts_ms, f.sign, f.agent, f.status, f.since_ms],
+    "agent_time": lambda f: [f.kind, f.ts_ms, f.sign, f.agent, f.status, f.since_ms],
+}
+
+
+def _plain(f: Fact) -> list:
+    return [f.kind, f.ts_ms, f.sign]
+
+
+def to_wire(fact: Fact) -> list:
+    """The wire form of a fact (see above)."""
+    return _WIRE.get(fact.kind, _plain)(fact)
 
 
 def queue_key(queue: str) -> str:

@@ -25,7 +25,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from streams.config import TargetsConfig
-from streams.facts import Fact
+from streams.facts import Fact, to_wire
 from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start
 
 #: Default histogram bounds (seconds) for queue waits; every configured T and S is added.
@@ -179,7 +179,12 @@ class KpiEngine:
         return state
 
     def apply_group(self, key: str, src: str, off: int, facts: list[Fact], seq: int = -1) -> bool:
-        """Apply the facts one source message produced for ``key``; False if that message was applied already.
+        """``apply_wire`` of facts given as ``Fact`` tuples."""
+        return self.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
+
+    def apply_wire(self, key: str, src: str, off: int, facts: list[list], seq: int = -1) -> bool:
+        """Apply the facts (wire form) one source message produced for ``key``; False if that message was
+        applied already.
 
         ``src`` and ``off`` name the source message (sessionizer bucket and input offset): a batch re-emitted
         by the sessionizer counts once. ``seq`` is the offset of the facts message: a minute that already
@@ -194,47 +199,49 @@ class KpiEngine:
         state.applied[src] = [off, state.wm]
         return True
 
-    def _apply_fact(self, state: KeyState, f: Fact, seq: int = -1) -> None:
-        s = f.sign
-        kind = f.kind
-        if f.ts_ms > state.wm:
-            state.wm = f.ts_ms
-        if not state.first or f.ts_ms < state.first:
-            state.first = f.ts_ms
+    def _apply_fact(self, state: KeyState, f: list, seq: int = -1) -> None:
+        """Apply one fact in wire form ``[kind, ts_ms, sign, ...]`` (streams.facts)."""
+        kind, ts, s = f[0], f[1], f[2]
+        if ts > state.wm:
+            state.wm = ts
+        if not state.first or ts < state.first:
+            state.first = ts
         if kind == "live":
-            self._upsert(state.live, f.call, [f.status, f.since_ms], s)
+            self._upsert(state.live, f[3], [f[4], f[5]], s)
             return
         if kind == "agent":
-            self._upsert(state.agents, f.agent, [f.status, f.since_ms], s)
+            self._upsert(state.agents, f[3], [f[4], f[5]], s)
             return
         if kind == "agent_time":
-            self._agent_time(state, f, seq)
+            self._agent_time(state, f[4], f[5], ts, s, seq)
             return
-        targets = self.config.targets.for_queue(state.name)
-        minute = _minute(state, f.ts_ms, seq)
+        minute = _minute(state, ts, seq)
         counts: list[tuple[str, int]]
         if kind in ("answered", "abandoned", "exited"):
-            w = f.wait_ms
+            w = f[3]
             counts = [(kind, 1), (f"wait_{kind}_ms", w)]
             if kind == "answered":
+                targets = self.config.targets.for_queue(state.name)
                 counts.append(("answered_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
             elif kind == "abandoned":
+                targets = self.config.targets.for_queue(state.name)
                 counts.append(("short_abandoned", 1 if w < targets.short_abandon_ms else 0))
                 counts.append(("abandoned_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
             else:
-                counts.append(("exited:" + f.reason, 1))
+                counts.append(("exited:" + f[4], 1))
             if minute is not None:
                 _add(minute["w"], str(w), s)
             self._observe(state, "wait:" + kind, self.wait_bounds_ms, w, s)
         elif kind == "completed":
-            counts = [("completed", 1), ("talk_ms", f.talk_ms), ("hold_ms", f.hold_ms), ("holds", f.holds),
-                      ("acw_ms", f.acw_ms), ("transferred", f.transferred)]
-            self._observe(state, "talk", self.talk_bounds_ms, f.talk_ms, s)
-            self._observe(state, "handle", self.talk_bounds_ms, f.talk_ms + f.acw_ms, s)
+            talk, acw = f[3], f[6]
+            counts = [("completed", 1), ("talk_ms", talk), ("hold_ms", f[4]), ("holds", f[5]), ("acw_ms", acw),
+                      ("transferred", f[7])]
+            self._observe(state, "talk", self.talk_bounds_ms, talk, s)
+            self._observe(state, "handle", self.talk_bounds_ms, talk + acw, s)
         elif kind == "refused":
-            counts = [("refused:" + f.reason, 1)]
+            counts = [("refused:" + f[3], 1)]
         elif kind == "survey":
-            counts = [(f"survey:{f.scale}:{survey_band(f.scale, f.score)}", 1)]
+            counts = [(f"survey:{f[3]}:{survey_band(f[3], f[4])}", 1)]
         else:  # entered, agent_missed, expired, attempt, connected, contact, conversion
             counts = [(kind, 1)]
         totals = state.totals
@@ -251,22 +258,22 @@ class KpiEngine:
         elif table.get(ident) == value:
             del table[ident]
 
-    def _agent_time(self, state: KeyState, f: Fact, seq: int) -> None:
+    def _agent_time(self, state: KeyState, status: str, since: int, until: int, sign: int, seq: int) -> None:
         """Add an agent-state interval [since, ts) to the minutes it overlaps (split at minute boundaries).
 
         The whole minutes of a long interval go to one span instead (the key state holds it, so the key's
         replay guard covers it); only its partial first and last minutes are added to minutes.
         """
-        name = "agent_ms:" + f.status
-        start, end = f.since_ms, f.ts_ms
+        name = "agent_ms:" + status
+        start, end = since, until
         first_whole = -(-start // MINUTE_MS) * MINUTE_MS
         end_whole = bucket_start(end)
         if end_whole - first_whole >= SPAN_MIN_MS:
-            _add(state.spans, f"{f.status}|{first_whole}|{end_whole}", f.sign)
-            self._agent_minutes(state, name, start, first_whole, f.sign, seq)
-            self._agent_minutes(state, name, end_whole, end, f.sign, seq)
+            _add(state.spans, f"{status}|{first_whole}|{end_whole}", sign)
+            self._agent_minutes(state, name, start, first_whole, sign, seq)
+            self._agent_minutes(state, name, end_whole, end, sign, seq)
         else:
-            self._agent_minutes(state, name, start, end, f.sign, seq)
+            self._agent_minutes(state, name, start, end, sign, seq)
 
     @staticmethod
     def _agent_minutes(state: KeyState, name: str, start: int, end: int, sign: int, seq: int) -> None:

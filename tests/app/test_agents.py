@@ -178,7 +178,7 @@ async def test_counters_are_exported_only_once_their_checkpoint_is_durable(pipel
     async def ack(event):
         acks.append(event.message.offset)
 
-    facts = [[ "b1", 0, [["entered", "q:q", T0 * 1000, "f1", "c1", 0, "", 0, 0, 0, 0, 0, "", 0, "", 0, "", 1]]]]
+    facts = [["b1", 0, [["entered", T0 * 1000, 1]]]]
     await a.process(FakeEvent("calls.facts", 2, 0, b"q:q", orjson.dumps(facts)), ack)
     assert p.engine.keys["q:q"].totals == {"entered": 1}
     assert sample(p, "callpulse_calls_entered_total", queue="q") == 0  # applied, not yet durable

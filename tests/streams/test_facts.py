@@ -1,0 +1,41 @@
+"""Facts: the diff of two derivations (upserts of live values) and the wire form of calls.facts."""
+
+from streams.facts import FACT_KINDS, Fact, diff, to_wire
+
+T = 1_767_225_600_000
+
+
+def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
+    cases = {
+        Fact("entered", "q:a", T, "entered:e1", "c1"): ["entered", T, 1],
+        Fact("answered", "q:a", T, "answered:e2", "c1", wait_ms=12_000): ["answered", T, 1, 12_000],
+        Fact("abandoned", "q:a", T, "abandoned:e3", "c1", wait_ms=9_000, sign=-1): ["abandoned", T, -1, 9_000],
+        Fact("exited", "q:a", T, "exited:e4", "c1", wait_ms=5_000, reason="timeout"): ["exited", T, 1, 5_000, "timeout"],
+        Fact("refused", "q:a", T, "refused:e5", "c1", reason="full"): ["refused", T, 1, "full"],
+        Fact("completed", "q:a", T, "completed:e6", "c1", talk_ms=120_000, hold_ms=30_000, holds=2, acw_ms=15_000,
+             transferred=1): ["completed", T, 1, 120_000, 30_000, 2, 15_000, 1],
+        Fact("survey", "q:a", T, "survey:e7", "c1", scale="nps", score=9): ["survey", T, 1, "nps", 9],
+        Fact("live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T - 5): ["live", T, 1, "c1", "waiting", T - 5],
+        Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="busy", since_ms=T - 7): ["agent", T, 1, "ag", "busy", T - 7],
+        Fact("agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9):
+            ["agent_time", T, 1, "ag", "acw", T - 9],
+        Fact("attempt", "c:x", T, "attempt:e8", "c2"): ["attempt", T, 1],
+    }
+    for fact, wire in cases.items():
+        assert to_wire(fact) == wire
+    # every kind has a form: the others are [kind, ts, sign]
+    for kind in FACT_KINDS:
+        assert to_wire(Fact(kind, "q:a", T, "x"))[:3] == [kind, T, 1]
+
+
+def test_diff_sends_a_replaced_live_value_as_the_new_value_alone():
+    waiting = Fact("live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T)
+    talking = Fact("live", "q:a", T + 10, "live:c1", "c1", status="talking", since_ms=T + 10)
+    elsewhere = Fact("live", "q:b", T + 10, "live:c1", "c1", status="waiting", since_ms=T + 10)
+    answered = Fact("answered", "q:a", T + 10, "answered:e2", "c1", wait_ms=10)
+    assert diff([waiting], [answered, talking]) == [answered, talking]
+    # moved to another queue: nothing replaces the value in q:a, so it is retracted
+    assert diff([waiting], [elsewhere]) == [waiting.retraction(), elsewhere]
+    # a counted fact that changes is always retracted
+    amended = answered._replace(wait_ms=11)
+    assert diff([answered], [amended]) == [answered.retraction(), amended]
