@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 import orjson
@@ -70,6 +70,19 @@ def main() -> None:
 
 # -- worker ------------------------------------------------------------------------------------------------------
 
+def make_worker(app: Any, log_level: str, loop: asyncio.AbstractEventLoop) -> Any:
+    """The Faust worker that runs ``app``, logging at ``log_level`` (a CALLPULSE_LOG_LEVEL value)."""
+    from faust.worker import Worker
+
+    level = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}[log_level]
+    worker = Worker(app, loglevel=level, quiet=True, loop=loop, redirect_stdouts=False)
+    # Faust's terminal spinner sets the root logger to DEBUG whenever the level is warning or error, so every
+    # debug call of Faust and aiokafka (several per message) would build a log record. A service has no use
+    # for a spinner.
+    worker.spinner = None
+    return worker
+
+
 def run_worker(*, settings: Settings) -> int:
     """Run one Faust worker until SIGINT/SIGTERM."""
     import faust  # noqa: F401 - imported here so that `callpulse produce` starts fast
@@ -83,14 +96,7 @@ def run_worker(*, settings: Settings) -> int:
     if embedded:
         log.info("embedded broker detected: producer batches of one record, short session timeout")
     pipeline = build(settings, embedded)
-    from faust.worker import Worker
-
-    level = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}[settings.log_level]
-    worker = Worker(pipeline.app, loglevel=level, quiet=True, loop=loop, redirect_stdouts=False)
-    # Faust's terminal spinner sets the root logger to DEBUG whenever the level is warning or error, so every
-    # debug call of Faust and aiokafka (several per message) would build a log record. A service has no use
-    # for a spinner.
-    worker.spinner = None
+    worker = make_worker(pipeline.app, settings.log_level, loop)
     log.info("metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues", settings.web_host,
              settings.web_port, settings.web_host, settings.web_port)
     try:

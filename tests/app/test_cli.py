@@ -67,3 +67,25 @@ def test_simulate_to_a_file_is_deterministic(tmp_path):
     assert run(*args, "--out", str(tmp_path / "b.jsonl")).returncode == 0
     a = (tmp_path / "a.jsonl").read_bytes()
     assert a == (tmp_path / "b.jsonl").read_bytes() and a.count(b'"type":"queue"') > 60  # Poisson(120): > 60
+
+
+def test_the_worker_logs_at_its_level_without_turning_the_root_logger_to_debug():
+    # Faust's spinner would set the root logger to DEBUG at level warning: every debug call of Faust and
+    # aiokafka would then build a record.
+    import asyncio
+    import logging
+
+    import faust
+
+    loop = asyncio.new_event_loop()
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        worker = cli.make_worker(faust.App("log-test", autodiscover=False), "warning", loop)
+        worker._setup_logging()
+        assert root.level == logging.WARNING
+        assert not logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        loop.close()
