@@ -540,9 +540,9 @@ class BucketState:
         before = session.derived(call_id, self.config)
         session.eids.add(ev[2])
         walk = before.walk
-        if walk is not None and ev[0] > session.events[-1][0] and not ev[6] and ev[1] != "dial":
-            # Strictly later than every event of this inbound call: continue its walk (equal timestamps
-            # may reorder, out-of-order arrivals insert: both derive the call again).
+        if walk is not None and not ev[6] and ev[1] != "dial" and _continues(session.events[-1], ev):
+            # After every event of this inbound call: continue its walk (an out-of-order arrival inserts
+            # and derives the call again).
             session.events.append(ev)
             session.derivation = walk.continue_with(ev, before)
             return Applied("ok", walk.changes)
@@ -725,6 +725,18 @@ def _older_keys(table: dict, before: int, ts_of: Callable[[Any], int]) -> list:
             break
         out.append(key)
     return out
+
+
+def _continues(last: Ev, ev: Ev) -> bool:
+    """Whether the walk over a call's events can go on with ``ev`` after ``last``, its latest event.
+
+    Yes when ``ev`` is later, or has the same time and sorts after it, unless it is an exit, transfer or
+    refusal: those may close an attempt that a ``queue`` event at the same instant must follow (the
+    look-ahead of ``_derive_inbound``), which a full derivation reorders.
+    """
+    if ev[0] != last[0]:
+        return ev[0] > last[0]
+    return ev[1] not in ("exit", "transfer", "refused") and sort_key(ev) > sort_key(last)
 
 
 def _insert_sorted(events: list[Ev], ev: Ev) -> None:
