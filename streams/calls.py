@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.events import TYPE_RANK, CallEvent
-from streams.facts import Fact, campaign_key, diff, queue_key
+from streams.facts import Fact, agent_fact, campaign_key, diff, live_fact, queue_key
 
 #: Separates the event ids of a tombstone (one string per finished call instead of a list of them).
 SEP = "\x1f"
@@ -301,14 +301,11 @@ class _InboundWalk:
         """The derivation so far; the walk's own fact list is copied, so stepping on leaves it intact."""
         facts, call_id, state = list(self.facts), self.call_id, self.state
         if state == QUEUED:
-            facts.append(Fact("live", queue_key(self.q), self.enq, "live:" + call_id, call_id, status="waiting",
-                              since_ms=self.enq))
+            facts.append(live_fact(queue_key(self.q), self.enq, call_id, "waiting", self.enq))
         elif state == CONNECTED and self.ans_q:
-            facts.append(Fact("live", queue_key(self.ans_q), self.ans, "live:" + call_id, call_id,
-                              status="talking", since_ms=self.ans))
+            facts.append(live_fact(queue_key(self.ans_q), self.ans, call_id, "talking", self.ans))
         elif state == HELD and self.ans_q:
-            facts.append(Fact("live", queue_key(self.ans_q), self.hold_start, "live:" + call_id, call_id,
-                              status="held", since_ms=self.hold_start))
+            facts.append(live_fact(queue_key(self.ans_q), self.hold_start, call_id, "held", self.hold_start))
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
         return Derivation(facts, state == ENDED, queue_key(sq) if sq else "", open_co, self)
@@ -389,32 +386,33 @@ def _close_all(agent: str, state: str, qs: dict[str, int], ts: int, out: list[Fa
 
 
 def _interval(agent: str, queue: str, state: str, since: int, until: int) -> Fact:
-    return Fact("agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent=agent,
-                status=state, since_ms=since)
+    return agent_fact("agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent, state, since)
 
 
 def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[tuple]) -> list[Fact]:
-    """Facts of an agent from its base state and its pending events ``(ts, eid, state, queue)``, sorted."""
-    return _agent_walk(agent, base[0], dict(base[1]), pending, [])[0]
+    """Facts of an agent from its base state and its pending events ``(ts, eid, state, queue)``, sorted:
+    the closed intervals, then the open state per queue."""
+    _state, _qs, closed, open_ = _agent_walk(agent, base[0], dict(base[1]), pending)
+    return closed + open_
 
 
-def _agent_walk(agent: str, state: str, qs: dict[str, int], pending: list[tuple],
-                closed: list[Fact]) -> tuple[list[Fact], str, dict[str, int], list[Fact]]:
-    """Walk ``pending`` from (state, qs) appending closed intervals to ``closed``; return every fact (closed
-    intervals, then the open state per queue), the end state, its queues, and the closed intervals."""
+def _agent_walk(agent: str, state: str, qs: dict[str, int], pending: list[tuple]) -> list:
+    """Walk ``pending`` from (state, qs); return [end state, its queues, closed intervals, open facts]."""
+    closed: list[Fact] = []
     for ts, _eid, new_state, queue in pending:
         state = _agent_step(state, qs, ts, new_state, queue, agent, closed)
-    facts = list(closed)
-    for q, since in qs.items():
-        facts.append(Fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent=agent, status=state,
-                          since_ms=since))
-    return facts, state, qs, closed
+    return [state, qs, closed, _open_facts(agent, state, qs)]
+
+
+def _open_facts(agent: str, state: str, qs: dict[str, int]) -> list[Fact]:
+    return [agent_fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent, state, since)
+            for q, since in qs.items()]
 
 
 class AgentSession:
     """One agent's timeline: a folded base, events still within grace, and recent event ids."""
 
-    __slots__ = ("state", "queues", "pending", "seen", "facts", "end")
+    __slots__ = ("state", "queues", "pending", "seen", "walked")
 
     def __init__(self, state: str = "offline", queues: dict[str, int] | None = None,
                  pending: list[tuple] | None = None, seen: dict[str, int] | None = None) -> None:
@@ -422,38 +420,40 @@ class AgentSession:
         self.queues: dict[str, int] = queues or {}
         self.pending: list[tuple] = pending or []
         self.seen: dict[str, int] = seen or {}
-        self.facts: list[Fact] | None = None
-        #: (state, queues, closed intervals) after the pending events: where a later event continues.
-        self.end: tuple[str, dict[str, int], list[Fact]] | None = None
+        #: [state, queues, closed intervals, open facts] after the pending events (``_agent_walk``), where a
+        #: later event continues; None when it must be walked again (not persisted).
+        self.walked: list | None = None
+
+    def _walk(self, agent: str) -> list:
+        if self.walked is None:
+            self.walked = _agent_walk(agent, self.state, dict(self.queues), self.pending)
+        return self.walked
 
     def derived(self, agent: str) -> list[Fact]:
-        if self.facts is None:
-            self.facts, state, qs, closed = _agent_walk(agent, self.state, dict(self.queues), self.pending, [])
-            self.end = (state, qs, closed)
-        return self.facts
+        _state, _qs, closed, open_ = self._walk(agent)
+        return closed + open_
 
     def add(self, agent: str, item: tuple) -> list[Fact]:
         """Insert one event ``(ts, eid, state, queue)``; return the facts it changes."""
-        old = self.derived(agent)
         if not self.pending or item[:2] > self.pending[-1][:2]:
             # Later than every pending event: continue the walk instead of deriving it all again. Closed
             # intervals only grow; the open states are compared, which is what diff would find.
-            self.pending.append(item)
-            assert self.end is not None
-            state, qs, closed = self.end
+            walked = self._walk(agent)
+            state, qs, closed, old_open = walked
             n = len(closed)
-            old_open = old[n:]
-            self.facts, state, qs, closed = _agent_walk(agent, state, qs, [item], list(closed))
-            self.end = (state, qs, closed)
-            new_open = self.facts[len(closed):]
+            self.pending.append(item)
+            state = _agent_step(state, qs, item[0], item[2], item[3], agent, closed)  # qs, closed: in place
+            new_open = _open_facts(agent, state, qs)
+            walked[0], walked[3] = state, new_open
             # The open state of a queue the agent is still in is replaced by its new one (an upsert).
             still_in = {f.key for f in new_open}
             changes = [f.retraction() for f in old_open if f.key not in still_in]
             changes.extend(closed[n:])
             changes.extend(f for f in new_open if f not in old_open)
             return changes
+        old = self.derived(agent)
         _insert_sorted_agent(self.pending, item)
-        self.facts = self.end = None
+        self.walked = None
         return diff(old, self.derived(agent))
 
 
@@ -481,8 +481,7 @@ class CallSession:
         return self.derivation
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(NamedTuple):
     """The outcome of one event: ``status`` is ``ok``, ``duplicate``, ``late`` or ``too_old``."""
 
     status: str
@@ -663,11 +662,10 @@ class BucketState:
         for agent in list(self.agents):
             session = self.agents[agent]
             if session.pending and session.pending[0][0] < final_before:
-                session.derived(agent)
                 while session.pending and session.pending[0][0] < final_before:
                     ts, _eid, new_state, queue = session.pending.pop(0)
                     session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
-                session.facts = session.end = None
+                session.walked = None
             for eid in _older_keys(session.seen, forget_before, lambda ts: ts):
                 del session.seen[eid]
             if not session.pending and not session.queues and not session.seen:

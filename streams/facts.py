@@ -79,6 +79,20 @@ class Fact(NamedTuple):
         return cls(*data)
 
 
+_new = tuple.__new__
+
+
+# Constructors of the most frequent facts (every field given: a third of the cost of keyword arguments).
+def live_fact(key: str, ts_ms: int, call: str, status: str, since_ms: int) -> Fact:
+    """A call's live status in a queue (``live``)."""
+    return _new(Fact, ("live", key, ts_ms, "live:" + call, call, 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, "", 1))
+
+
+def agent_fact(kind: str, key: str, ts_ms: int, fid: str, agent: str, status: str, since_ms: int) -> Fact:
+    """An agent's open state (``agent``) or a closed interval (``agent_time``) in a queue."""
+    return _new(Fact, (kind, key, ts_ms, fid, "", 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, agent, 1))
+
+
 # -- the wire form (calls.facts) -------------------------------------------------------------------------
 #
 # A facts message is keyed by the aggregation key and holds only what the aggregator reads, per kind:

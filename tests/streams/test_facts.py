@@ -39,3 +39,11 @@ def test_diff_sends_a_replaced_live_value_as_the_new_value_alone():
     # a counted fact that changes is always retracted
     amended = answered._replace(wait_ms=11)
     assert diff([answered], [amended]) == [answered.retraction(), amended]
+
+
+def test_the_fast_constructors_fill_every_field_in_its_place():
+    from streams.facts import agent_fact, live_fact
+
+    assert live_fact("q:a", T, "c1", "held", T - 3) == Fact("live", "q:a", T, "live:c1", "c1", status="held", since_ms=T - 3)
+    assert agent_fact("agent_time", "q:a", T, "agent_time:ag:a:1", "ag", "acw", T - 9) == Fact(
+        "agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9)

@@ -158,3 +158,19 @@ def test_an_oversized_element_of_a_batch_is_rejected_alone():
     assert [e.event_id for e in events] == ["a"]
     assert [r.reason for r in rejections] == ["too_large"]
     assert orjson.loads(rejections[0].raw)["event_id"] == "b"
+
+
+def test_a_valid_event_carries_every_field_in_its_place():
+    from streams.events import CallEvent
+
+    got = validate_event({"event_id": "e9", "type": "hangup", "ts": 1_767_225_000, "call_id": "c9", "queue": "sales",
+                          "agent": "a7", "direction": "outbound", "caller": "+15550100", "campaign": "k",
+                          "reason": "timeout", "disposition": "success", "target": "q2", "tenant": "t1"}, CFG, NOW_MS)
+    assert got == CallEvent(event_id="e9", type="hangup", ts_ms=1_767_225_000_000, call_id="c9", queue="sales", agent="a7",
+                            outbound=True, caller=pseudonymise("+15550100", b"k"), campaign="k", reason="timeout",
+                            disposition="success", target="q2", score=None, scale=None, state=None, tenant="t1")
+    survey = validate_event(ev(type="survey", scale="nps", score=9), CFG, NOW_MS)
+    assert (survey.scale, survey.score, survey.state, survey.outbound) == ("nps", 9, None, False)
+    agent = validate_event({"event_id": "e8", "type": "agent_state", "ts": 1_767_225_000, "agent": "a1", "state": "busy"},
+                           CFG, NOW_MS)
+    assert (agent.agent, agent.state, agent.call_id, agent.queue) == ("a1", "busy", None, None)
