@@ -8,6 +8,7 @@ with ``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -97,6 +98,10 @@ def run_worker(*, settings: Settings) -> int:
         log.info("embedded broker detected: producer batches of one record, short session timeout")
     pipeline = build(settings, embedded)
     worker = make_worker(pipeline.app, settings.log_level, loop)
+    # Python's cyclic GC, at its default thresholds, spent 2.7 s of a 500,000-event run (about 13 % of the
+    # main thread) to find some 650 unreachable objects: the working state is large and almost free of
+    # cycles. Collect the young generation every 50,000 allocations instead of 700, and the old ones rarely.
+    gc.set_threshold(50_000, 20, 100)
     log.info("metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues", settings.web_host,
              settings.web_port, settings.web_host, settings.web_port)
     try:

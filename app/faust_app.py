@@ -56,9 +56,6 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "processing_guarantee": "at_least_once",
-        # Offsets are committed only as far as a durable checkpoint covers (app/commits.py): commit as often
-        # as checkpoints are taken (Faust's default is every 2.8 s), so a restart replays less.
-        "broker_commit_interval": settings.checkpoint_interval,
         "stream_wait_empty": False,
         "web_in_thread": False,
         "autodiscover": False,
