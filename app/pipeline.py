@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Acknowledge a Faust event (the noack stream's ``ack``).
 Ack = Callable[[Any], Awaitable[Any]]
-#: Fact kinds that describe live state, not counts.
 #: Checkpoint at the latest after this many messages of a partition.
 CHECKPOINT_MAX_MESSAGES = 5000
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
