@@ -283,9 +283,13 @@ class Sessionizer(_CheckpointedStage):
         self.facts_buffer = {}
         self.buffered = 0
 
+    def flush_due(self) -> bool:
+        """Whether buffered facts have waited FLUSH_S."""
+        return bool(self.buffered) and time.monotonic() - self.buffered_since >= FLUSH_S
+
     async def flush_idle(self) -> None:
         """Timer: send facts buffered longer than FLUSH_S when no message came to send them."""
-        if self.buffered and time.monotonic() - self.buffered_since >= FLUSH_S:
+        if self.flush_due():
             async with self.lock:
                 await self.flush_facts()
 
@@ -344,7 +348,7 @@ class Sessionizer(_CheckpointedStage):
             self.buffered += len(facts)
         if retracted:
             counters.retracted.inc(retracted)
-        if self.buffered >= FLUSH_FACTS or (self.buffered and time.monotonic() - self.buffered_since >= FLUSH_S):
+        if self.buffered >= FLUSH_FACTS or self.flush_due():
             await self.flush_facts()
 
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:

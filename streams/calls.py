@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from streams.events import TYPE_RANK, CallEvent
 from streams.facts import Fact, agent_fact, campaign_key, diff, live_fact, queue_key
@@ -666,7 +666,7 @@ class BucketState:
                     ts, _eid, new_state, queue = session.pending.pop(0)
                     session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
                 session.walked = None
-            for eid in _older_keys(session.seen, forget_before, lambda ts: ts):
+            for eid in _older_keys(session.seen, forget_before):
                 del session.seen[eid]
             if not session.pending and not session.queues and not session.seen:
                 del self.agents[agent]
@@ -715,11 +715,11 @@ def _holds(joined: str, eid: str) -> bool:
     return eid == joined or (SEP + eid + SEP) in (SEP + joined + SEP)
 
 
-def _older_keys(table: dict, before: int, ts_of: Callable[[Any], int]) -> list:
+def _older_keys(table: dict[str, int], before: int) -> list[str]:
     """Keys at the start of ``table`` (insertion order) whose time is before ``before``."""
     out = []
-    for key, value in table.items():
-        if ts_of(value) >= before:
+    for key, ts in table.items():
+        if ts >= before:
             break
         out.append(key)
     return out

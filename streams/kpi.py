@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from streams.config import TargetsConfig
 from streams.facts import Fact, to_wire
-from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start
+from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start, next_bucket_start
 
 #: Default histogram bounds (seconds) for queue waits; every configured T and S is added.
 WAIT_BOUNDS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
@@ -265,15 +265,14 @@ class KpiEngine:
         replay guard covers it); only its partial first and last minutes are added to minutes.
         """
         name = "agent_ms:" + status
-        start, end = since, until
-        first_whole = -(-start // MINUTE_MS) * MINUTE_MS
-        end_whole = bucket_start(end)
+        first_whole = next_bucket_start(since)
+        end_whole = bucket_start(until)
         if end_whole - first_whole >= SPAN_MIN_MS:
-            _add(state.spans, f"{status}|{first_whole}|{end_whole}", sign)
-            self._agent_minutes(state, name, start, first_whole, sign, seq)
-            self._agent_minutes(state, name, end_whole, end, sign, seq)
+            _add(state.spans, _span_key(status, first_whole, end_whole), sign)
+            self._agent_minutes(state, name, since, first_whole, sign, seq)
+            self._agent_minutes(state, name, end_whole, until, sign, seq)
         else:
-            self._agent_minutes(state, name, start, end, sign, seq)
+            self._agent_minutes(state, name, since, until, sign, seq)
 
     @staticmethod
     def _agent_minutes(state: KeyState, name: str, start: int, end: int, sign: int, seq: int) -> None:
@@ -322,13 +321,13 @@ class KpiEngine:
             state.dirty_minutes.discard(start)
             state.deleted_minutes.add(start)
         # A span keeps only the minutes a minute bucket would keep: those starting at or after the horizon.
-        first_kept = -(-horizon // MINUTE_MS) * MINUTE_MS
+        first_kept = next_bucket_start(horizon)
         for span in list(state.spans):
             agent_state, first, end = _span(span)
             if first < first_kept:
                 count = state.spans.pop(span)
                 if end > first_kept:
-                    _add(state.spans, f"{agent_state}|{first_kept}|{end}", count)
+                    _add(state.spans, _span_key(agent_state, first_kept, end), count)
         forget = state.wm - self.config.dedup_ttl_ms
         for src in [s for s, (_off, ts) in state.applied.items() if ts < forget]:
             del state.applied[src]
@@ -373,7 +372,13 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
     return merged
 
 
+def _span_key(agent_state: str, first: int, end: int) -> str:
+    """Key of a span in ``KeyState.spans`` (a string: the key state is JSON)."""
+    return f"{agent_state}|{first}|{end}"
+
+
 def _span(span: str) -> tuple[str, int, int]:
+    """Inverse of ``_span_key``."""
     agent_state, first, end = span.split("|")
     return agent_state, int(first), int(end)
 
@@ -406,11 +411,11 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
     for agent_state, _since in state.agents.values():
         if agent_state in agents:
             agents[agent_state] += 1
+    spans = [(*_span(span), count) for span, count in state.spans.items()]
     windows = {}
     for w, (lo, hi) in ranges.items():
         c = sums[w]
-        for span, count in state.spans.items():
-            agent_state, first, end = _span(span)
+        for agent_state, first, end, count in spans:
             overlap = min(hi, end) - max(lo, first)  # all on minute boundaries
             if overlap > 0:
                 c["agent_ms:" + agent_state] = c.get("agent_ms:" + agent_state, 0) + count * overlap

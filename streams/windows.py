@@ -27,6 +27,11 @@ def bucket_start(ts_ms: int) -> int:
     return ts_ms - ts_ms % MINUTE_MS
 
 
+def next_bucket_start(ts_ms: int) -> int:
+    """The first minute boundary at or after ``ts_ms``."""
+    return -(-ts_ms // MINUTE_MS) * MINUTE_MS
+
+
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
     """Calendar settings of the windows."""
