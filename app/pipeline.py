@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from app import commits
-from streams.calls import BucketState, SessionConfig
+from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
 from streams.validation import ValidationConfig, parse_message
@@ -248,8 +248,8 @@ class Sessionizer(_CheckpointedStage):
             data = self.table.data
             raw = data.get(key)
 
-            def load_chunk(chunk: int) -> dict | None:
-                value = data.get(chunk_key(key, chunk))
+            def load_chunk(chunk: int, slot: int) -> dict | None:
+                value = data.get(chunk_key(key, chunk, slot))
                 return orjson.loads(value) if value else None
 
             bucket = BucketState.restore(orjson.loads(raw), self.session, load_chunk) if raw else BucketState(self.session)
@@ -260,16 +260,16 @@ class Sessionizer(_CheckpointedStage):
         items: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty.pop(partition, ()):
             bucket = self.buckets[key]
-            # The bucket's tombstone chunks first, the bucket last: a checkpoint cut short leaves a prefix.
-            for chunk in bucket.dirty_chunks:
-                items.append((chunk_key(key, chunk), orjson.dumps(bucket.chunk_snapshot(chunk))))
-            for chunk in bucket.deleted_chunks:
-                items.append((chunk_key(key, chunk), None))
-            bucket.dirty_chunks = set()
-            bucket.deleted_chunks = set()
+            # New chunk versions, the bucket naming them, then the old versions' deletion: a checkpoint cut
+            # short leaves a prefix of these, and every prefix restores a consistent bucket.
+            writes, deletes = bucket.checkpoint_chunks()
+            for chunk, slot, tombstones in writes:
+                items.append((chunk_key(key, chunk, slot), orjson.dumps(tombstones)))
             snapshot = bucket.snapshot()
             snapshot["p"] = partition
             items.append((key, orjson.dumps(snapshot)))
+            for chunk, slot in deletes:
+                items.append((chunk_key(key, chunk, slot), None))
         return items, None
 
     async def before_checkpoint(self) -> None:
@@ -369,9 +369,10 @@ def _element_bytes(value: bytes, event_id: str) -> bytes:
     return value
 
 
-def chunk_key(bucket_key: bytes, chunk_ms: int) -> bytes:
-    """Store key of one tombstone chunk of a sessionizer bucket."""
-    return bucket_key + b"|t|" + str(chunk_ms).encode()
+def chunk_key(bucket_key: bytes, chunk_ms: int, slot: int) -> bytes:
+    """Store key of one version (slot) of a tombstone chunk of a sessionizer bucket."""
+    key = bucket_key + b"|t|" + str(chunk_ms).encode()
+    return key if slot == LEGACY_SLOT else key + b"|" + str(slot).encode()
 
 
 def minute_key(key: str, minute_ms: int) -> bytes:

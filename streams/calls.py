@@ -41,6 +41,8 @@ from streams.facts import Fact, agent_fact, campaign_key, diff, live_fact, queue
 SEP = "\x1f"
 #: Tombstones are kept in chunks of this many ms of finalization time (persisted one key per chunk).
 TOMB_CHUNK_MS = 600_000
+#: The slot of a tombstone chunk persisted before chunks had two slots (see ``BucketState.checkpoint_chunks``).
+LEGACY_SLOT = -1
 #: A watermark no stream reaches (no housekeeping due).
 _NEVER = 2**62
 
@@ -492,7 +494,8 @@ class Applied(NamedTuple):
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "done", "chunks", "dirty_chunks", "deleted_chunks", "agents", "due")
+    __slots__ = ("config", "hw", "wm", "calls", "done", "chunks", "slots", "dirty_chunks", "deleted_chunks", "agents",
+                 "due")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -507,6 +510,9 @@ class BucketState:
         #: Tombstones by the TOMB_CHUNK_MS chunk of their finalization, persisted one key per chunk: a
         #: checkpoint writes only the chunks that changed, and a chunk past DEDUP_TTL goes as a whole.
         self.chunks: dict[int, dict[str, list]] = {}
+        #: chunk -> the slot (0 or 1) of its persisted version; LEGACY_SLOT: stored before slots existed.
+        #: See ``checkpoint_chunks``.
+        self.slots: dict[int, int] = {}
         self.dirty_chunks: set[int] = set()
         self.deleted_chunks: set[int] = set()
         self.agents: dict[str, AgentSession] = {}
@@ -679,33 +685,64 @@ class BucketState:
         return facts
 
     # -- persistence ------------------------------------------------------------------------------------------
+    def checkpoint_chunks(self) -> tuple[list[tuple[int, int, dict[str, list]]], list[tuple[int, int]]]:
+        """The chunk versions a checkpoint writes *before* the bucket, and those it deletes *after* it.
+
+        Copy-on-write: a changed chunk goes to the slot its persisted version does not use, the bucket's
+        snapshot (taken after this call) names the new slot, and the old version is deleted only after the
+        bucket. The changelog keeps the order of a partition's writes, so a checkpoint cut short by a crash
+        restores either the old bucket with the old versions or the new bucket with the new ones; never a
+        bucket with chunks newer than itself, whose tombstones would turn its replayed events into
+        duplicates. Returns ``(writes, deletes)`` as ``(chunk, slot, tombstones)`` and ``(chunk, slot)``.
+        """
+        writes: list[tuple[int, int, dict[str, list]]] = []
+        deletes: list[tuple[int, int]] = []
+        for chunk in sorted(self.dirty_chunks):
+            old = self.slots.get(chunk)
+            new = 1 if old == 0 else 0
+            writes.append((chunk, new, self.chunks[chunk]))
+            if old is not None:
+                deletes.append((chunk, old))
+            self.slots[chunk] = new
+        for chunk in sorted(self.deleted_chunks):
+            old = self.slots.pop(chunk, None)
+            # Both slots: a checkpoint cut short may have left a version in the other one.
+            deletes.extend((chunk, slot) for slot in (0, 1))
+            if old == LEGACY_SLOT:
+                deletes.append((chunk, old))
+        self.dirty_chunks = set()
+        self.deleted_chunks = set()
+        return writes, deletes
+
     def snapshot(self) -> dict:
         """Return the state as plain JSON-able data (the cached derivations are left out)."""
         return {
             "hw": self.hw,
             "wm": self.wm,
             "calls": {c: s.events for c, s in self.calls.items()},
-            "chunks": sorted(self.chunks),
+            "chunks": {str(chunk): slot for chunk, slot in sorted(self.slots.items())},
             "agents": {a: [s.state, s.queues, s.pending, s.seen] for a, s in self.agents.items()},
         }
 
-    def chunk_snapshot(self, chunk: int) -> dict[str, list]:
-        """The tombstones of one chunk, as plain data (persisted under its own key)."""
-        return self.chunks[chunk]
-
     @classmethod
     def restore(cls, data: dict, config: SessionConfig,
-                load_chunk: Callable[[int], dict[str, list] | None] = lambda _c: None) -> BucketState:
-        """Rebuild a bucket from ``snapshot()`` output and its chunks (``load_chunk`` reads one)."""
+                load_chunk: Callable[[int, int], dict[str, list] | None] = lambda _c, _s: None) -> BucketState:
+        """Rebuild a bucket from ``snapshot()`` output and its chunks (``load_chunk(chunk, slot)`` reads one)."""
         bucket = cls(config)
         bucket.hw = data["hw"]
         bucket.wm = data["wm"]
         bucket.calls = {c: CallSession([tuple(ev) for ev in evs]) for c, evs in data["calls"].items()}
-        for chunk in data["chunks"]:
-            tombs = load_chunk(chunk)
-            if tombs is not None:  # None: forgotten in a checkpoint cut short before the bucket was written
-                bucket.chunks[chunk] = tombs
+        chunks = data["chunks"]
+        if isinstance(chunks, list):  # written before slots: rewritten to a slot at the next checkpoint
+            chunks = dict.fromkeys(chunks, LEGACY_SLOT)
+            bucket.dirty_chunks = {int(chunk) for chunk in chunks}
+        for chunk, slot in chunks.items():
+            tombs = load_chunk(int(chunk), slot)
+            if tombs is not None:
+                bucket.chunks[int(chunk)] = tombs
+                bucket.slots[int(chunk)] = slot
                 bucket.done.update(tombs)
+        bucket.dirty_chunks &= set(bucket.chunks)
         bucket.agents = {a: AgentSession(s[0], s[1], [tuple(p) for p in s[2]], s[3]) for a, s in data["agents"].items()}
         return bucket
 
