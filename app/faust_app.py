@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from app import commits
@@ -132,6 +133,8 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
                               counters, interval)
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash
+    sessionizer.rewind = _rewinder(app, TOPIC_EVENTS)
+    aggregator.rewind = _rewinder(app, TOPIC_FACTS)
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
     registry.register(KpiCollector(lambda: engine, settings, now_ms))
 
@@ -210,6 +213,15 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         return web.json(queue_json(state, engine, api_now()))
 
     return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)
+
+
+def _rewinder(app: faust.App, topic: str) -> Any:
+    """``await rewind(partition, offset)``: the consumer reads ``topic``'s partition from ``offset`` again."""
+
+    async def rewind(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
+    return rewind
 
 
 def _other_workers(app: faust.App, table: Any) -> list[str]:

@@ -62,6 +62,15 @@ async def _no_fatal_handler(exc: BaseException) -> None:
     return None
 
 
+async def _no_rewind(partition: int, offset: int) -> None:
+    return None
+
+
+def resume_key(partition: int) -> bytes:
+    """Store key of a partition's resume point: the next offset to apply after its last checkpoint."""
+    return b"\x00next|%d" % partition
+
+
 class _CheckpointedStage:
     """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing.
 
@@ -85,6 +94,12 @@ class _CheckpointedStage:
         #: partition -> the checkpoint being persisted in the background
         self.inflight: dict[int, asyncio.Future] = {}
         self.failed: BaseException | None = None
+        #: Moves the consumer of the stage's topic: ``await rewind(partition, offset)`` (set by the Faust shell).
+        self.rewind: Callable[[int, int], Awaitable[Any]] = _no_rewind
+        #: partition -> the next offset to apply: every offset is applied, in order (see ``admit``)
+        self.expected: dict[int, int] = {}
+        #: partition -> the offset that arrived in place of an expected one, while a rewind is under way
+        self.skipped_to: dict[int, int] = {}
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
@@ -93,13 +108,19 @@ class _CheckpointedStage:
         self.unacked.clear()
         self.pending.clear()
         self.last_checkpoint.clear()
+        self.expected.clear()
+        self.skipped_to.clear()
 
     async def process(self, event: Any, ack: Ack) -> None:
         """Apply one message unless its key already holds it; checkpoint the partition when due."""
         self.ack = ack
         async with self.lock:
             generation = self.generation
-            partition = event.message.partition
+            message = event.message
+            partition = message.partition
+            if not await self.admit(message.topic, partition, message.offset):
+                await ack(event)  # dropped: it comes again after the rewind (acks decide no commit, see app.commits)
+                return
             self.unacked[partition].append(event)
             await self._apply_message(event.message)
             if generation != self.generation:  # a rebalance came in between: the message is replayed
@@ -107,6 +128,42 @@ class _CheckpointedStage:
             self.processed += 1
             if self.due(partition):
                 await self.checkpoint(partition, ack)
+
+    async def admit(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether to apply the message at ``offset`` now: every offset of a partition is applied, in order.
+
+        An offset beyond the expected one means the consumer skipped messages: faust-streaming 0.15.3 drops
+        those it buffered between the seek to the committed offsets and the end of its recovery, when it
+        clears the stream buffers (seen: 75 messages of a partition after a restart, never delivered again).
+        The stage then rewinds the consumer to the expected offset and drops whatever arrives until that
+        offset does. If the skipped-to offset arrives again instead, the offsets between do not exist
+        (compaction, transaction markers, retention) and processing goes on from there. An offset below
+        the expected one is a redelivery: each key's replay guard skips what it already holds.
+        """
+        expected = self.expected.get(partition)
+        if expected is None:
+            expected = self.expected[partition] = self.resume_offset(partition)
+        if offset < expected:
+            return True
+        skipped_to = self.skipped_to.get(partition)
+        if offset == expected or offset == skipped_to:
+            if offset != expected:
+                log.info("%s[%d]: offsets %d to %d do not exist; going on from %d", topic, partition, expected,
+                         offset - 1, offset)
+            self.skipped_to.pop(partition, None)
+            self.expected[partition] = offset + 1
+            return True
+        if skipped_to is None:
+            log.warning("%s[%d]: offset %d arrived while %d was expected (the consumer skipped messages); "
+                        "rewinding to %d", topic, partition, offset, expected, expected)
+            self.skipped_to[partition] = offset
+            await self.rewind(partition, expected)
+        return False
+
+    def resume_offset(self, partition: int) -> int:
+        """The next offset to apply, as of the partition's last durable checkpoint (0 before the first)."""
+        raw = self.table.data.get(resume_key(partition))
+        return orjson.loads(raw)["next"] if raw else 0
 
     async def _apply_message(self, message: Any) -> None:
         raise NotImplementedError
@@ -147,6 +204,8 @@ class _CheckpointedStage:
         await self.before_checkpoint()
         pending, self.pending = self.pending, []
         items, staged = self.dirty_items(partition)
+        # Last, so that a checkpoint cut short leaves the resume point of the one before.
+        items.append((resume_key(partition), orjson.dumps({"p": partition, "next": self.expected[partition]})))
         events = self.unacked.pop(partition, [])
         self.last_checkpoint[partition] = time.monotonic()
         previous = self.inflight.get(partition)

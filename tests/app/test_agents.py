@@ -163,10 +163,12 @@ async def test_checkpoints_write_each_changed_key_once_and_restore_exactly(pipel
             await agent.put(orjson.dumps({"event_id": "c2-0", "type": "ring", "ts": T0 + 70, "call_id": "c2"}), key=b"7")
             await wait_for(p.sessionizer, 4)
             await p.sessionizer.wait_checkpoints()
-    # four messages of one bucket: one changelog write of that key, holding the last offset applied
-    assert [(t, key) for t, _, key, _ in p.changelog] == [("sessions", b"7")]
+    # four messages of one bucket: one changelog write of that key, holding the last offset applied, then
+    # the partition's resume point
+    assert [(t, key) for t, _, key, _ in p.changelog] == [("sessions", b"7"), ("sessions", b"\x00next|0")]
     snapshot = orjson.loads(p.changelog[0][3])
     assert snapshot["hw"] == 3 and set(snapshot["calls"]) == {"c1", "c2"}
+    assert orjson.loads(p.changelog[1][3]) == {"p": 0, "next": 4}
 
 
 async def test_counters_are_exported_only_once_their_checkpoint_is_durable(pipeline):
@@ -206,15 +208,15 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
 
     value = orjson.dumps(events_of("c1", "q", ("queue", 0, {})))
     s.interval_s = 0
-    await s.process(Ev(10, value), ack)
+    await s.process(Ev(0, value), ack)
     await s.wait_checkpoints()
-    assert len(s.facts_topic.sent) == 1 and acks == [10]
+    assert len(s.facts_topic.sent) == 1 and acks == [0]
     # a restart: the working state is gone, the checkpointed store has it; the same offset comes again
     s.reset()
-    await s.process(Ev(10, value), ack)
+    await s.process(Ev(0, value), ack)
     await s.wait_checkpoints()
-    assert len(s.facts_topic.sent) == 1  # skipped: offset 10 <= the bucket's persisted hw
-    assert acks == [10, 10]
+    assert len(s.facts_topic.sent) == 1  # skipped: offset 0 <= the bucket's persisted hw
+    assert acks == [0, 0]
     # the aggregator counts a re-emitted batch once
     sent = s.facts_topic.sent[0]
     a = p.aggregator

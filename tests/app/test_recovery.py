@@ -187,3 +187,67 @@ async def test_the_aggregator_recovers_exactly_from_a_crash_anywhere(stages):
         a.load({0})
         await feed(a, "calls.facts", facts, committed)
         assert key_states(p.engine) == reference, cut
+
+
+class Rewinds:
+    """Stands in for the consumer's seek: records each rewind."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    async def __call__(self, partition, offset):
+        self.calls.append((partition, offset))
+
+
+async def deliver(stage, topic, messages, offsets):
+    """Deliver the messages at ``offsets`` (an offset is a message's index), in that order, like a consumer."""
+    for offset in offsets:
+        key, value = messages[offset]
+        await stage.process(FakeEvent(topic, 0, offset, key, value), _ack)
+    async with stage.lock:
+        if stage.unacked.get(0):
+            await stage.checkpoint(0, _ack)
+    await stage.wait_checkpoints()
+
+
+async def sessionize_then_aggregate(p, log, deliveries):
+    s = p.sessionizer
+    events = call_events()
+    for offsets in deliveries:
+        await deliver(s, "calls.events", events, offsets)
+    await aggregate_all(p, [(op[1], op[2]) for op in log.ops if op[0] == "facts"])
+    return {queue: p.engine.keys[f"q:{queue}"].totals for queue in "qr"}
+
+
+async def test_messages_the_consumer_skipped_are_fetched_again_and_applied_in_order(stages):
+    # The consumer delivers 0-10, skips 11-14 and delivers 15-16 (as Faust does when it clears its buffers
+    # after recovery). The stage rewinds to 11 at 15, drops 16 (already fetched), and applies 11 onwards.
+    p, log = stages
+    rewinds = p.sessionizer.rewind = Rewinds()
+    totals = await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(11, 44)])
+    assert totals == {"q": EXPECTED, "r": EXPECTED}
+    assert rewinds.calls == [(0, 11)]
+    assert p.sessionizer.processed == 44  # 15 and 16 dropped the first time
+
+
+async def test_offsets_that_do_not_exist_are_passed_after_one_rewind(stages):
+    # Offsets 11-14 hold nothing the consumer can return (say, transaction markers): after the rewind to 11,
+    # 15 comes first again, so the stage goes on from 15. Messages 11-14 are lost on purpose here: the counts
+    # miss what they held.
+    p, log = stages
+    rewinds = p.sessionizer.rewind = Rewinds()
+    await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(15, 44)])
+    assert rewinds.calls == [(0, 11)]
+    assert p.sessionizer.processed == 11 + 29 and p.sessionizer.expected[0] == 44
+
+
+async def test_after_a_restart_the_first_offset_is_checked_against_the_resume_point(stages):
+    # 0-19 are checkpointed (resume point 20); after a restart the consumer's first message is 25.
+    p, log = stages
+    s = p.sessionizer
+    rewinds = s.rewind = Rewinds()
+    await deliver(s, "calls.events", call_events(), range(20))
+    s.reset()
+    totals = await sessionize_then_aggregate(p, log, [[25, 26], range(20, 44)])
+    assert totals == {"q": EXPECTED, "r": EXPECTED}
+    assert rewinds.calls == [(0, 20)]
