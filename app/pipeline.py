@@ -157,7 +157,11 @@ class _CheckpointedStage:
             log.warning("%s[%d]: offset %d arrived while %d was expected (the consumer skipped messages); "
                         "rewinding to %d", topic, partition, offset, expected, expected)
             self.skipped_to[partition] = offset
-            await self.rewind(partition, expected)
+            try:
+                await self.rewind(partition, expected)
+            except Exception as exc:  # noqa: BLE001 - say so and try again at the next message
+                log.warning("%s[%d]: rewinding to %d failed: %r", topic, partition, expected, exc)
+                del self.skipped_to[partition]
         return False
 
     def resume_offset(self, partition: int) -> int:

@@ -251,3 +251,19 @@ async def test_after_a_restart_the_first_offset_is_checked_against_the_resume_po
     totals = await sessionize_then_aggregate(p, log, [[25, 26], range(20, 44)])
     assert totals == {"q": EXPECTED, "r": EXPECTED}
     assert rewinds.calls == [(0, 20)]
+
+
+async def test_a_failed_rewind_is_tried_again_at_the_next_message(stages):
+    p, log = stages
+    s = p.sessionizer
+    attempts = []
+
+    async def rewind(partition, offset):
+        attempts.append(offset)
+        if len(attempts) == 1:
+            raise RuntimeError("partition not assigned")
+
+    s.rewind = rewind
+    totals = await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(11, 44)])
+    assert attempts == [11, 11]  # at 15 (failed), again at 16
+    assert totals == {"q": EXPECTED, "r": EXPECTED}
