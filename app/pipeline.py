@@ -12,7 +12,9 @@ A crash therefore loses nothing: messages after the last checkpoint are delivere
 the last checkpointed state. Nothing counts twice either: every persisted key remembers the offset of the
 last message applied to it (``hw``) and skips what it already holds, and the aggregator remembers, per
 sessionizer bucket, the last source offset whose facts it applied, so re-emitted facts count once.
-A message costs no table write of its own: a checkpoint writes each changed key once.
+A message costs no table write of its own: a checkpoint writes each changed key once, and last the
+partition's resume point. Every offset of a partition is applied, in order: a stage that is handed a later
+offset than it expects rewinds the consumer (``admit``).
 """
 
 from __future__ import annotations
