@@ -342,11 +342,12 @@ class Sessionizer(_CheckpointedStage):
 
     async def flush_facts(self) -> None:
         """Send the buffered facts: one message per fact key, holding its groups in order."""
-        for fact_key, groups in self.facts_buffer.items():
-            value = orjson.dumps(groups)
-            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=value))
-        self.facts_buffer = {}
-        self.buffered = 0
+        buffer, self.facts_buffer, self.buffered = self.facts_buffer, {}, 0
+        generation = self.generation
+        for fact_key, groups in buffer.items():
+            if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
+                return
+            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups)))
 
     def flush_due(self) -> bool:
         """Whether buffered facts have waited FLUSH_S."""

@@ -275,3 +275,24 @@ async def test_a_rebalance_during_a_message_leaves_nothing_half_applied(pipeline
     await s.checkpoint_idle()  # nothing to checkpoint, no KeyError
     await s.wait_checkpoints()
     assert pipeline.changelog == []
+
+
+async def test_a_rebalance_during_a_facts_flush_stops_it_cleanly(pipeline):
+    # Two queues, so the flush sends two messages; the partition is revoked during the first send.
+    s = pipeline.sessionizer
+    s.interval_s = 3600
+    recorder = s.facts_topic
+
+    async def send_then_rebalance(**kwargs):
+        s.reset()
+        return await recorder.send(**kwargs)
+
+    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+
+    async def ack(event):
+        return None
+
+    message = events_of("c1", "q", ("queue", 0, {})) + events_of("c2", "r", ("queue", 0, {}))
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(message)), ack)
+    await s.flush_facts()  # before: RuntimeError, the buffer changed size during iteration
+    assert [sent["key"] for sent in recorder.sent] == [b"q:q"] and s.facts_buffer == {} and s.buffered == 0
