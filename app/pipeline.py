@@ -207,7 +207,10 @@ class _CheckpointedStage:
         then writes and confirms the keys, and only then acknowledges the messages: the order that makes a
         crash lose nothing. Processing goes on meanwhile.
         """
+        generation = self.generation
         await self.before_checkpoint()
+        if generation != self.generation:  # revoked while the buffered facts went out: nothing to checkpoint
+            return
         pending, self.pending = self.pending, []
         items, staged = self.dirty_items(partition)
         # Last, so that a checkpoint cut short leaves the resume point of the one before.

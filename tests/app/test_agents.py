@@ -296,3 +296,23 @@ async def test_a_rebalance_during_a_facts_flush_stops_it_cleanly(pipeline):
     await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(message)), ack)
     await s.flush_facts()  # before: RuntimeError, the buffer changed size during iteration
     assert [sent["key"] for sent in recorder.sent] == [b"q:q"] and s.facts_buffer == {} and s.buffered == 0
+
+
+async def test_a_rebalance_during_a_checkpoints_flush_abandons_the_checkpoint(pipeline):
+    s = pipeline.sessionizer
+    s.interval_s = 3600
+    recorder = s.facts_topic
+
+    async def send_then_rebalance(**kwargs):
+        s.reset()
+        return await recorder.send(**kwargs)
+
+    async def ack(event):
+        raise AssertionError("nothing may be acknowledged")
+
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+    async with s.lock:
+        await s.checkpoint(0, ack)  # before: KeyError, the partition's expected offset was forgotten
+    await s.wait_checkpoints()
+    assert pipeline.changelog == []
