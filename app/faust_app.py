@@ -15,11 +15,10 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from app import commits
-from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS
+from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, fetch_range
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
 from app.pipeline import FLUSH_S, Aggregator, Sessionizer
 from app.settings import Settings
@@ -133,8 +132,8 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
                               counters, interval)
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash
-    sessionizer.rewind = _rewinder(app, TOPIC_EVENTS)
-    aggregator.rewind = _rewinder(app, TOPIC_FACTS)
+    sessionizer.fetch_range = _range_reader(settings, TOPIC_EVENTS)
+    aggregator.fetch_range = _range_reader(settings, TOPIC_FACTS)
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
     registry.register(KpiCollector(lambda: engine, settings, now_ms))
 
@@ -215,13 +214,13 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)
 
 
-def _rewinder(app: faust.App, topic: str) -> Any:
-    """``await rewind(partition, offset)``: the consumer reads ``topic``'s partition from ``offset`` again."""
+def _range_reader(settings: Settings, topic: str) -> Any:
+    """``fetch_range(partition, start, end)`` of one topic (app.kafka.fetch_range)."""
 
-    async def rewind(partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+    def fetch(partition: int, start: int, end: int) -> Any:
+        return fetch_range(settings, topic, partition, start, end)
 
-    return rewind
+    return fetch
 
 
 def _other_workers(app: faust.App, table: Any) -> list[str]:

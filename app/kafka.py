@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 from app.settings import Settings
 
@@ -101,3 +103,31 @@ async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AI
     producer = AIOKafkaProducer(**client_kwargs(settings), **kwargs)
     await producer.start()
     return producer
+
+
+async def fetch_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+                      timeout_s: float = 60.0) -> AsyncIterator[ConsumerRecord]:
+    """The records of one partition with ``start <= offset < end``, in order, read with a consumer of its own
+    (no group). Offsets that do not exist (compaction, transaction markers, retention) are simply absent.
+
+    Raises:
+        TimeoutError: the range was not read within ``timeout_s``.
+    """
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await consumer.position(tp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                msg = f"{topic}[{partition}]: offsets {start} to {end - 1} not read within {timeout_s:.0f} s"
+                raise TimeoutError(msg)
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                if record.offset >= end:
+                    return
+                yield record
+    finally:
+        await consumer.stop()

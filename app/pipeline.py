@@ -14,7 +14,7 @@ last message applied to it (``hw``) and skips what it already holds, and the agg
 sessionizer bucket, the last source offset whose facts it applied, so re-emitted facts count once.
 A message costs no table write of its own: a checkpoint writes each changed key once, and last the
 partition's resume point. Every offset of a partition is applied, in order: a stage that is handed a later
-offset than it expects rewinds the consumer (``admit``).
+offset than it expects first reads the skipped messages from the broker itself (``admit``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,8 +64,15 @@ async def _no_fatal_handler(exc: BaseException) -> None:
     return None
 
 
-async def _no_rewind(partition: int, offset: int) -> None:
-    return None
+#: ``fetch_range(partition, start, end)``: the messages of the stage's topic partition with offsets in
+#: [start, end), in order, read from the broker (the Faust shell supplies it; app.kafka.fetch_range).
+FetchRange = Callable[[int, int, int], AsyncIterator[Any]]
+
+
+async def _no_fetch(partition: int, start: int, end: int) -> AsyncIterator[Any]:
+    msg = f"no fetch_range: cannot read offsets {start} to {end - 1} of partition {partition}"
+    raise RuntimeError(msg)
+    yield  # an async generator  # pragma: no cover
 
 
 def resume_key(partition: int) -> bytes:
@@ -96,12 +103,10 @@ class _CheckpointedStage:
         #: partition -> the checkpoint being persisted in the background
         self.inflight: dict[int, asyncio.Future] = {}
         self.failed: BaseException | None = None
-        #: Moves the consumer of the stage's topic: ``await rewind(partition, offset)`` (set by the Faust shell).
-        self.rewind: Callable[[int, int], Awaitable[Any]] = _no_rewind
+        #: Reads messages the consumer skipped (see ``admit``).
+        self.fetch_range: FetchRange = _no_fetch
         #: partition -> the next offset to apply: every offset is applied, in order (see ``admit``)
         self.expected: dict[int, int] = {}
-        #: partition -> the offset that arrived in place of an expected one, while a rewind is under way
-        self.skipped_to: dict[int, int] = {}
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
@@ -111,7 +116,6 @@ class _CheckpointedStage:
         self.pending.clear()
         self.last_checkpoint.clear()
         self.expected.clear()
-        self.skipped_to.clear()
 
     async def process(self, event: Any, ack: Ack) -> None:
         """Apply one message unless its key already holds it; checkpoint the partition when due."""
@@ -121,8 +125,7 @@ class _CheckpointedStage:
             message = event.message
             partition = message.partition
             if not await self.admit(message.topic, partition, message.offset):
-                await ack(event)  # dropped: it comes again after the rewind (acks decide no commit, see app.commits)
-                return
+                return  # revoked, or the worker is stopping: the message is replayed from the committed offset
             self.unacked[partition].append(event)
             await self._apply_message(event.message)
             if generation != self.generation:  # a rebalance came in between: the message is replayed
@@ -134,37 +137,39 @@ class _CheckpointedStage:
     async def admit(self, topic: str, partition: int, offset: int) -> bool:
         """Whether to apply the message at ``offset`` now: every offset of a partition is applied, in order.
 
-        An offset beyond the expected one means the consumer skipped messages: faust-streaming 0.15.3 drops
-        those it buffered between the seek to the committed offsets and the end of its recovery, when it
-        clears the stream buffers (seen: 75 messages of a partition after a restart, never delivered again).
-        The stage then rewinds the consumer to the expected offset and drops whatever arrives until that
-        offset does. If the skipped-to offset arrives again instead, the offsets between do not exist
-        (compaction, transaction markers, retention) and processing goes on from there. An offset below
-        the expected one is a redelivery: each key's replay guard skips what it already holds.
+        An offset below the expected one is a redelivery: each key's replay guard skips what it already
+        holds. An offset beyond it means the consumer skipped messages: faust-streaming 0.15.3 drops those
+        it buffered between the seek to the committed offsets and the end of its recovery, when it clears
+        the stream buffers (seen: 75 and 310 messages of a partition after a restart, never delivered
+        again). The stage then reads the skipped offsets from the broker itself and applies them first;
+        offsets that do not exist (compaction, transaction markers, retention) simply yield nothing. If they
+        cannot be read, the worker stops: a restart replays from the last checkpoint.
         """
         expected = self.expected.get(partition)
         if expected is None:
             expected = self.expected[partition] = self.resume_offset(partition)
         if offset < expected:
             return True
-        skipped_to = self.skipped_to.get(partition)
-        if offset == expected or offset == skipped_to:
-            if offset != expected:
-                log.info("%s[%d]: offsets %d to %d do not exist; going on from %d", topic, partition, expected,
-                         offset - 1, offset)
-            self.skipped_to.pop(partition, None)
-            self.expected[partition] = offset + 1
-            return True
-        if skipped_to is None:
-            log.warning("%s[%d]: offset %d arrived while %d was expected (the consumer skipped messages); "
-                        "rewinding to %d", topic, partition, offset, expected, expected)
-            self.skipped_to[partition] = offset
+        if offset > expected:
+            generation = self.generation
+            applied = 0
             try:
-                await self.rewind(partition, expected)
-            except Exception as exc:  # noqa: BLE001 - say so and try again at the next message
-                log.warning("%s[%d]: rewinding to %d failed: %r", topic, partition, expected, exc)
-                del self.skipped_to[partition]
-        return False
+                async for message in self.fetch_range(partition, expected, offset):
+                    await self._apply_message(message)
+                    if generation != self.generation:
+                        return False
+                    applied += 1
+            except Exception as exc:
+                log.critical("%s[%d]: offsets %d to %d were skipped by the consumer and cannot be read, stopping "
+                             "the worker: %r", topic, partition, expected, offset - 1, exc)
+                self.failed = exc
+                await self.on_fatal(exc)
+                return False
+            log.warning("%s[%d]: the consumer skipped offsets %d to %d; read %d messages of them from the broker "
+                        "and applied them first", topic, partition, expected, offset - 1, applied)
+            self.processed += applied
+        self.expected[partition] = offset + 1
+        return True
 
     def resume_offset(self, partition: int) -> int:
         """The next offset to apply, as of the partition's last durable checkpoint (0 before the first)."""

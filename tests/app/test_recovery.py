@@ -189,14 +189,19 @@ async def test_the_aggregator_recovers_exactly_from_a_crash_anywhere(stages):
         assert key_states(p.engine) == reference, cut
 
 
-class Rewinds:
-    """Stands in for the consumer's seek: records each rewind."""
+class Broker:
+    """Stands in for reading a range of the topic from the broker: records each read."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
+    def __init__(self, topic, messages, missing=()) -> None:
+        self.topic, self.messages, self.missing = topic, messages, set(missing)
+        self.reads: list[tuple[int, int, int]] = []
 
-    async def __call__(self, partition, offset):
-        self.calls.append((partition, offset))
+    async def __call__(self, partition, start, end):
+        self.reads.append((partition, start, end))
+        for offset in range(start, end):
+            if offset not in self.missing:
+                key, value = self.messages[offset]
+                yield FakeEvent(self.topic, 0, offset, key, value).message
 
 
 async def deliver(stage, topic, messages, offsets):
@@ -219,25 +224,23 @@ async def sessionize_then_aggregate(p, log, deliveries):
     return {queue: p.engine.keys[f"q:{queue}"].totals for queue in "qr"}
 
 
-async def test_messages_the_consumer_skipped_are_fetched_again_and_applied_in_order(stages):
-    # The consumer delivers 0-10, skips 11-14 and delivers 15-16 (as Faust does when it clears its buffers
-    # after recovery). The stage rewinds to 11 at 15, drops 16 (already fetched), and applies 11 onwards.
+async def test_messages_the_consumer_skipped_are_read_from_the_broker_and_applied_first(stages):
+    # The consumer delivers 0-10, then 15 onwards: it skipped 11-14 (as Faust does when it clears its
+    # buffers after recovery). At 15 the stage reads 11-14 itself and applies them before 15.
     p, log = stages
-    rewinds = p.sessionizer.rewind = Rewinds()
-    totals = await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(11, 44)])
+    broker = p.sessionizer.fetch_range = Broker("calls.events", call_events())
+    totals = await sessionize_then_aggregate(p, log, [[*range(11), *range(15, 44)]])
     assert totals == {"q": EXPECTED, "r": EXPECTED}
-    assert rewinds.calls == [(0, 11)]
-    assert p.sessionizer.processed == 44  # 15 and 16 dropped the first time
+    assert broker.reads == [(0, 11, 15)]
+    assert p.sessionizer.processed == 44
 
 
-async def test_offsets_that_do_not_exist_are_passed_after_one_rewind(stages):
-    # Offsets 11-14 hold nothing the consumer can return (say, transaction markers): after the rewind to 11,
-    # 15 comes first again, so the stage goes on from 15. Messages 11-14 are lost on purpose here: the counts
-    # miss what they held.
+async def test_offsets_that_do_not_exist_are_passed(stages):
+    # Offsets 11-14 hold nothing (say, transaction markers): the read yields nothing and 15 follows 10.
     p, log = stages
-    rewinds = p.sessionizer.rewind = Rewinds()
-    await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(15, 44)])
-    assert rewinds.calls == [(0, 11)]
+    broker = p.sessionizer.fetch_range = Broker("calls.events", call_events(), missing=range(11, 15))
+    await sessionize_then_aggregate(p, log, [[*range(11), *range(15, 44)]])
+    assert broker.reads == [(0, 11, 15)]
     assert p.sessionizer.processed == 11 + 29 and p.sessionizer.expected[0] == 44
 
 
@@ -245,25 +248,29 @@ async def test_after_a_restart_the_first_offset_is_checked_against_the_resume_po
     # 0-19 are checkpointed (resume point 20); after a restart the consumer's first message is 25.
     p, log = stages
     s = p.sessionizer
-    rewinds = s.rewind = Rewinds()
+    broker = s.fetch_range = Broker("calls.events", call_events())
     await deliver(s, "calls.events", call_events(), range(20))
     s.reset()
-    totals = await sessionize_then_aggregate(p, log, [[25, 26], range(20, 44)])
+    totals = await sessionize_then_aggregate(p, log, [range(25, 44)])
     assert totals == {"q": EXPECTED, "r": EXPECTED}
-    assert rewinds.calls == [(0, 20)]
+    assert broker.reads == [(0, 20, 25)]
 
 
-async def test_a_failed_rewind_is_tried_again_at_the_next_message(stages):
+async def test_skipped_messages_that_cannot_be_read_stop_the_worker(stages):
     p, log = stages
     s = p.sessionizer
-    attempts = []
+    fatal = []
 
-    async def rewind(partition, offset):
-        attempts.append(offset)
-        if len(attempts) == 1:
-            raise RuntimeError("partition not assigned")
+    async def unreadable(partition, start, end):
+        raise TimeoutError("broker gone")
+        yield
 
-    s.rewind = rewind
-    totals = await sessionize_then_aggregate(p, log, [[*range(11), 15, 16], range(11, 44)])
-    assert attempts == [11, 11]  # at 15 (failed), again at 16
-    assert totals == {"q": EXPECTED, "r": EXPECTED}
+    async def on_fatal(exc):
+        fatal.append(exc)
+
+    s.fetch_range, s.on_fatal = unreadable, on_fatal
+    events = call_events()
+    for offset in [*range(11), 15]:
+        await s.process(FakeEvent("calls.events", 0, offset, *events[offset]), _ack)
+    assert [str(e) for e in fatal] == ["broker gone"]
+    assert s.processed == 11 and [e.message.offset for e in s.unacked[0]][-1] == 10  # 15 not applied

@@ -238,6 +238,29 @@ def test_a_worker_killed_mid_stream_and_restarted_counts_exactly(broker, worker_
     assert after == before
 
 
+def test_fetch_range_reads_exactly_the_asked_offsets_of_one_partition(broker):
+    # what a stage reads when the consumer skipped messages: 10 messages on partition 0, offsets 3 to 6 asked
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from app.kafka import fetch_range
+    from app.settings import Settings
+
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{broker.port}", max_batch_size=1)
+        await producer.start()
+        try:
+            for i in range(10):
+                await producer.send_and_wait("ranged", value=b"m%d" % i, partition=0)
+        finally:
+            await producer.stop()
+        settings = Settings.from_env({"CALLPULSE_BROKER": broker.url, "CALLPULSE_CALLER_KEY": "e2e"})
+        return [(r.offset, r.value) async for r in fetch_range(settings, "ranged", 0, 3, 7)]
+
+    assert asyncio.run(run()) == [(3, b"m3"), (4, b"m4"), (5, b"m5"), (6, b"m6")]
+
+
 def business_counters(worker):
     return {k: v for k, v in worker.metrics().items() if k[0].startswith(("callpulse_calls_", "callpulse_outbound_"))}
 
