@@ -1,20 +1,30 @@
-"""The domain core alone (no Kafka, no Faust): parse, sessionize and aggregate in one process.
+"""The domain core alone (no Kafka, no Faust), then the two stages' shells in-process: where a worker's time goes.
 
-    .venv/bin/python bench/core.py [EVENTS]
+    .venv/bin/python bench/core.py [EVENTS] [--scale 150]
 
-Simulated traffic (``lively`` x20, seed 1) grouped into 100-event messages by call bucket, then each message
-is parsed, applied to its bucket, swept, and its facts applied to the KPI engine (through their JSON wire
-form, as between the two agents). Prints events/s and the time of each stage.
+Simulated traffic (``lively`` at ``--scale`` times its rate, seed 1; 150 is what ``bench/run.py`` sends)
+grouped into 100-event messages by call bucket. Two measurements over the same messages:
+
+1. core: each message is parsed, applied to its bucket, swept, and its facts applied to the KPI engine
+   (through their JSON wire form, as between the two agents); events/s and the time of each stage;
+2. shells: the worker's ``Sessionizer`` and ``Aggregator`` (app.pipeline) process the messages as their
+   agents would, over four partitions, with checkpoints, facts batching and counters, but with sends and
+   changelog writes that complete at once: everything a worker does except Kafka and Faust.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import itertools
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import orjson
 
@@ -27,20 +37,23 @@ from streams.kpi import KpiConfig, KpiEngine  # noqa: E402
 from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
 from streams.validation import ValidationConfig, parse_message  # noqa: E402
 
+START_MS = 1_767_258_000_000
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    start_ms = 1_767_258_000_000
-    sim = ProfileSimulator(load_profile("lively"), random.Random(1), start_ms, hours=None, scale=20.0, seed=1)
-    events = list(itertools.islice(sim.run(), n))
+
+def messages_of(n: int, scale: float) -> list[tuple[bytes, bytes]]:
+    sim = ProfileSimulator(load_profile("lively"), random.Random(1), START_MS, hours=None, scale=scale, seed=1)
     buffers: dict[bytes, list[bytes]] = defaultdict(list)
     messages = []
-    for e in events:
+    for e in itertools.islice(sim.run(), n):
         key = message_key(e)
         buffers[key].append(orjson.dumps(e))
         if len(buffers[key]) == 100:
             messages.append((key, b"[" + b",".join(buffers.pop(key)) + b"]"))
     messages.extend((key, b"[" + b",".join(items) + b"]") for key, items in buffers.items())
+    return messages
+
+
+def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
     validation = ValidationConfig(max_clock_skew_ms=10**13)
     session = SessionConfig()
     buckets: dict[bytes, BucketState] = {}
@@ -49,7 +62,7 @@ def main() -> None:
     t = time.perf_counter()
     for offset, (key, value) in enumerate(messages):
         t0 = time.perf_counter()
-        parsed, _ = parse_message(value, validation, start_ms)
+        parsed, _ = parse_message(value, validation, START_MS)
         t1 = time.perf_counter()
         bucket = buckets.get(key) or buckets.setdefault(key, BucketState(session))
         groups: dict[str, list] = defaultdict(list)
@@ -66,8 +79,82 @@ def main() -> None:
         t3 = time.perf_counter()
         t_parse, t_session, t_aggregate = t_parse + t1 - t0, t_session + t2 - t1, t_aggregate + t3 - t2
     elapsed = time.perf_counter() - t
-    print(f"{len(events)} events in {len(messages)} messages: {elapsed:.2f} s, {len(events) / elapsed:,.0f} events/s "
+    print(f"core:   {n} events in {len(messages)} messages: {elapsed:.2f} s, {n / elapsed:,.0f} events/s "
           f"(parse {t_parse:.2f} s, sessionize {t_session:.2f} s, aggregate {t_aggregate:.2f} s)")
+
+
+class _Message:
+    __slots__ = ("topic", "partition", "offset", "key", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = topic, partition, offset, key, value
+
+
+class _Event:
+    __slots__ = ("message",)
+
+    def __init__(self, *fields: Any) -> None:
+        self.message = _Message(*fields)
+
+
+async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
+    from app.faust_app import build
+    from app.settings import Settings
+
+    settings = Settings.from_env({"CALLPULSE_CALLER_KEY": "bench", "CALLPULSE_CLOCK": "event",
+                                  "CALLPULSE_DATADIR": tempfile.mkdtemp()})
+    p = build(settings, embedded=False)
+    p.app.loop = asyncio.get_running_loop()
+    p.app.finalize()
+    loop = asyncio.get_running_loop()
+
+    def done() -> asyncio.Future:
+        future = loop.create_future()
+        future.set_result(None)
+        return future
+
+    sent: list[tuple[bytes, bytes]] = []
+
+    class Topic:
+        async def send(self, key: bytes | None = None, value: bytes = b"", **kwargs: Any) -> asyncio.Future:
+            sent.append((key or b"", value))
+            return done()
+
+    p.sessionizer.facts_topic = p.sessionizer.deadletter_topic = Topic()
+    for table in (p.sessionizer.table, p.aggregator.table):
+        table.send_changelog = lambda partition, key, value, value_serializer=None: done()
+
+    async def ack(event: Any) -> None:
+        return None
+
+    async def run(stage: Any, topic: str, items: list[tuple[bytes, bytes]]) -> float:
+        offsets: dict[int, int] = defaultdict(int)
+        t = time.perf_counter()
+        for key, value in items:
+            partition = sum(key) % 4
+            await stage.process(_Event(topic, partition, offsets[partition], key, value), ack)
+            offsets[partition] += 1
+        if stage is p.sessionizer:
+            await stage.flush_facts()
+        await stage.wait_checkpoints()
+        return time.perf_counter() - t
+
+    with mock.patch("app.pipeline.event_context"):
+        t_sessionizer = await run(p.sessionizer, "calls.events", messages)
+        t_aggregator = await run(p.aggregator, "calls.facts", sent)
+    total = t_sessionizer + t_aggregator
+    print(f"shells: {n} events: {total:.2f} s, {n / total:,.0f} events/s (sessionizer {t_sessionizer:.2f} s, "
+          f"aggregator {t_aggregator:.2f} s for {len(sent)} facts messages)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("events", type=int, nargs="?", default=200_000)
+    parser.add_argument("--scale", type=float, default=150.0, help="times the lively profile's rate (bench/run.py: 150)")
+    args = parser.parse_args()
+    messages = messages_of(args.events, args.scale)
+    core(messages, args.events)
+    asyncio.run(shells(messages, args.events))
 
 
 if __name__ == "__main__":
