@@ -252,16 +252,22 @@ async def test_a_send_the_broker_refused_stops_the_worker_and_acks_nothing(pipel
     assert pipeline.changelog == []
 
 
+def revoke_during_sends(stage, topic_attr):
+    """Make ``stage.<topic_attr>`` revoke the partition (a rebalance) while it sends; return the recorder."""
+    recorder = getattr(stage, topic_attr)
+
+    async def send_then_rebalance(**kwargs):
+        stage.reset()
+        return await recorder.send(**kwargs)
+
+    setattr(stage, topic_attr, type("T", (), {"send": staticmethod(send_then_rebalance)})())
+    return recorder
+
+
 async def test_a_rebalance_during_a_message_leaves_nothing_half_applied(pipeline):
     s = pipeline.sessionizer
     s.interval_s = 3600
-    recorder = s.deadletter_topic
-
-    async def send_then_rebalance(**kwargs):
-        s.reset()  # the partition is revoked while the dead letter is being sent
-        return await recorder.send(**kwargs)
-
-    s.deadletter_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+    recorder = revoke_during_sends(s, "deadletter_topic")  # revoked while the dead letter is being sent
 
     async def ack(event):
         raise AssertionError("nothing may be acknowledged")
@@ -281,13 +287,7 @@ async def test_a_rebalance_during_a_facts_flush_stops_it_cleanly(pipeline):
     # Two queues, so the flush sends two messages; the partition is revoked during the first send.
     s = pipeline.sessionizer
     s.interval_s = 3600
-    recorder = s.facts_topic
-
-    async def send_then_rebalance(**kwargs):
-        s.reset()
-        return await recorder.send(**kwargs)
-
-    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+    recorder = revoke_during_sends(s, "facts_topic")
 
     async def ack(event):
         return None
@@ -301,17 +301,12 @@ async def test_a_rebalance_during_a_facts_flush_stops_it_cleanly(pipeline):
 async def test_a_rebalance_during_a_checkpoints_flush_abandons_the_checkpoint(pipeline):
     s = pipeline.sessionizer
     s.interval_s = 3600
-    recorder = s.facts_topic
-
-    async def send_then_rebalance(**kwargs):
-        s.reset()
-        return await recorder.send(**kwargs)
 
     async def ack(event):
         raise AssertionError("nothing may be acknowledged")
 
     await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
-    s.facts_topic = type("T", (), {"send": staticmethod(send_then_rebalance)})()
+    revoke_during_sends(s, "facts_topic")
     async with s.lock:
         await s.checkpoint(0, ack)  # before: KeyError, the partition's expected offset was forgotten
     await s.wait_checkpoints()

@@ -98,9 +98,9 @@ async def _ack(event):
     return None
 
 
-async def feed(stage, topic, messages, start):
-    """Process messages[start:] (offset = index) as the agent would, then wait for the last checkpoint."""
-    for offset in range(start, len(messages)):
+async def deliver(stage, topic, messages, offsets):
+    """Deliver the messages at ``offsets`` (an offset is a message's index), in that order, like a consumer."""
+    for offset in offsets:
         key, value = messages[offset]
         await stage.process(FakeEvent(topic, 0, offset, key, value), _ack)
     async with stage.lock:
@@ -143,14 +143,14 @@ async def aggregate_all(p, facts):
     a.reset()
     for key in list(a.table.data):
         del a.table.data[key]
-    await feed(a, "calls.facts", facts, 0)
+    await deliver(a, "calls.facts", facts, range(len(facts)))
 
 
 async def test_the_sessionizer_recovers_exactly_from_a_crash_anywhere(stages):
     p, log = stages
     s = p.sessionizer
     events = call_events()
-    await feed(s, "calls.events", events, 0)
+    await deliver(s, "calls.events", events, range(len(events)))
     run = list(log.ops)
     final = bucket_states(s)
     facts = [(op[1], op[2]) for op in run if op[0] == "facts"]
@@ -162,7 +162,7 @@ async def test_the_sessionizer_recovers_exactly_from_a_crash_anywhere(stages):
     for cut in range(len(run) + 1):
         log.ops = run[:cut]
         committed = restart(s, log.ops, "sessions")
-        await feed(s, "calls.events", events, committed)
+        await deliver(s, "calls.events", events, range(committed, len(events)))
         assert bucket_states(s) == final, cut
         # the aggregator reads the facts of both lives, in order
         await aggregate_all(p, [(op[1], op[2]) for op in log.ops if op[0] == "facts"])
@@ -171,7 +171,7 @@ async def test_the_sessionizer_recovers_exactly_from_a_crash_anywhere(stages):
 
 async def test_the_aggregator_recovers_exactly_from_a_crash_anywhere(stages):
     p, log = stages
-    await feed(p.sessionizer, "calls.events", call_events(), 0)
+    await deliver(p.sessionizer, "calls.events", call_events(), range(44))
     facts = [(op[1], op[2]) for op in log.ops if op[0] == "facts"]
     a = p.aggregator
     log.ops = []
@@ -185,7 +185,7 @@ async def test_the_aggregator_recovers_exactly_from_a_crash_anywhere(stages):
         log.ops = run[:cut]
         committed = restart(a, log.ops, "aggregates")
         a.load({0})
-        await feed(a, "calls.facts", facts, committed)
+        await deliver(a, "calls.facts", facts, range(committed, len(facts)))
         assert key_states(p.engine) == reference, cut
 
 
@@ -202,17 +202,6 @@ class Broker:
             if offset not in self.missing:
                 key, value = self.messages[offset]
                 yield FakeEvent(self.topic, 0, offset, key, value).message
-
-
-async def deliver(stage, topic, messages, offsets):
-    """Deliver the messages at ``offsets`` (an offset is a message's index), in that order, like a consumer."""
-    for offset in offsets:
-        key, value = messages[offset]
-        await stage.process(FakeEvent(topic, 0, offset, key, value), _ack)
-    async with stage.lock:
-        if stage.unacked.get(0):
-            await stage.checkpoint(0, _ack)
-    await stage.wait_checkpoints()
 
 
 async def sessionize_then_aggregate(p, log, deliveries):
