@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py                      # both message shapes, prints a table, writes JSON
     .venv/bin/python bench/run.py --memory-calls 1000000
+    .venv/bin/python bench/run.py --profile             # and where the worker's time goes (py-spy)
 
 For each message shape (100-event arrays, single-event messages), on a fresh embedded broker:
 
@@ -18,6 +19,8 @@ For each message shape (100-event arrays, single-event messages), on a fresh emb
    probe call every 100 ms into queue ``_probe``; a probe's latency runs from its send until the worker's
    API counts it waiting (live values come from the working state; counters follow at the next checkpoint);
 5. (d) the worker's peak RSS; with ``--memory-calls N``, RSS as it processes N calls (flat is the goal).
+
+With ``--profile``, py-spy samples the worker during 3. and the summary by layer (``bench/spy.py``) is printed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -48,6 +53,9 @@ from app.broker import start_broker, stop  # noqa: E402
 from app.producing import message_key  # noqa: E402
 from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
 from tests.e2e.conftest import free_port  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import spy  # noqa: E402
 
 TOPIC = "calls.events"
 FACTS_TOPIC = "calls.facts"
@@ -233,7 +241,8 @@ class WorkerProc:
             self.proc.kill()
 
 
-def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tuple[float, float, tuple[float, float]]:
+def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600,
+                 on_first: Callable[[], None] | None = None) -> tuple[float, float, tuple[float, float]]:
     """Events/s from the first event counted until ``expected`` are counted, seconds from the worker's start
     until then, and (monotonic time, count) at the first count (``callpulse_events_total``: sessionized)."""
     first = None
@@ -243,6 +252,8 @@ def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600) -> tu
         now = time.monotonic()
         if n > 0 and first is None:
             first = (now, n)
+            if on_first:
+                on_first()
         if n >= expected:
             assert first is not None
             span = now - first[0]
@@ -307,7 +318,32 @@ async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seco
             "p99_seconds": round(latencies[int(len(latencies) * 0.99) - 1], 3), "max_seconds": round(latencies[-1], 3)}
 
 
-def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds: float) -> dict:
+class Profiler:
+    """py-spy sampling a worker (every thread, without pausing it) from ``start`` until ``stop``."""
+
+    RATE = 100
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out, self.proc, self.started = pid, out, None, 0.0
+
+    def start(self) -> None:
+        binary = Path(sys.executable).with_name("py-spy")
+        self.proc = subprocess.Popen([str(binary), "record", "--pid", str(self.pid), "--threads", "--nonblocking",
+                                      "--format", "raw", "--rate", str(self.RATE), "--output", str(self.out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.started = time.monotonic()
+
+    def stop(self) -> str:
+        """Stop sampling and return the summary by layer."""
+        assert self.proc is not None
+        seconds = time.monotonic() - self.started
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        return spy.summary(self.out.read_text(), seconds, self.RATE)
+
+
+def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds: float,
+              profile_dir: Path | None = None) -> dict:
     broker_port = free_port()
     broker = start_broker("127.0.0.1", broker_port, log_path=work / f"broker-{shape}.log")
     try:
@@ -320,9 +356,14 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         raw_s, raw_events = asyncio.run(raw_loop(broker_port, len(msgs)))
         assert raw_events == len(events)
         worker = WorkerProc(broker_port, work, shape)
+        profiler = Profiler(worker.proc.pid, profile_dir / f"profile-{shape}.txt") if profile_dir else None
         try:
-            sessionized_rate, _, (first_t, first_n) = wait_counted(worker, len(events))
+            on_first = profiler.start if profiler else None
+            sessionized_rate, _, (first_t, first_n) = wait_counted(worker, len(events), on_first=on_first)
             settled = wait_settled(broker_port)
+            if profiler:
+                print(f"profile of the worker from its first event counted until settled ({profiler.out}):\n"
+                      f"{profiler.stop()}", flush=True)
             rate, total_s = (len(events) - first_n) / (settled - first_t), settled - worker.started
             rss_now, rss_peak = worker.rss()
             latency = asyncio.run(steady_latency(broker_port, worker, 10_000, latency_seconds, batch))
@@ -388,13 +429,19 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--memory-calls", type=int, default=0, help="also measure RSS over this many calls (0: no)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bench.json"))
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the worker with py-spy while it processes the backlog (it costs the worker a "
+                        "few per cent) and print where its time goes; raw profiles beside --out")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="callpulse-bench-"))
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
     for shape, batch, n in (("arrays-100", 100, args.events_arrays), ("single", 1, args.events_single)):
         if n:
             print(f"{shape}: {n} events...", flush=True)
-            results["runs"].append(run_shape(shape, batch, n, work, args.latency_seconds))
+            profile_dir = Path(args.out).parent if args.profile else None
+            if profile_dir:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            results["runs"].append(run_shape(shape, batch, n, work, args.latency_seconds, profile_dir))
     if args.memory_calls:
         print(f"memory: {args.memory_calls} calls...", flush=True)
         results["memory"] = memory_run(args.memory_calls, work)
