@@ -45,6 +45,12 @@ def entered(worker: Worker) -> float:
     return sum(worker.value("callpulse_calls_entered_total", queue=q) or 0 for q in "abc")
 
 
+def skips_repaired(directory: Path) -> int:
+    """How often the workers of a round found offsets skipped by the consumer and read them themselves."""
+    return sum(log.read_text(errors="replace").count("the consumer skipped offsets")
+               for log in directory.glob("worker-*.log"))
+
+
 def one_round(directory: Path, calls: int, kills: int, max_delay: float, rnd: random.Random) -> list[tuple]:
     """Run one round; return the counters that differ from the hand counts as (queue, name, got, expected)."""
     broker = Broker(directory)
@@ -100,7 +106,10 @@ def main() -> int:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         wrong = one_round(directory, args.calls, args.kills, args.max_delay, rnd)
-        print(f"round {n}: " + ("exact" if not wrong else f"WRONG {wrong} (kept in {directory})"), flush=True)
+        skips = skips_repaired(directory)
+        print(f"round {n}: " + ("exact" if not wrong else f"WRONG {wrong} (kept in {directory})")
+              + f"; offsets skipped by the consumer and read from the broker: {skips} time{'s' * (skips != 1)}",
+              flush=True)
         if wrong:
             failed += 1
         else:
