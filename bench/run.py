@@ -14,7 +14,8 @@ For each message shape (100-event arrays, single-event messages), on a fresh emb
    /metrics (``callpulse_events_total``) until every event is sessionized *and* aggregated: the worker's
    consumer group has committed ``calls.events`` and ``calls.facts`` up to their end offsets (commits follow
    the durable checkpoints, from which the KPI counters on /metrics are exported); the sessionizer's own
-   rate (until ``callpulse_events_total`` counts every event) is reported beside it;
+   rate (until ``callpulse_events_total`` counts every event) is reported beside it, and the worker's CPU
+   time over the span in cores (1.0: one core busy throughout, all its threads together);
 4. (c) event-to-metric latency at a steady 10,000 events/s: simulated traffic paced at that rate, plus a
    probe call every 100 ms into queue ``_probe``; a probe's latency runs from its send until the worker's
    API counts it waiting (live values come from the working state; counters follow at the next checkpoint);
@@ -233,6 +234,11 @@ class WorkerProc:
         values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
         return values["VmRSS"] // 1024, values["VmHWM"] // 1024
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the worker process so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -242,16 +248,17 @@ class WorkerProc:
 
 
 def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600,
-                 on_first: Callable[[], None] | None = None) -> tuple[float, float, tuple[float, float]]:
+                 on_first: Callable[[], None] | None = None) -> tuple[float, float, tuple[float, float, float]]:
     """Events/s from the first event counted until ``expected`` are counted, seconds from the worker's start
-    until then, and (monotonic time, count) at the first count (``callpulse_events_total``: sessionized)."""
+    until then, and (monotonic time, count, worker CPU seconds) at the first count (``callpulse_events_total``:
+    sessionized)."""
     first = None
     deadline = time.monotonic() + timeout
     while True:
         n = worker.events_total()
         now = time.monotonic()
         if n > 0 and first is None:
-            first = (now, n)
+            first = (now, n, worker.cpu_seconds())
             if on_first:
                 on_first()
         if n >= expected:
@@ -324,22 +331,20 @@ class Profiler:
     RATE = 100
 
     def __init__(self, pid: int, out: Path) -> None:
-        self.pid, self.out, self.proc, self.started = pid, out, None, 0.0
+        self.pid, self.out, self.proc = pid, out, None
 
     def start(self) -> None:
         binary = Path(sys.executable).with_name("py-spy")
         self.proc = subprocess.Popen([str(binary), "record", "--pid", str(self.pid), "--threads", "--nonblocking",
                                       "--format", "raw", "--rate", str(self.RATE), "--output", str(self.out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.started = time.monotonic()
 
     def stop(self) -> str:
         """Stop sampling and return the summary by layer."""
         assert self.proc is not None
-        seconds = time.monotonic() - self.started
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
-        return spy.summary(self.out.read_text(), seconds, self.RATE)
+        return spy.summary(self.out.read_text())
 
 
 def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds: float,
@@ -359,8 +364,9 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         profiler = Profiler(worker.proc.pid, profile_dir / f"profile-{shape}.txt") if profile_dir else None
         try:
             on_first = profiler.start if profiler else None
-            sessionized_rate, _, (first_t, first_n) = wait_counted(worker, len(events), on_first=on_first)
+            sessionized_rate, _, (first_t, first_n, first_cpu) = wait_counted(worker, len(events), on_first=on_first)
             settled = wait_settled(broker_port)
+            cpu_share = (worker.cpu_seconds() - first_cpu) / (time.monotonic() - first_t)
             if profiler:
                 print(f"profile of the worker from its first event counted until settled ({profiler.out}):\n"
                       f"{profiler.stop()}", flush=True)
@@ -379,7 +385,7 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         "raw_loop_events_per_second": round(raw_rate),
         "worker_events_per_second": round(rate), "worker_seconds_from_start": round(total_s, 2),
         "sessionizer_events_per_second": round(sessionized_rate),
-        "ratio_to_raw": round(rate / raw_rate, 4),
+        "ratio_to_raw": round(rate / raw_rate, 4), "worker_cpu_cores": round(cpu_share, 2),
         "latency_at_10k": latency, "rss_mib_after_run": rss_now, "rss_mib_peak": rss_peak,
     }
 
@@ -446,12 +452,13 @@ def main() -> None:
         print(f"memory: {args.memory_calls} calls...", flush=True)
         results["memory"] = memory_run(args.memory_calls, work)
     print()
-    print(f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}"
+    print(f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}{'CPU':>6}"
           f"{'sessionizer':>13}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}")
     for r in results["runs"]:
         lat = r["latency_at_10k"]
         print(f"{r['shape']:<12}{r['events']:>10}{r['concurrent_calls_peak']:>11}{r['raw_loop_events_per_second']:>11}"
-              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{r['sessionizer_events_per_second']:>13}"
+              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{r['worker_cpu_cores']:>6}"
+              f"{r['sessionizer_events_per_second']:>13}"
               f"{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}{r['rss_mib_peak']:>9}")
     if "memory" in results:
         print("RSS by calls processed:", results["memory"]["rss_mib_by_calls"])

@@ -1,12 +1,14 @@
 """Where a worker's time goes: a py-spy profile summed by layer.
 
-    .venv/bin/python bench/spy.py PROFILE.txt [--seconds S] [--rate R]
+    .venv/bin/python bench/spy.py PROFILE.txt
 
 PROFILE is py-spy's raw output with threads (``py-spy record --threads --format raw``), as
 ``bench/run.py --profile`` writes it. Each sample is charged to the innermost frame of a known layer
-(time spent in asyncio or the standard library on behalf of aiokafka counts as aiokafka's), except that
-anything under a ``/metrics`` scrape counts as the scrape. For each thread it prints the share of its
-samples per layer and, with ``--seconds`` and ``--rate``, how busy the thread was.
+(time spent in asyncio or the standard library on behalf of aiokafka counts as aiokafka's) below the
+event loop's callback frames: the loop's own time (waking tasks, running callbacks, polling sockets) is
+the event loop's, whoever started the loop. Anything under a ``/metrics`` scrape counts as the scrape. For each thread it prints the share of its
+samples per layer and the files of each layer that took most. (py-spy counts a thread waiting for the
+GIL as idle, so how busy a worker was is better read from its CPU time: ``bench/run.py`` reports it.)
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ LAYERS = (
     ("Faust and mode", ("faust/", "mode/")),
     ("aiokafka", ("aiokafka/", "kafka/")),
 )
+LOOP_FILES = frozenset({"asyncio/base_events.py", "asyncio/events.py"})
 SCRAPE = "/metrics scrapes"
-OTHER = "event loop, standard library"
+OTHER = "event loop (asyncio), standard library"
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
 def layer_of(file: str) -> str | None:
-    for layer, prefixes in LAYERS:
-        if any(file.startswith(p) or f"/{p}" in file for p in prefixes):
+    for layer, prefixes in LAYERS:  # py-spy names a module's file relative to its sys.path entry
+        if file.startswith(prefixes):
             return layer
     return None
 
@@ -54,22 +57,23 @@ def parse(text: str) -> dict[str, list[tuple[list[tuple[str, str]], int]]]:
 
 def charge(frames: list[tuple[str, str]]) -> tuple[str, str]:
     """(layer, file within the layer) a sample is charged to."""
-    if any(file.startswith("prometheus_client/") or "/prometheus_client/" in file for _, file in frames):
+    if any(file.startswith("prometheus_client/") for _, file in frames):
         return SCRAPE, ""
     for _, file in reversed(frames):
+        if file in LOOP_FILES:
+            break  # the event loop itself: whoever runs it (mode's worker, a thread) does not own its time
         layer = layer_of(file)
         if layer:
             return layer, file
     return OTHER, ""
 
 
-def summary(text: str, seconds: float | None = None, rate: float | None = None) -> str:
+def summary(text: str) -> str:
     lines = []
     threads = parse(text)
     for thread, samples in sorted(threads.items(), key=lambda kv: -sum(n for _, n in kv[1])):
         total = sum(n for _, n in samples)
-        busy = f", {total / (seconds * rate):.0%} busy" if seconds and rate else ""
-        lines.append(f"thread {thread}: {total} samples{busy}")
+        lines.append(f"thread {thread}: {total} samples")
         layers: Counter[str] = Counter()
         files: dict[str, Counter[str]] = defaultdict(Counter)
         for frames, n in samples:
@@ -79,8 +83,8 @@ def summary(text: str, seconds: float | None = None, rate: float | None = None) 
                 files[layer][file] += n
         for layer, n in layers.most_common():
             lines.append(f"  {n / total:6.1%}  {layer}")
-            if layer.startswith(("domain", "callpulse")):
-                for file, m in files[layer].most_common(6):
+            if layer in files:
+                for file, m in files[layer].most_common(5):
                     lines.append(f"          {m / total:6.1%}  {file}")
     return "\n".join(lines)
 
@@ -88,10 +92,8 @@ def summary(text: str, seconds: float | None = None, rate: float | None = None) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", type=Path)
-    parser.add_argument("--seconds", type=float, help="how long the profile ran")
-    parser.add_argument("--rate", type=float, help="py-spy's samples per second")
     args = parser.parse_args()
-    print(summary(args.profile.read_text(), args.seconds, args.rate))
+    print(summary(args.profile.read_text()))
 
 
 if __name__ == "__main__":
