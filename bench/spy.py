@@ -6,9 +6,10 @@ PROFILE is py-spy's raw output with threads (``py-spy record --threads --format 
 ``bench/run.py --profile`` writes it. Each sample is charged to the innermost frame of a known layer
 (time spent in asyncio or the standard library on behalf of aiokafka counts as aiokafka's) below the
 event loop's callback frames: the loop's own time (waking tasks, running callbacks, polling sockets) is
-the event loop's, whoever started the loop. Anything under a ``/metrics`` scrape counts as the scrape. For each thread it prints the share of its
-samples per layer and the files of each layer that took most. (py-spy counts a thread waiting for the
-GIL as idle, so how busy a worker was is better read from its CPU time: ``bench/run.py`` reports it.)
+the event loop's, whoever started the loop. Anything under a ``/metrics`` scrape counts as the scrape.
+For each thread it prints the share of its samples per layer and the files of each layer that took
+most. (py-spy counts a thread waiting for the GIL as idle, so how busy a worker was is better read from
+its CPU time: ``bench/run.py`` reports it.)
 """
 
 from __future__ import annotations
