@@ -247,7 +247,7 @@ class WorkerProc:
             self.proc.kill()
 
 
-def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600,
+def wait_counted(worker: WorkerProc, expected: int, broker: subprocess.Popen, timeout: float = 3600,
                  on_first: Callable[[], None] | None = None) -> tuple[float, float, tuple[float, float, float]]:
     """Events/s from the first event counted until ``expected`` are counted, seconds from the worker's start
     until then, and (monotonic time, count, worker CPU seconds) at the first count (``callpulse_events_total``:
@@ -267,6 +267,9 @@ def wait_counted(worker: WorkerProc, expected: int, timeout: float = 3600,
             return (expected - first[1]) / span if span > 0 else float("inf"), now - worker.started, first
         if now > deadline:
             raise SystemExit(f"timeout: {n} of {expected} events counted")
+        if broker.poll() is not None:
+            raise SystemExit(f"the embedded broker stopped (exit status {broker.returncode}; its log is in "
+                             f"{worker.log.name}'s directory) with {n} of {expected} events counted")
         time.sleep(0.5)  # a scrape costs the worker a little: not too often
 
 
@@ -364,7 +367,7 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         profiler = Profiler(worker.proc.pid, profile_dir / f"profile-{shape}.txt") if profile_dir else None
         try:
             on_first = profiler.start if profiler else None
-            sessionized_rate, _, (first_t, first_n, first_cpu) = wait_counted(worker, len(events), on_first=on_first)
+            sessionized_rate, _, (first_t, first_n, first_cpu) = wait_counted(worker, len(events), broker, on_first=on_first)
             settled = wait_settled(broker_port)
             cpu_share = (worker.cpu_seconds() - first_cpu) / (time.monotonic() - first_t)
             if profiler:
@@ -416,7 +419,7 @@ def memory_run(n_calls: int, work: Path) -> dict:
             calls_done += rings
             if worker is None:
                 worker = WorkerProc(broker_port, work, "memory")
-            wait_counted(worker, produced_events)
+            wait_counted(worker, produced_events, broker)
             wait_settled(broker_port)
             milestones[calls_done] = worker.rss()[0]
             print(f"  {calls_done} calls: RSS {milestones[calls_done]} MiB", flush=True)
