@@ -23,7 +23,14 @@ from typing import IO, Any
 import click
 import orjson
 
-from app.kafka import TOPIC_EVENTS, BrokerUnavailable, detect_embedded, ensure_topics
+from app.kafka import (
+    TOPIC_EVENTS,
+    BrokerUnavailable,
+    CodecsMissing,
+    check_codecs,
+    detect_embedded,
+    ensure_topics,
+)
 from app.producing import EventProducer, Pacer
 from app.settings import Settings, SettingsError
 
@@ -56,6 +63,8 @@ def _guard(fn):  # noqa: ANN001, ANN202 - a decorator for click commands
             _fail(str(exc), EXIT_USAGE)
         except BrokerUnavailable as exc:
             _fail(f"{exc}. Start one with `callpulse broker` or set CALLPULSE_BROKER.", EXIT_UNAVAILABLE)
+        except CodecsMissing as exc:
+            _fail(f"{exc}.", EXIT_FAILURE)
         except KeyboardInterrupt:
             sys.exit(EXIT_OK)
 
@@ -90,6 +99,7 @@ def run_worker(*, settings: Settings) -> int:
 
     from app.faust_app import build
 
+    check_codecs()  # before anything is read: a batch of a missing codec would stop the worker for good
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     embedded = loop.run_until_complete(detect_embedded(settings))

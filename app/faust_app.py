@@ -17,8 +17,8 @@ import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
-from app import commits
-from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, fetch_range
+from app import batches, commits
+from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
 from app.pipeline import FLUSH_S, Aggregator, Sessionizer
 from app.settings import Settings
@@ -60,6 +60,7 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
         "web_in_thread": False,
         "autodiscover": False,
         "logging_config": None,
+        "producer_compression_type": compression_type(settings),
     }
     credentials = _credentials(settings)
     if credentials is not None:
@@ -132,6 +133,9 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
                               counters, interval)
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash
+    aggregator.deadletter_topic, aggregator.rejected = deadletter_topic, counters.rejected
+    batches.watch(TOPIC_EVENTS, sessionizer.undecodable.append)
+    batches.watch(TOPIC_FACTS, aggregator.undecodable.append)
     sessionizer.fetch_range = _range_reader(settings, TOPIC_EVENTS)
     aggregator.fetch_range = _range_reader(settings, TOPIC_FACTS)
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms

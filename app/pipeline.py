@@ -20,6 +20,7 @@ offset than it expects first reads the skipped messages from the broker itself (
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import orjson
 
 from app import commits
+from app.batches import Undecodable
 from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
@@ -107,6 +109,15 @@ class _CheckpointedStage:
         self.fetch_range: FetchRange = _no_fetch
         #: partition -> the next offset to apply: every offset is applied, in order (see ``admit``)
         self.expected: dict[int, int] = {}
+        #: Batches of the stage's topic that the consumer could not decode and skipped (app.batches); any
+        #: thread appends, the stage dead-letters them (``set_aside``).
+        self.undecodable: collections.deque[Undecodable] = collections.deque()
+        #: partition -> {end: start} of the undecodable batches dead-lettered and not yet passed
+        self.skipped: dict[int, dict[int, int]] = {}
+        #: Where rejected input goes (the Faust shell sets both): a topic with ``send``, and
+        #: callpulse_events_rejected_total.
+        self.deadletter_topic: Any = None
+        self.rejected: Any = None
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
@@ -116,6 +127,9 @@ class _CheckpointedStage:
         self.pending.clear()
         self.last_checkpoint.clear()
         self.expected.clear()
+        # Their dead letters may not be confirmed: the replay reports and dead-letters them again.
+        self.undecodable.clear()
+        self.skipped.clear()
 
     async def process(self, event: Any, ack: Ack) -> None:
         """Apply one message unless its key already holds it; checkpoint the partition when due."""
@@ -151,6 +165,10 @@ class _CheckpointedStage:
         if offset < expected:
             return True
         if offset > expected:
+            if self.undecodable:
+                await self.set_aside()
+            expected = self.past_skipped(partition, expected)
+        if offset > expected:
             generation = self.generation
             applied = 0
             try:
@@ -168,8 +186,46 @@ class _CheckpointedStage:
             log.warning("%s[%d]: the consumer skipped offsets %d to %d; read %d messages of them from the broker "
                         "and applied them first", topic, partition, expected, offset - 1, applied)
             self.processed += applied
+            if self.undecodable:  # the range reader met an undecodable batch
+                await self.set_aside()
         self.expected[partition] = offset + 1
         return True
+
+    async def set_aside(self) -> None:
+        """Dead-letter the undecodable batches reported so far (lock held), and remember the offsets each
+        covered: they are no gap for ``admit`` to read again."""
+        while self.undecodable:
+            batch = self.undecodable.popleft()
+            ranges = self.skipped.setdefault(batch.partition, {})
+            if batch.end in ranges:  # reported by both Faust's consumer and the stage's range reader
+                ranges[batch.end] = min(ranges[batch.end], batch.start)
+                continue
+            ranges[batch.end] = batch.start
+            await self.dead_letter(batch.raw, "undecodable_batch", batch.error, batch.topic, batch.partition,
+                                   batch.start, (("source_last_offset", str(batch.end - 1).encode()),))
+
+    def past_skipped(self, partition: int, expected: int) -> int:
+        """``expected`` moved past the undecodable batches that begin at it."""
+        ranges = self.skipped.get(partition)
+        moved = True
+        while ranges and moved:
+            moved = False
+            for end, start in list(ranges.items()):
+                if end <= expected:
+                    del ranges[end]  # passed
+                elif start <= expected:
+                    expected, moved = end, True
+        return expected
+
+    async def dead_letter(self, value: bytes, reason: str, error: str, topic: str, partition: int, offset: int,
+                          extra: tuple[tuple[str, bytes], ...] = ()) -> None:
+        """Send ``value`` to calls.deadletter with the reason and where it came from (confirmed at the
+        next checkpoint, like the facts)."""
+        self.rejected.labels(reason).inc()
+        headers = [("reason", reason.encode()), ("source_topic", topic.encode()),
+                   ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode()),
+                   ("error", error.replace("\n", " ").encode()), *extra]
+        self.pending.append(await self.deadletter_topic.send(value=value, headers=headers))
 
     def resume_offset(self, partition: int) -> int:
         """The next offset to apply, as of the partition's last durable checkpoint (0 before the first)."""
@@ -184,7 +240,11 @@ class _CheckpointedStage:
         return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
 
     async def checkpoint_idle(self) -> None:
-        """Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger."""
+        """Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger;
+        dead-letter undecodable batches that no later message of their partition brought up."""
+        if self.undecodable:
+            async with self.lock:
+                await self.set_aside()
         if self.ack is None:
             return
         async with self.lock:
@@ -295,6 +355,7 @@ class Sessionizer(_CheckpointedStage):
         super().__init__(table, interval_s)
         self.facts_topic = facts_topic
         self.deadletter_topic = deadletter_topic
+        self.rejected = counters.rejected
         self.session = session
         self.validation = validation
         self.counters = counters
@@ -426,11 +487,7 @@ class Sessionizer(_CheckpointedStage):
             await self.flush_facts()
 
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
-        self.counters.rejected.labels(reason).inc()
-        headers = [("reason", reason.encode()), ("source_topic", message.topic.encode()),
-                   ("source_partition", str(message.partition).encode()),
-                   ("source_offset", str(message.offset).encode()), ("error", error.replace("\n", " ").encode())]
-        self.pending.append(await self.deadletter_topic.send(value=raw, headers=headers))
+        await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)
 
 
 def _element_bytes(value: bytes, event_id: str) -> bytes:

@@ -137,6 +137,8 @@ SPECS: dict[str, Spec] = {
     "BROKER": Spec(_broker, "kafka://localhost:9092", "Kafka bootstrap servers, kafka://host:port[,kafka://host:port]."),
     "PARTITIONS": Spec(_number(1, 10_000, integer=True), "8", "Partitions of the topics callpulse creates."),
     "REPLICATION_FACTOR": Spec(_number(1, 10, integer=True), "1", "Replication factor of the topics callpulse creates."),
+    "COMPRESSION": Spec(_choice("none", "gzip", "snappy", "lz4", "zstd"), "none",
+                        "Compression of what callpulse produces (events, facts, dead letters, table changelogs)."),
     "APP_ID": Spec(_text, "callpulse", "Faust application id: the consumer group and the prefix of changelog topics."),
     "STORE": Spec(_store, "memory://", "Table store: memory:// (state rebuilt from changelogs at start) or rocksdb://."),
     "DATADIR": Spec(_text, "data", "Directory for the RocksDB store and Faust's files."),

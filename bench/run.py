@@ -193,6 +193,10 @@ async def raw_loop(port: int, expected_messages: int) -> tuple[float, int]:
     return elapsed, events
 
 
+#: Settings every worker of the run gets besides the bench's own (``--compression``).
+WORKER_SETTINGS: dict[str, str] = {}
+
+
 class WorkerProc:
     def __init__(self, broker_port: int, work: Path, name: str) -> None:
         self.port = free_port()
@@ -200,7 +204,7 @@ class WorkerProc:
         env.update(CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}", CALLPULSE_WEB_PORT=str(self.port),
                    CALLPULSE_PARTITIONS=str(PARTITIONS), CALLPULSE_CALLER_KEY="bench", CALLPULSE_CLOCK="event",
                    CALLPULSE_DATADIR=str(work / f"data-{name}"), CALLPULSE_LOG_LEVEL="warning",
-                   CALLPULSE_MAX_CLOCK_SKEW="86400")
+                   CALLPULSE_MAX_CLOCK_SKEW="86400", **WORKER_SETTINGS)
         self.log = (work / f"worker-{name}.log").open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, cwd=work, stdout=self.log,
@@ -441,9 +445,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="sample the worker with py-spy while it processes the backlog (it costs the worker a "
                         "few per cent) and print where its time goes; raw profiles beside --out")
+    parser.add_argument("--compression", choices=("none", "gzip", "snappy", "lz4", "zstd"), default="none",
+                        help="CALLPULSE_COMPRESSION of the worker: its facts, dead letters and changelog writes")
     args = parser.parse_args()
+    WORKER_SETTINGS["CALLPULSE_COMPRESSION"] = args.compression
     work = Path(tempfile.mkdtemp(prefix="callpulse-bench-"))
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+               "worker_compression": args.compression, "runs": []}
     for shape, batch, n in (("arrays-100", 100, args.events_arrays), ("single", 1, args.events_single)):
         if n:
             print(f"{shape}: {n} events...", flush=True)

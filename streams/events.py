@@ -76,6 +76,7 @@ REJECTION_REASONS = (
     "too_new",
     "late",
     "bad_line",
+    "undecodable_batch",
 )
 
 #: Number of call buckets; a bucket is the Kafka message key of every event of a call.

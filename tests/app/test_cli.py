@@ -29,6 +29,25 @@ def test_an_unreachable_broker_is_one_sentence_and_exit_3():
     assert "cannot reach the Kafka broker at x:1. Start one with `callpulse broker`" in result.output
 
 
+def test_a_missing_compression_codec_stops_the_worker_with_one_sentence():
+    from app import kafka
+
+    codecs = dict(kafka.CODECS, snappy=lambda: False, zstd=lambda: False)
+    with mock.patch.dict(kafka.CODECS, codecs), mock.patch("app.kafka.detect_embedded") as detect:
+        result = CliRunner().invoke(cli.main, ["worker"], env={"CALLPULSE_CALLER_KEY": "k"})
+    assert result.exit_code == cli.EXIT_FAILURE
+    assert result.output.strip() == ("callpulse: this installation cannot read Kafka's snappy, zstd compression "
+                                     "(aiokafka needs the cramjam package: pip install 'aiokafka[snappy,lz4,zstd]').")
+    detect.assert_not_called()  # stopped before reaching for the broker
+
+
+def test_this_installation_reads_every_kafka_codec():
+    from app import kafka
+
+    kafka.check_codecs()
+    assert sorted(kafka.CODECS) == ["gzip", "lz4", "snappy", "zstd"]
+
+
 def test_a_missing_file_is_one_sentence():
     result = run("produce", "/nonexistent.jsonl", CALLPULSE_CALLER_KEY="k")
     assert result.returncode == cli.EXIT_USAGE

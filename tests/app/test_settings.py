@@ -34,6 +34,7 @@ def test_defaults():
         ("QUEUES_FILE", "/nonexistent.yaml", "CALLPULSE_QUEUES_FILE names '/nonexistent.yaml'"),
         ("SECURITY_PROTOCOL", "SASL_SSL", "needs CALLPULSE_SASL_USERNAME and CALLPULSE_SASL_PASSWORD"),
         ("EMBEDDED_BROKER", "maybe", "CALLPULSE_EMBEDDED_BROKER must be auto, true or false"),
+        ("COMPRESSION", "brotli", "CALLPULSE_COMPRESSION must be one of none, gzip, snappy, lz4, zstd"),
     ],
 )
 def test_a_bad_value_is_one_sentence_naming_the_setting(name, value, fragment):
