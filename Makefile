@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: dev test lint install clean
+.PHONY: dev test lint install system-packages clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The Debian packages the tests use (tests/system-packages.sh lists them): installed when missing, or one
+# sentence saying how, before any test runs.
+system-packages:
+	@bash tests/system-packages.sh
+
 dev: $(STAMP)
 	$(VENV)/bin/callpulse dev
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app streams tests bench
 
-test: $(STAMP) lint
+test: system-packages $(STAMP) lint
 	$(PY) -m pytest -q
 
 clean:

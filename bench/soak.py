@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=Path("bench/results/soak"), help="where failed rounds are kept")
     args = parser.parse_args()
+    args.keep = args.keep.resolve()  # the workers run in the round's directory: a relative path would be theirs
     if args.calls <= 0 or args.calls % 12:
         parser.error("--calls must be a positive multiple of 12")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)

@@ -2,7 +2,7 @@
 
     python grafana/build_dashboards.py
 
-The JSON files are committed; tests/deploy/test_grafana.py checks they equal this script's output, that
+The JSON files are committed; tests/deploy/test_deploy_files.py checks they equal this script's output, that
 panel ids are unique, and (end to end) that every query runs against a real Prometheus.
 
 Colour thresholds come from the configuration gauges (goals, thresholds) through Grafana's "config from
