@@ -17,6 +17,7 @@ PACKAGES=(
 )
 
 missing=()
+join() { local IFS=,; echo "$*" | sed 's/,/, /g'; }
 for entry in "${PACKAGES[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
 done
@@ -27,21 +28,21 @@ if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
     sudo="sudo -n"
   else
-    echo "make test: the tests need the Debian packages ${missing[*]}; install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    echo "make test: the tests need the Debian packages $(join "${missing[@]}"), which are not installed; install them with: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 2
   fi
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "make test: the tests need ${missing[*]} (Debian package names), and this machine has no apt-get to install them." >&2
+  echo "make test: the tests need the Debian packages $(join "${missing[@]}"), and this machine has no apt-get to install them." >&2
   exit 2
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "make test: installing ${missing[*]} with apt-get" >&2
+echo "make test: installing $(join "${missing[@]}") with apt-get" >&2
 install() { $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 if ! install; then
   $sudo apt-get update -q >/dev/null && install || {
-    echo "make test: apt-get could not install ${missing[*]}; see the messages above." >&2
+    echo "make test: apt-get could not install $(join "${missing[@]}"); see the messages above." >&2
     exit 2
   }
 fi
