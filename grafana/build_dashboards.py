@@ -1,6 +1,6 @@
 """Write the callpulse Grafana dashboards (grafana/dashboards/*.json) from one description.
 
-    python grafana/build_dashboards.py
+    .venv/bin/python grafana/build_dashboards.py
 
 The JSON files are committed; tests/deploy/test_deploy_files.py checks they equal this script's output, that
 panel ids are unique, and (end to end) that every query runs against a real Prometheus.

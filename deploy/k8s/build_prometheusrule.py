@@ -1,6 +1,6 @@
 """Write deploy/k8s/prometheusrule.yaml from deploy/prometheus/rules/*.yml (one source for the rules).
 
-    python deploy/k8s/build_prometheusrule.py
+    .venv/bin/python deploy/k8s/build_prometheusrule.py
 """
 
 from pathlib import Path
