@@ -15,7 +15,6 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from app import batches, commits
@@ -139,25 +138,6 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     batches.watch(TOPIC_FACTS, aggregator.undecodable.append)
     sessionizer.fetch_range = _range_reader(settings, TOPIC_EVENTS)
     aggregator.fetch_range = _range_reader(settings, TOPIC_FACTS)
-    #: the tables are restored for the current assignment (between a rebalance's end and the next revoke)
-    restored = [False]
-
-    def owned(topic: str) -> Any:
-        def assigned() -> set[int]:
-            if not restored[0] or app.rebalancing:
-                return set()
-            return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
-
-        def end_offset(partition: int) -> int | None:
-            try:
-                return app.consumer.highwater(TP(topic, partition))
-            except Exception:  # noqa: BLE001 - no consumer or no fetch yet: unknown
-                return None
-
-        return assigned, end_offset
-
-    sessionizer.assigned, sessionizer.end_offset = owned(TOPIC_EVENTS)
-    aggregator.assigned, aggregator.end_offset = owned(TOPIC_FACTS)
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
     registry.register(KpiCollector(lambda: engine, settings, now_ms))
 
@@ -185,7 +165,6 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:
         # Whatever was not checkpointed is replayed from the committed offsets by the next owner.
-        restored[0] = False
         sessionizer.reset()
         aggregator.reset()
 
@@ -194,7 +173,6 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == TOPIC_FACTS}
         aggregator.reset()
         aggregator.load(actives)
-        restored[0] = True
 
     def api_now() -> int:
         return now_ms(engine)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 import weakref
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 Ack = Callable[[Any], Awaitable[Any]]
 #: Checkpoint at the latest after this many messages of a partition.
 CHECKPOINT_MAX_MESSAGES = 5000
-#: A partition whose consumer delivered nothing for this long, while the broker holds messages beyond the
-#: next offset to apply, is read by the stage itself (``catch_up``), at most CATCH_UP_MAX messages at a time.
-CATCH_UP_IDLE_S = 10.0
-CATCH_UP_MAX = 5000
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
 FLUSH_FACTS = 2000
 FLUSH_S = 0.02
@@ -67,27 +64,6 @@ def event_context(event: Any) -> Iterator[None]:
 
 async def _no_fatal_handler(exc: BaseException) -> None:
     return None
-
-
-async def _no_ack(event: Any) -> None:
-    return None
-
-
-class _PartitionEvent:
-    """Stands for Faust's current event where only its partition matters: a checkpoint of messages the
-    stage read itself (the RocksDB store picks its partition database from the current event)."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, partition: int) -> None:
-        self.message = _PartitionOnly(partition)
-
-
-class _PartitionOnly:
-    __slots__ = ("partition",)
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
 
 
 #: ``fetch_range(partition, start, end)``: the messages of the stage's topic partition with offsets in
@@ -142,12 +118,6 @@ class _CheckpointedStage:
         #: callpulse_events_rejected_total.
         self.deadletter_topic: Any = None
         self.rejected: Any = None
-        #: The partitions of the stage's topic this worker owns once its tables are restored (empty before),
-        #: and a partition's end offset as the consumer last saw it (None: unknown). The Faust shell sets both.
-        self.assigned: Callable[[], set[int]] = set
-        self.end_offset: Callable[[int], int | None] = lambda partition: None
-        #: partition -> when its consumer last delivered a message (time.monotonic)
-        self.last_delivered: dict[int, float] = {}
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
@@ -160,7 +130,6 @@ class _CheckpointedStage:
         # Their dead letters may not be confirmed: the replay reports and dead-letters them again.
         self.undecodable.clear()
         self.skipped.clear()
-        self.last_delivered.clear()
 
     async def process(self, event: Any, ack: Ack) -> None:
         """Apply one message unless its key already holds it; checkpoint the partition when due."""
@@ -190,7 +159,6 @@ class _CheckpointedStage:
         offsets that do not exist (compaction, transaction markers, retention) simply yield nothing. If they
         cannot be read, the worker stops: a restart replays from the last checkpoint.
         """
-        self.last_delivered[partition] = time.monotonic()
         expected = self.expected.get(partition)
         if expected is None:
             expected = self.expected[partition] = self.resume_offset(partition)
@@ -222,49 +190,6 @@ class _CheckpointedStage:
                 await self.set_aside()
         self.expected[partition] = offset + 1
         return True
-
-    async def catch_up(self) -> None:
-        """Apply what the consumer holds back on a quiet partition (lock held).
-
-        ``admit`` reads skipped messages when a later one arrives; on a partition that receives nothing
-        more, the messages Faust dropped after a restart would wait for the next one (calls shown waiting
-        that have ended). So when the consumer delivered nothing on a partition for CATCH_UP_IDLE_S while
-        its end offset is beyond the next offset to apply, the stage reads the difference from the broker
-        itself, applies it and checkpoints it. Faust may still deliver those messages later: they are then
-        redeliveries, which each key's replay guard skips.
-        """
-        now = time.monotonic()
-        for partition in sorted(self.assigned()):
-            end = self.end_offset(partition)
-            since = self.last_delivered.setdefault(partition, now)
-            if end is None or now - since < CATCH_UP_IDLE_S:
-                continue
-            expected = self.expected.get(partition)
-            if expected is None:
-                expected = self.expected[partition] = self.resume_offset(partition)
-            if expected >= end:
-                continue
-            end = min(end, expected + CATCH_UP_MAX)
-            generation, applied = self.generation, 0
-            try:
-                async for message in self.fetch_range(partition, expected, end):
-                    await self._apply_message(message)
-                    if generation != self.generation:
-                        return
-                    applied += 1
-            except Exception as exc:  # the next round tries again; nothing was lost, only delayed
-                log.warning("partition %d: offsets %d to %d, which the consumer has not delivered, cannot be read "
-                            "yet: %r", partition, expected, end - 1, exc)
-                continue
-            if self.undecodable:
-                await self.set_aside()
-            log.warning("partition %d: the consumer delivered nothing for %.0f s while offsets %d to %d waited; read "
-                        "%d messages of them from the broker and applied them", partition, now - since, expected,
-                        end - 1, applied)
-            self.processed += applied
-            self.expected[partition] = end
-            self.last_delivered[partition] = now
-            await self.checkpoint(partition, self.ack or _no_ack)
 
     async def set_aside(self) -> None:
         """Dead-letter the undecodable batches reported so far (lock held), and remember the offsets each
@@ -317,10 +242,9 @@ class _CheckpointedStage:
     async def checkpoint_idle(self) -> None:
         """Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger;
         dead-letter undecodable batches that no later message of their partition brought up."""
-        async with self.lock:
-            if self.undecodable:
+        if self.undecodable:
+            async with self.lock:
                 await self.set_aside()
-            await self.catch_up()
         if self.ack is None:
             return
         async with self.lock:
@@ -372,7 +296,7 @@ class _CheckpointedStage:
                 await asyncio.gather(*pending)
             if generation != self.generation:
                 return
-            with event_context(events[-1] if events else _PartitionEvent(partition)):
+            with event_context(events[-1]) if events else contextlib.nullcontext():
                 futures = self._write(partition, items)
             if futures:
                 await asyncio.gather(*futures)

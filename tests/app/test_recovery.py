@@ -265,48 +265,6 @@ async def test_skipped_messages_that_cannot_be_read_stop_the_worker(stages):
     assert s.processed == 11 and [e.message.offset for e in s.unacked[0]][-1] == 10  # 15 not applied
 
 
-async def test_a_quiet_partition_held_back_by_the_consumer_is_read_by_the_stage(stages, monkeypatch):
-    # After a restart Faust delivers 0-29 and drops 30-43, and nothing more comes on the partition. Once the
-    # consumer has delivered nothing for CATCH_UP_IDLE_S while the end offset (44) is beyond the next offset
-    # to apply (30), the checkpoint timer reads 30-43 itself, applies them and checkpoints the resume point.
-    p, log = stages
-    s = p.sessionizer
-    events = call_events()
-    broker = s.fetch_range = Broker("calls.events", events)
-    s.assigned, s.end_offset = (lambda: {0}), (lambda partition: 44)
-    await deliver(s, "calls.events", events, range(30))
-    clock = [1000.0]
-    monkeypatch.setattr("app.pipeline.time.monotonic", lambda: clock[0])
-    s.last_delivered[0] = clock[0]
-    clock[0] += 9.9  # not yet idle long enough
-    await s.checkpoint_idle()
-    assert broker.reads == []
-    clock[0] += 0.2
-    await s.checkpoint_idle()
-    await s.wait_checkpoints()
-    assert broker.reads == [(0, 30, 44)]
-    assert s.expected[0] == 44 and s.processed == 44
-    assert orjson.loads(s.table.data[b"\x00next|0"]) == {"p": 0, "next": 44}
-    clock[0] += 20
-    await s.checkpoint_idle()  # nothing more beyond the end: nothing read
-    assert broker.reads == [(0, 30, 44)]
-    # Faust delivering 30-43 after all changes nothing: each key's replay guard skips them
-    await deliver(s, "calls.events", events, range(30, 44))
-    await aggregate_all(p, [(op[1], op[2]) for op in log.ops if op[0] == "facts"])
-    assert {queue: p.engine.keys[f"q:{queue}"].totals for queue in "qr"} == {"q": EXPECTED, "r": EXPECTED}
-
-
-async def test_no_catch_up_before_the_tables_are_restored(stages, monkeypatch):
-    p, log = stages
-    s = p.sessionizer
-    broker = s.fetch_range = Broker("calls.events", call_events())
-    s.end_offset = lambda partition: 44  # assigned() stays empty until the shell says the tables are restored
-    monkeypatch.setattr("app.pipeline.time.monotonic", lambda: 5000.0)
-    s.last_delivered[0] = 0.0
-    await s.checkpoint_idle()
-    assert broker.reads == []
-
-
 async def test_an_undecodable_batch_is_dead_lettered_and_is_no_gap(stages):
     # The consumer skipped offsets 11-14 as one undecodable batch and reported it: at 15 the stage
     # dead-letters the batch (once, though the range reader reports it as well) and reads nothing.

@@ -167,8 +167,11 @@ def test_an_undecodable_batch_is_dead_lettered_and_the_worker_goes_on(broker, wo
     # a restart neither crash-loops nor counts anything twice
     w.kill()
     w.start()
-    produce_to(port, 0, calls("later", 3000, count=4, answered=1))
-    assert_counts(w, "later", 4, 1)
     for queue, n, answered in (("before", 10, 6), ("after", 10, 7), ("other", 6, 2)):
         assert_counts(w, queue, n, answered)
+    # Sent once the restored counts show, that is once the restarted worker has recovered its tables: what
+    # arrives while it recovers can be dropped by faust-streaming until a later message of the partition
+    # comes (README, Reliability: known limitation).
+    produce_to(port, 0, calls("later", 3000, count=4, answered=1))
+    assert_counts(w, "later", 4, 1)
     assert w.proc.poll() is None, w.log_tail()
