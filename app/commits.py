@@ -36,7 +36,7 @@ def _new_offset(self: Any, tp: Any) -> int | None:
 def install(topics: set[str]) -> None:
     """Let the commits of ``topics`` follow the checkpoints (idempotent)."""
     MANAGED_TOPICS.update(topics)
-    Consumer._new_offset = _new_offset
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
 
 
 def checkpointed(topic: str, partition: int, next_offset: int) -> None:

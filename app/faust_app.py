@@ -102,7 +102,7 @@ def _short_fetch_wait() -> None:
         return consumer
 
     create.callpulse_patched = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 def build(settings: Settings, embedded: bool) -> Pipeline:
@@ -143,13 +143,13 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
 
     @app.agent(events_topic, concurrency=1, name="sessionize")
     async def sessionize(stream: faust.StreamT) -> None:
-        manual = stream.noack()
+        manual: Any = stream.noack()  # type: ignore[attr-defined]  # Stream has it, StreamT does not say so
         async for event in manual.events():
             await sessionizer.process(event, manual.ack)
 
     @app.agent(facts_topic, concurrency=1, name="aggregate")
     async def aggregate(stream: faust.StreamT) -> None:
-        manual = stream.noack()
+        manual: Any = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             await aggregator.process(event, manual.ack)
 
@@ -162,13 +162,13 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     async def flush_idle() -> None:
         await sessionizer.flush_idle()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust passes signal= among the kwargs
     async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:
         # Whatever was not checkpointed is replayed from the committed offsets by the next owner.
         sessionizer.reset()
         aggregator.reset()
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # likewise
     async def on_rebalanced(_app: Any, **kwargs: Any) -> None:
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == TOPIC_FACTS}
         aggregator.reset()

@@ -178,48 +178,48 @@ class KpiCollector(Collector):
         yield fam
 
         wait_bounds = engine.config.wait_bounds_s
-        fam = HistogramMetricFamily("callpulse_queue_wait_seconds", "Queue wait of the stints that left the queue.",
-                                    labels=["queue", "outcome"])
+        hist = HistogramMetricFamily("callpulse_queue_wait_seconds", "Queue wait of the stints that left the queue.",
+                                     labels=["queue", "outcome"])
         for s in queues:
             for outcome in ("answered", "abandoned", "exited"):
-                fam.add_metric([s.name, outcome], *_histogram(s, "wait:" + outcome, wait_bounds))
-        yield fam
+                hist.add_metric([s.name, outcome], *_histogram(s, "wait:" + outcome, wait_bounds))
+        yield hist
         for metric, hist_name, doc in (("callpulse_talk_seconds", "talk", "Talk time of completed calls (hold included)."),
                                        ("callpulse_handle_seconds", "handle", "Handle time (talk + after-call work).")):
-            fam = HistogramMetricFamily(metric, doc, labels=["queue"])
+            hist = HistogramMetricFamily(metric, doc, labels=["queue"])
             for s in queues:
-                fam.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
-            yield fam
+                hist.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
+            yield hist
 
         for name, (kpi, kind, doc) in WINDOW_GAUGES.items():
             label = "queue" if kind == "queue" else "campaign"
-            fam = GaugeMetricFamily(name, doc, labels=[label, "window"])
+            gauge = GaugeMetricFamily(name, doc, labels=[label, "window"])
             for s in queues if kind == "queue" else campaigns:
                 for window, data in reads[s.key]["windows"].items():
                     value = data["kpis"][kpi]
                     if value is not None:
-                        fam.add_metric([s.name, window], value)
-            yield fam
+                        gauge.add_metric([s.name, window], value)
+            yield gauge
         for name, (field, doc) in LIVE_GAUGES.items():
-            fam = GaugeMetricFamily(name, doc, labels=["queue"])
+            gauge = GaugeMetricFamily(name, doc, labels=["queue"])
             for s in queues:
-                fam.add_metric([s.name], reads[s.key]["live"][field])
-            yield fam
-        fam = GaugeMetricFamily("callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"])
+                gauge.add_metric([s.name], reads[s.key]["live"][field])
+            yield gauge
+        gauge = GaugeMetricFamily("callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"])
         for s in queues:
             for agent_state in AGENT_MEMBER_STATES:
-                fam.add_metric([s.name, agent_state], reads[s.key]["live"]["agents"][agent_state])
-        yield fam
+                gauge.add_metric([s.name, agent_state], reads[s.key]["live"]["agents"][agent_state])
+        yield gauge
         for name, (field, doc) in CONFIG_GAUGES.items():
-            fam = GaugeMetricFamily(name, doc, labels=["queue"])
+            gauge = GaugeMetricFamily(name, doc, labels=["queue"])
             for s in queues:
-                fam.add_metric([s.name], getattr(config.targets.for_queue(s.name), field))
-            yield fam
+                gauge.add_metric([s.name], getattr(config.targets.for_queue(s.name), field))
+            yield gauge
 
 
 def _histogram(state: KeyState, name: str, bounds_s: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
     """Cumulative buckets and sum (seconds) of one exported histogram, from the never-decreasing values."""
-    buckets = []
+    buckets: list[tuple[str, float]] = []
     for i, bound in enumerate(bounds_s):
         buckets.append((_le(bound), state.exported.get(f"h:{name}:{i}", 0)))
     buckets.append(("+Inf", state.exported.get(f"h:{name}:{len(bounds_s)}", 0)))

@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date
+from typing import Any
 
 import orjson
 
@@ -93,7 +94,7 @@ def calibrate(lines: Iterable[str]) -> dict:
             ivr_hangups[queue] += 1
     per_weekday = [sum(1 for d in days if date(1900 + int(d[:2]), int(d[2:4]), int(d[4:6])).weekday() == w)
                    for w in range(7)]
-    profile = {"source": f"Anonymous Bank call center, {len(days)} days of February 1999", "queues": {}}
+    profile: dict[str, Any] = {"source": f"Anonymous Bank call center, {len(days)} days of February 1999", "queues": {}}
     for queue in QUEUES.values():
         if not calls[queue]:
             continue

@@ -666,21 +666,21 @@ class BucketState:
         if self.chunks:
             due = min(due, min(self.chunks) + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
         for agent in list(self.agents):
-            session = self.agents[agent]
-            if session.pending and session.pending[0][0] < final_before:
-                while session.pending and session.pending[0][0] < final_before:
-                    ts, _eid, new_state, queue = session.pending.pop(0)
-                    session.state = _agent_step(session.state, session.queues, ts, new_state, queue, agent, None)
-                session.walked = None
-            for eid in _older_keys(session.seen, forget_before):
-                del session.seen[eid]
-            if not session.pending and not session.queues and not session.seen:
+            agent_session = self.agents[agent]
+            if agent_session.pending and agent_session.pending[0][0] < final_before:
+                while agent_session.pending and agent_session.pending[0][0] < final_before:
+                    ts, _eid, new_state, queue = agent_session.pending.pop(0)
+                    agent_session.state = _agent_step(agent_session.state, agent_session.queues, ts, new_state, queue, agent, None)
+                agent_session.walked = None
+            for eid in _older_keys(agent_session.seen, forget_before):
+                del agent_session.seen[eid]
+            if not agent_session.pending and not agent_session.queues and not agent_session.seen:
                 del self.agents[agent]
                 continue
-            if session.pending:
-                due = min(due, session.pending[0][0] + cfg.grace_ms)
-            if session.seen:
-                due = min(due, next(iter(session.seen.values())) + cfg.dedup_ttl_ms)
+            if agent_session.pending:
+                due = min(due, agent_session.pending[0][0] + cfg.grace_ms)
+            if agent_session.seen:
+                due = min(due, next(iter(agent_session.seen.values())) + cfg.dedup_ttl_ms)
         self.due = due
         return facts
 

@@ -401,7 +401,8 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
                     acc[name] = acc.get(name, 0) + value
                 if minute["w"]:
                     top = max(int(k) for k in minute["w"])
-                    if longest[w] is None or top > longest[w]:
+                    best = longest[w]
+                    if best is None or top > best:
                         longest[w] = top
     targets = config.targets.for_queue(state.name)
     timeout = config.call_timeout_ms

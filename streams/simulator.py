@@ -281,6 +281,8 @@ class ProfileSimulator:
         self.clock.at(t + ivr, "enqueue", (call, q))
 
     def _enqueue(self, t: int, data: object) -> None:
+        call: str
+        q: str
         call, q = data  # type: ignore[misc]
         self.clock.emit(t, {"type": "queue", "call_id": call, "queue": q})
         self.waiting[q].append(call)
@@ -289,6 +291,8 @@ class ProfileSimulator:
         self._dispatch(q, t)
 
     def _give_up(self, t: int, data: object) -> None:
+        call: str
+        q: str
         call, q = data  # type: ignore[misc]
         if call in self.waiting[q]:
             self.waiting[q].remove(call)
@@ -326,6 +330,8 @@ class ProfileSimulator:
         clock.at(t + talk, "after_call", (agent, call))
 
     def _after_call(self, t: int, data: object) -> None:
+        agent: _Agent
+        call: str | None
         agent, call = data  # type: ignore[misc]
         rng, clock = self.rng, self.clock
         acw = round(rng.uniform(5_000, 40_000))
