@@ -43,7 +43,7 @@ def start_broker(address: str, port: int, log_path: Path | None = None, timeout_
     if port_open(address, port):
         msg = f"port {port} on {address} is already in use; is another broker running?"
         raise RuntimeError(msg)
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # handed to the child
     proc = subprocess.Popen(broker_command(address, port), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + timeout_s

@@ -55,8 +55,8 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _guard(fn):  # noqa: ANN001, ANN202 - a decorator for click commands
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def _guard(fn):  # a decorator for click commands
+    def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SettingsError as exc:
@@ -193,7 +193,7 @@ async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tup
 
 
 def run_produce(*, settings: Settings, source: str, batch: int) -> int:
-    stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    stream = sys.stdin.buffer if source == "-" else open(source, "rb")
     try:
         messages, events, bad = asyncio.run(produce_lines(settings, stream, batch))
     finally:

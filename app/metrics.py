@@ -136,7 +136,7 @@ class KpiCollector(Collector):
     def describe(self) -> list:
         return []  # no collect() at registration time
 
-    def collect(self) -> Iterator[Any]:  # noqa: C901 - one loop per metric family
+    def collect(self) -> Iterator[Any]:  # one loop per metric family
         engine = self.engine_getter()
         if engine is None:
             return

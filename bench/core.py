@@ -30,12 +30,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.producing import message_key  # noqa: E402
-from streams.calls import BucketState, SessionConfig  # noqa: E402
-from streams.facts import to_wire  # noqa: E402
-from streams.kpi import KpiConfig, KpiEngine  # noqa: E402
-from streams.simulator import ProfileSimulator, load_profile  # noqa: E402
-from streams.validation import ValidationConfig, parse_message  # noqa: E402
+from app.producing import message_key
+from streams.calls import BucketState, SessionConfig
+from streams.facts import to_wire
+from streams.kpi import KpiConfig, KpiEngine
+from streams.simulator import ProfileSimulator, load_profile
+from streams.validation import ValidationConfig, parse_message
 
 START_MS = 1_767_258_000_000
 

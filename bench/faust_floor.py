@@ -55,7 +55,7 @@ def agent_main(broker_port: int, messages: int, take: int, out: str, datadir: st
             Path(out).write_text(json.dumps({"seconds": time.monotonic() - first, "messages": seen}))
 
     @app.agent(topic)
-    async def bare(stream):  # noqa: ANN001
+    async def bare(stream):
         if take > 1:
             async for batch in stream.take(take, within=0.05):
                 count(len(batch))

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.broker import stop  # noqa: E402
-from tests.e2e.conftest import Broker, Worker, run_cli  # noqa: E402
-from tests.e2e.test_pipeline_e2e import load_calls, write_jsonl  # noqa: E402
+from app.broker import stop
+from tests.e2e.conftest import Broker, Worker, run_cli
+from tests.e2e.test_pipeline_e2e import load_calls, write_jsonl
 
 
 def expected_counts(calls: int) -> dict[str, int]:

@@ -188,7 +188,7 @@ class _InboundWalk:
             self.pending_co = len(self.facts) - 1
         self.hold_ms = self.holds = 0
 
-    def step(self, ev: Ev) -> None:  # noqa: C901 - one branch per event type, like the transition table
+    def step(self, ev: Ev) -> None:  # one branch per event type, like the transition table
         ts, t, eid, queue = ev[0], ev[1], ev[2], ev[3]
         state = self.state
         if state == ENDED and t not in ("wrapup", "survey"):

@@ -44,7 +44,7 @@ QM_COLUMNS = ("uid", "date_time", "callid", "queue_name", "type", "event", "para
 NO_VALUE = ("", "NONE")
 
 
-class BadLine(Exception):  # noqa: N818 - it is the dead-letter reason's name
+class BadLine(Exception):  # it is the dead-letter reason's name
     """A line that cannot be read; the message says why."""
 
 
@@ -135,7 +135,7 @@ class QueueLogParser:
                    verb=fields[4].strip(), data=fields[5:])
 
     def _native_id(self, ts: int, text: str) -> str:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]  # noqa: S324 - an id, not security
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]  # an id, not security
         counts = self._seen.setdefault(ts, Counter())
         counts[digest] += 1
         if len(self._seen) > 120:  # identical lines share their second; keep the last two minutes of seconds

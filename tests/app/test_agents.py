@@ -203,7 +203,7 @@ async def test_a_replayed_message_is_not_applied_twice(pipeline):
     async def ack(event):
         acks.append(event.message.offset)
 
-    def Ev(offset, value):  # noqa: N802
+    def Ev(offset, value):
         return FakeEvent("calls.events", 0, offset, b"5", value)
 
     value = orjson.dumps(events_of("c1", "q", ("queue", 0, {})))

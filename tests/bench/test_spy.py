@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import spy  # noqa: E402
+import spy
 
 # Stacks of two threads as py-spy --threads --format raw writes them (outermost frame first, samples last).
 LOOP = "run_worker (app/cli.py:3);execute (mode/worker.py:4);_run_once (asyncio/base_events.py:5)"

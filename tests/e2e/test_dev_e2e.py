@@ -29,7 +29,7 @@ def test_dev_shows_live_kpis_and_stops_on_ctrl_c(tmp_path):
         while time.monotonic() < deadline and entered == 0:
             time.sleep(0.5)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as r:
                     text = r.read().decode()
             except OSError:
                 continue
