@@ -51,6 +51,13 @@ def compression_type(settings: Settings) -> str | None:
     return None if settings.compression == "none" else str(settings.compression)
 
 
+def dead_letter_headers(reason: str, error: str, topic: str, partition: int, offset: int,
+                        extra: tuple[tuple[str, bytes], ...] = ()) -> list[tuple[str, bytes]]:
+    """The headers of a calls.deadletter record: why it was rejected and where it came from (README)."""
+    return [("reason", reason.encode()), ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()), ("error", error.replace("\n", " ").encode()), *extra]
+
+
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_security()}
 

@@ -34,6 +34,7 @@ import orjson
 
 from app import commits
 from app.batches import Undecodable
+from app.kafka import dead_letter_headers
 from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
@@ -222,9 +223,7 @@ class _CheckpointedStage:
         """Send ``value`` to calls.deadletter with the reason and where it came from (confirmed at the
         next checkpoint, like the facts)."""
         self.rejected.labels(reason).inc()
-        headers = [("reason", reason.encode()), ("source_topic", topic.encode()),
-                   ("source_partition", str(partition).encode()), ("source_offset", str(offset).encode()),
-                   ("error", error.replace("\n", " ").encode()), *extra]
+        headers = dead_letter_headers(reason, error, topic, partition, offset, extra)
         self.pending.append(await self.deadletter_topic.send(value=value, headers=headers))
 
     def resume_offset(self, partition: int) -> int:

@@ -14,7 +14,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, detect_embedded, ensure_topics, start_producer
+from app.kafka import (
+    TOPIC_DEADLETTER,
+    TOPIC_EVENTS,
+    dead_letter_headers,
+    detect_embedded,
+    ensure_topics,
+    start_producer,
+)
 from app.settings import Settings
 from streams.events import call_bucket
 
@@ -74,8 +81,7 @@ class EventProducer:
 
     async def dead_letter(self, value: bytes, reason: str, error: str, source: str, position: int) -> None:
         """Send a record to calls.deadletter directly (adapters: ``bad_line``)."""
-        headers = [("reason", reason.encode()), ("source_topic", source.encode()), ("source_partition", b"-1"),
-                   ("source_offset", str(position).encode()), ("error", error.replace("\n", " ").encode())]
+        headers = dead_letter_headers(reason, error, source, -1, position)
         await self._send(TOPIC_DEADLETTER, None, value, headers)
         self.dead_letters += 1
 
