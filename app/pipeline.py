@@ -35,9 +35,9 @@ import orjson
 from app import commits
 from app.batches import Undecodable
 from app.kafka import dead_letter_headers
-from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
+from streams.sessions import BucketState, SessionConfig
 from streams.validation import ValidationConfig, parse_message
 
 log = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ class Sessionizer(_CheckpointedStage):
             bucket = self.buckets[key]
             # New chunk versions, the bucket naming them, then the old versions' deletion: a checkpoint cut
             # short leaves a prefix of these, and every prefix restores a consistent bucket.
-            writes, deletes = bucket.checkpoint_chunks()
+            writes, deletes = bucket.tombstones.checkpoint()
             for chunk, slot, tombstones in writes:
                 items.append((chunk_key(key, chunk, slot), orjson.dumps(tombstones)))
             snapshot = bucket.snapshot()
@@ -501,8 +501,7 @@ def _element_bytes(value: bytes, event_id: str) -> bytes:
 
 def chunk_key(bucket_key: bytes, chunk_ms: int, slot: int) -> bytes:
     """Store key of one version (slot) of a tombstone chunk of a sessionizer bucket."""
-    key = bucket_key + b"|t|" + str(chunk_ms).encode()
-    return key if slot == LEGACY_SLOT else key + b"|" + str(slot).encode()
+    return bucket_key + b"|t|" + str(chunk_ms).encode() + b"|" + str(slot).encode()
 
 
 def minute_key(key: str, minute_ms: int) -> bytes:

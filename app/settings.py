@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 import yaml
 
-from streams.calls import SessionConfig
 from streams.config import QueueTargets, TargetsConfig, targets_from_mapping
 from streams.exceptions import ConfigError
 from streams.kpi import KpiConfig
+from streams.sessions import SessionConfig
 from streams.validation import ValidationConfig
 from streams.windows import WindowSpec
 

@@ -31,9 +31,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.producing import message_key
-from streams.calls import BucketState, SessionConfig
 from streams.facts import to_wire
 from streams.kpi import KpiConfig, KpiEngine
+from streams.sessions import BucketState, SessionConfig
 from streams.simulator import ProfileSimulator, load_profile
 from streams.validation import ValidationConfig, parse_message
 

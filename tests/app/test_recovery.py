@@ -129,7 +129,7 @@ def restart(stage, ops, table):
 
 def bucket_states(sessionizer):
     """Every bucket (restored from the store where no message came since the restart), slots aside."""
-    return {key: (b.snapshot()["calls"], b.snapshot()["agents"], b.hw, b.done)
+    return {key: (b.snapshot()["calls"], b.snapshot()["agents"], b.hw, b.tombstones.by_call)
             for key, b in ((key, sessionizer.bucket(key)) for key in (b"1", b"2"))}
 
 

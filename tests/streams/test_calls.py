@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.calls import LEGACY_SLOT, BucketState, SessionConfig, derive, sort_key, to_ev
 from streams.events import CallEvent
 from streams.facts import LIVE_KINDS, live_identity
+from streams.sessions import BucketState, SessionConfig
+from streams.sessions.call import derive
+from streams.sessions.stored import StoredEvent
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
 CFG = SessionConfig(grace_ms=120_000, call_timeout_ms=3_600_000, dedup_ttl_ms=86_400_000,
@@ -331,7 +333,7 @@ def test_a_talking_call_expires_too():
 def test_ended_calls_are_finalized_after_grace_and_remembered_for_duplicates():
     emitted, statuses, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 10),
                                      E("9", "ring", 131, call="c2")])  # 131 - 120 > 10: c1 is final
-    assert "c1" not in bucket.calls and "c1" in bucket.done
+    assert "c1" not in bucket.calls and "c1" in bucket.tombstones.by_call
     assert bucket.apply(E("2", "hangup", 10)).status == "duplicate"
     # not a duplicate and older than stream time - grace: late
     assert bucket.apply(E("3", "answer", 5)).status == "late"
@@ -340,7 +342,7 @@ def test_ended_calls_are_finalized_after_grace_and_remembered_for_duplicates():
 def test_a_wrapup_after_finalization_still_amends_the_completion():
     emitted, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "answer", 5), E("3", "hangup", 65),
                               E("9", "ring", 500, call="c2")])
-    assert "c1" in bucket.done
+    assert "c1" in bucket.tombstones.by_call
     amended = bucket.apply(E("4", "wrapup", 440))
     assert amended.status == "ok"
     assert [(f.sign, (f.ts_ms - T0) // 1000, f.acw_ms) for f in amended.facts] == [(-1, 65, 0), (1, 440, 375_000)]
@@ -353,18 +355,18 @@ def test_tombstones_are_forgotten_with_their_chunk_after_the_dedup_ttl():
     # 60 s the chunk is forgotten when the stream time reaches 600 + 60 = 660 s, not before.
     config = SessionConfig(grace_ms=1000, call_timeout_ms=10**9, dedup_ttl_ms=60_000, max_event_age_ms=10**9)
     _, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 1), E("9", "ring", 30, call="c2")], config)
-    assert "c1" in bucket.done and list(bucket.chunks) == [T0]
+    assert "c1" in bucket.tombstones.by_call and list(bucket.tombstones.chunks) == [T0]
     bucket.apply(E("10", "ring", 659, call="c3"))
     bucket.sweep()
-    assert "c1" in bucket.done
+    assert "c1" in bucket.tombstones.by_call
     bucket.apply(E("11", "ring", 660, call="c4"))
     bucket.sweep()
-    assert "c1" not in bucket.done and T0 in bucket.deleted_chunks and T0 not in bucket.chunks
+    assert "c1" not in bucket.tombstones.by_call and T0 in bucket.tombstones.deleted and T0 not in bucket.tombstones.chunks
 
 
 def checkpoint(bucket, store):
     """Persist ``bucket`` as the shell does; apply the writes to ``store`` and return them in changelog order."""
-    writes, deletes = bucket.checkpoint_chunks()
+    writes, deletes = bucket.tombstones.checkpoint()
     ops = [(("t", chunk, slot), orjson.dumps(tombstones)) for chunk, slot, tombstones in writes]
     ops.append(("bucket", orjson.dumps(bucket.snapshot())))
     ops += [(("t", chunk, slot), None) for chunk, slot in deletes]
@@ -390,12 +392,12 @@ def restore(store, config=CFG):
 
 def persisted(bucket):
     """What a restore must give back: the snapshot and every tombstone (JSON round trip)."""
-    return orjson.loads(orjson.dumps([bucket.snapshot(), bucket.done]))
+    return orjson.loads(orjson.dumps([bucket.snapshot(), bucket.tombstones.by_call]))
 
 
 def test_tombstones_persist_in_chunks_and_come_back():
     _, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 10), E("9", "ring", 131, call="c2")])
-    assert bucket.dirty_chunks == {T0}
+    assert bucket.tombstones.dirty == {T0}
     store = {}
     checkpoint(bucket, store)
     restored = restore(store)
@@ -430,7 +432,7 @@ def test_every_prefix_of_a_checkpoint_restores_one_of_the_two_checkpoints():
     for e in later:
         bucket.apply(e)
         bucket.sweep()
-    assert "c2" in bucket.done
+    assert "c2" in bucket.tombstones.by_call
     after_one = dict(store)
     ops = checkpoint(bucket, store)
     two = persisted(bucket)
@@ -457,20 +459,7 @@ def test_a_forgotten_chunk_is_deleted_in_both_slots():
     bucket.sweep()
     assert [(key, value) for key, value in checkpoint(bucket, store) if key != "bucket"] == [
         (("t", T0, 0), None), (("t", T0, 1), None)]
-    assert set(store) == {"bucket"} and restore(store, config).done == {}
-
-
-def test_chunks_stored_before_slots_are_read_and_moved_to_a_slot_at_the_next_checkpoint():
-    _, _, bucket = run([E("1", "queue", 0, queue="q"), E("2", "hangup", 10), E("9", "ring", 131, call="c2")])
-    old = bucket.snapshot()
-    old["chunks"] = [T0]  # the format before slots: a list, one key per chunk
-    store = {"bucket": orjson.dumps(old), ("t", T0, LEGACY_SLOT): orjson.dumps(bucket.chunks[T0])}
-    restored = restore(store)
-    assert restored.apply(E("2", "hangup", 10)).status == "duplicate"
-    assert [(key, value is None) for key, value in checkpoint(restored, store)] == [
-        (("t", T0, 0), False), ("bucket", False), (("t", T0, LEGACY_SLOT), True)]
-    again = restore(store)
-    assert again.slots == {T0: 0} and again.done == orjson.loads(orjson.dumps(bucket.done))
+    assert set(store) == {"bucket"} and restore(store, config).tombstones.by_call == {}
 
 
 # -- duplicates and lateness -------------------------------------------------------------------------------------
@@ -545,8 +534,8 @@ def test_in_order_streams_emit_no_retraction_but_wrapup_amendments():
 
 def test_derive_is_a_function_of_the_sorted_events():
     events = SMALL_CALLS["requeued"]
-    evs = sorted((to_ev(e) for e in events), key=sort_key)
-    shuffled = sorted(random.Random(3).sample(evs, len(evs)), key=sort_key)
+    evs = sorted((StoredEvent.of(e) for e in events), key=StoredEvent.sort_key)
+    shuffled = sorted(random.Random(3).sample(evs, len(evs)), key=StoredEvent.sort_key)
     assert derive("c1", evs, 30_000).facts == derive("c1", shuffled, 30_000).facts
 
 
@@ -579,7 +568,7 @@ def interleaved_calls(draw):
     delays = [draw(st.integers(0, 110)) for _ in events]  # every delay < grace (120 s)
     arrival = [e for _, _, e in sorted(zip([e.ts_ms + d * 1000 for e, d in zip(events, delays, strict=True)],
                                            range(len(events)), events, strict=True))]
-    return sorted(events, key=lambda e: (e.ts_ms, sort_key(to_ev(e)))), arrival
+    return sorted(events, key=lambda e: (e.ts_ms, StoredEvent.of(e).sort_key())), arrival
 
 
 @settings(max_examples=300, deadline=None)
@@ -675,7 +664,7 @@ def test_an_answer_needs_a_dial_and_a_call_ends_when_every_attempt_did():
                               E("3", "answer", 6, outbound=True), E("4", "hangup", 50, outbound=True),
                               E("9", "ring", 400, call="other")])
     assert counts(in_force(emitted)) == Counter(attempt=1, connected=1, contact=1)  # the second answer has no dial
-    assert "c1" in bucket.done  # ended and finalized
+    assert "c1" in bucket.tombstones.by_call  # ended and finalized
 
 
 def test_a_call_that_left_its_queue_and_never_hung_up_ends_without_expiring():
@@ -686,21 +675,21 @@ def test_a_call_that_left_its_queue_and_never_hung_up_ends_without_expiring():
 
 def reference_changes(events):
     """What each event changes, by re-deriving the whole call (or agent) from scratch and diffing."""
-    from streams.calls import derive_agent
     from streams.facts import diff
+    from streams.sessions.agents import AgentEvent, derive_agent
 
     per_call, per_agent, out = {}, {}, []
     for e in events:
         if e.type == "agent_state":
             old_events = per_agent.setdefault(e.agent, [])
             old = derive_agent(e.agent, ("offline", {}), sorted(old_events, key=lambda x: x[:2]))
-            old_events.append((e.ts_ms, e.event_id, e.state, e.queue))
+            old_events.append(AgentEvent(e.ts_ms, e.event_id, e.state, e.queue))
             new = derive_agent(e.agent, ("offline", {}), sorted(old_events, key=lambda x: x[:2]))
         else:
             old_events = per_call.setdefault(e.call_id, [])
-            old = derive(e.call_id, sorted(old_events, key=sort_key), 30_000).facts if old_events else []
-            old_events.append(to_ev(e))
-            new = derive(e.call_id, sorted(old_events, key=sort_key), 30_000).facts
+            old = derive(e.call_id, sorted(old_events, key=StoredEvent.sort_key), 30_000).facts if old_events else []
+            old_events.append(StoredEvent.of(e))
+            new = derive(e.call_id, sorted(old_events, key=StoredEvent.sort_key), 30_000).facts
         out.append(Counter(diff(old, new)))
     return out
 
@@ -749,7 +738,7 @@ def test_skipping_housekeeping_until_it_is_due_changes_nothing(stream):
         eager.due = 0  # always the full pass
         assert lazy.sweep() == eager.sweep()
         assert lazy.snapshot() == eager.snapshot()
-        assert lazy.chunks == eager.chunks
+        assert lazy.tombstones.chunks == eager.tombstones.chunks
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CALLS))

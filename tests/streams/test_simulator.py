@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from streams.calibration import calibrate, kaplan_meier_quantiles
-from streams.calls import BucketState, SessionConfig
 from streams.erlang import erlang_a as exact
+from streams.sessions import BucketState, SessionConfig
 from streams.simulator import ErlangAConfig, ProfileSimulator, erlang_a, load_profile, sample_quantiles
 from streams.validation import ValidationConfig, validate_event
 

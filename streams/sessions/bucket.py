@@ -1,0 +1,262 @@
+"""A bucket: all sessionizer state of one message key (its calls, tombstones and agents), and its rules.
+
+Rule 2 (lateness and duplicates) and rule 3 (housekeeping on event time) of ``streams.sessions`` live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from streams.events import CallEvent
+from streams.facts import Fact, diff
+from streams.sessions.agents import AgentEvent, AgentSession
+from streams.sessions.call import CallSession
+from streams.sessions.derivation import Unexpected
+from streams.sessions.inbound import continues
+from streams.sessions.stored import StoredEvent, insert_sorted
+from streams.sessions.tombstones import SEP, TOMB_CHUNK_MS, Tombstone, Tombstones
+
+#: A watermark no stream reaches (no housekeeping due).
+_NEVER = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Sessionizer settings (all milliseconds)."""
+
+    grace_ms: int = 120_000
+    call_timeout_ms: int = 4 * 3600_000
+    dedup_ttl_ms: int = 24 * 3600_000
+    max_event_age_ms: int = 86_400_000
+    contact_min_talk_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        for name in ("grace_ms", "call_timeout_ms", "dedup_ttl_ms", "max_event_age_ms", "contact_min_talk_ms"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must be >= 0"
+                raise ValueError(msg)
+
+
+class Applied(NamedTuple):
+    """The outcome of one event: ``status`` is ``ok``, ``duplicate``, ``late`` or ``too_old``."""
+
+    status: str
+    facts: list[Fact]
+    error: str = ""
+    #: The call state in which no transition admitted the event ("" when one did).
+    unexpected: str = ""
+
+
+
+class BucketState:
+    """All sessionizer state of one message key, and the operations on it."""
+
+    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due")
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        #: Offset of the last source message applied (-1: none); replays at or below it are skipped.
+        self.hw = -1
+        #: Watermark: the largest event time seen (ms), ``None`` before the first event.
+        self.wm: int | None = None
+        #: Every call that is open or ended less than the grace period ago.
+        self.calls: dict[str, CallSession] = {}
+        #: The finalized calls, kept for the dedup TTL.
+        self.tombstones = Tombstones()
+        self.agents: dict[str, AgentSession] = {}
+        #: No housekeeping is due before the watermark reaches this (a lower bound; not persisted, so a
+        #: restored bucket sweeps in full at its first message).
+        self.due = 0
+
+    # -- events -------------------------------------------------------------------------------------------
+    def apply(self, event: CallEvent) -> Applied:
+        """Apply one validated event; return its status and the facts it changes."""
+        if event.type == "agent_state":
+            return self._apply_agent(event)
+        call_id = event.call_id
+        assert call_id is not None
+        session = self.calls.get(call_id)
+        tomb = self.tombstones.by_call.get(call_id)
+        if (session is not None and event.event_id in session.eids) or (tomb is not None and tomb.holds(event.event_id)):
+            return Applied("duplicate", [])
+        lateness = self._lateness(event.ts_ms)
+        if lateness is not None:
+            return lateness
+        self._advance(event.ts_ms)
+        self._touch(event.ts_ms)
+        if session is None and tomb is not None and event.type in ("wrapup", "survey"):
+            return Applied("ok", self._apply_to_tombstone(tomb, event))
+        ev = StoredEvent.of(event)
+        min_talk = self.config.contact_min_talk_ms
+        if session is None:
+            session = self.calls[call_id] = CallSession([ev])
+            derivation = session.derived(call_id, min_talk)
+            return Applied("ok", derivation.facts, "", _unexpected_in(derivation.unexpected, ev.event_id))
+        before = session.derived(call_id, min_talk)
+        session.eids.add(ev.event_id)
+        walk = before.walk
+        if walk is not None and not ev.outbound and ev.type != "dial" and continues(session.events[-1], ev):
+            # After every event of this inbound call: continue its walk (an out-of-order arrival inserts
+            # and derives the call again).
+            session.events.append(ev)
+            derivation = session.derivation = walk.continue_with(ev, before)
+            return Applied("ok", walk.changes, "", _unexpected_in(derivation.unexpected, ev.event_id))
+        insert_sorted(session.events, ev)
+        session.derivation = None
+        derivation = session.derived(call_id, min_talk)
+        return Applied("ok", diff(before.facts, derivation.facts), "",
+                       _unexpected_in(derivation.unexpected, ev.event_id))
+
+    def _lateness(self, ts: int) -> Applied | None:
+        wm = self.wm
+        if wm is None:
+            return None
+        if ts < wm - self.config.max_event_age_ms:
+            return Applied("too_old", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                                          f"(max_event_age_s={self.config.max_event_age_ms // 1000})")
+        if ts < wm - self.config.grace_ms:
+            return Applied("late", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                                       f"(grace_s={self.config.grace_ms // 1000})")
+        return None
+
+    def _advance(self, ts: int) -> None:
+        if self.wm is None or ts > self.wm:
+            self.wm = ts
+
+    def _touch(self, ts: int) -> None:
+        """An event at ``ts`` was applied: whatever it changed cannot need housekeeping before ts + grace
+        (finalizing, folding), ts + call timeout (expiring) or ts + DEDUP_TTL (forgetting its id)."""
+        cfg = self.config
+        due = ts + min(cfg.grace_ms, cfg.call_timeout_ms, cfg.dedup_ttl_ms)
+        if due < self.due:
+            self.due = due
+
+    def _apply_to_tombstone(self, tomb: Tombstone, event: CallEvent) -> list[Fact]:
+        tomb.add_event(event.event_id, event.ts_ms)
+        self.tombstones.changed(tomb)
+        if event.type == "survey":
+            if not tomb.survey_key:
+                return []
+            return [Fact("survey", tomb.survey_key, event.ts_ms, "survey:" + event.event_id, event.call_id or "",
+                         scale=event.scale or "", score=event.score or 0)]
+        co = tomb.open_completed
+        if co is None:
+            return []
+        tomb.open_completed = None
+        amended = Fact("completed", co.key, event.ts_ms, co.fid, co.call, talk_ms=co.talk_ms, hold_ms=co.hold_ms,
+                       holds=co.holds, acw_ms=event.ts_ms - co.ts_ms, transferred=co.transferred)
+        return [co.retraction(), amended]
+
+    def _apply_agent(self, event: CallEvent) -> Applied:
+        agent = event.agent or ""
+        session = self.agents.get(agent)
+        if session is not None and event.event_id in session.seen:
+            return Applied("duplicate", [])
+        lateness = self._lateness(event.ts_ms)
+        if lateness is not None:
+            return lateness
+        self._advance(event.ts_ms)
+        self._touch(event.ts_ms)
+        if session is None:
+            session = self.agents[agent] = AgentSession()
+        session.seen[event.event_id] = event.ts_ms
+        return Applied("ok", session.add(agent, AgentEvent(event.ts_ms, event.event_id, event.state or "", event.queue)))
+
+    # -- housekeeping ---------------------------------------------------------------------------------------
+    def sweep(self) -> list[Fact]:
+        """Expire idle calls, finalize ended ones, fold agent timelines, forget old tombstones.
+
+        Runs on event time (the watermark) only, so it is deterministic; call it after each message.
+        """
+        wm = self.wm
+        if wm is None or wm < self.due:
+            return []
+        cfg = self.config
+        min_talk = cfg.contact_min_talk_ms
+        facts: list[Fact] = []
+        final_before = wm - cfg.grace_ms
+        # The next watermark at which anything below can happen (see ``due``).
+        due = _NEVER
+        for call_id in list(self.calls):
+            session = self.calls[call_id]
+            derivation = session.derived(call_id, min_talk)
+            if not derivation.ended and wm - session.last_ts >= cfg.call_timeout_ms:
+                old = derivation.facts
+                expire = StoredEvent(session.last_ts + cfg.call_timeout_ms, "expire", "~expire:" + call_id, None, None,
+                                     None, 0)
+                insert_sorted(session.events, expire)
+                session.eids.add(expire.event_id)
+                session.derivation = None
+                derivation = session.derived(call_id, min_talk)
+                facts.extend(diff(old, derivation.facts))
+            if derivation.ended and session.last_ts < final_before:
+                self.tombstones.finalize(call_id, session.last_ts, SEP.join(ev.event_id for ev in session.events),
+                                         derivation.survey_key, derivation.open_completed)
+                del self.calls[call_id]
+            else:
+                last = session.last_ts
+                due = min(due, last + cfg.grace_ms if derivation.ended else last + cfg.call_timeout_ms)
+        forget_before = wm - cfg.dedup_ttl_ms
+        self.tombstones.forget_before(forget_before)
+        oldest = self.tombstones.oldest_chunk()
+        if oldest is not None:
+            due = min(due, oldest + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
+        for agent in list(self.agents):
+            agent_session = self.agents[agent]
+            agent_session.fold(agent, final_before)
+            for eid in _older_keys(agent_session.seen, forget_before):
+                del agent_session.seen[eid]
+            if not agent_session.pending and not agent_session.queues and not agent_session.seen:
+                del self.agents[agent]
+                continue
+            if agent_session.pending:
+                due = min(due, agent_session.pending[0].ts_ms + cfg.grace_ms)
+            if agent_session.seen:
+                due = min(due, next(iter(agent_session.seen.values())) + cfg.dedup_ttl_ms)
+        self.due = due
+        return facts
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Return the state as plain JSON-able data (the cached derivations and the tombstones, which are
+        persisted by chunk (``tombstones.checkpoint``), are left out; the chunks' slots are in)."""
+        return {
+            "hw": self.hw,
+            "wm": self.wm,
+            "calls": {c: [ev.to_wire() for ev in s.events] for c, s in self.calls.items()},
+            "chunks": self.tombstones.slots_wire(),
+            "agents": {a: s.to_wire() for a, s in self.agents.items()},
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any], config: SessionConfig,
+                load_chunk: Callable[[int, int], dict[str, list[object]] | None] = lambda _c, _s: None) -> BucketState:
+        """Rebuild a bucket from ``snapshot()`` output and its chunks (``load_chunk(chunk, slot)`` reads one)."""
+        bucket = cls(config)
+        bucket.hw = data["hw"]
+        bucket.wm = data["wm"]
+        bucket.calls = {c: CallSession([StoredEvent.from_wire(ev) for ev in evs]) for c, evs in data["calls"].items()}
+        bucket.tombstones = Tombstones.restore(data["chunks"], load_chunk)
+        bucket.agents = {a: AgentSession.from_wire(s) for a, s in data["agents"].items()}
+        return bucket
+
+
+def _unexpected_in(unexpected: list[Unexpected], eid: str) -> str:
+    """The state an event was unexpected in, if the derivation's walk found it so."""
+    if unexpected:
+        for u in unexpected:
+            if u.event_id == eid:
+                return u.state
+    return ""
+
+
+def _older_keys(table: dict[str, int], before: int) -> list[str]:
+    """Keys at the start of ``table`` (insertion order) whose time is before ``before``."""
+    out = []
+    for key, ts in table.items():
+        if ts >= before:
+            break
+        out.append(key)
+    return out

@@ -1,0 +1,35 @@
+"""What a call's derivation gives: its facts, whether it ended, and what a later event may still change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from streams.facts import Fact
+
+if TYPE_CHECKING:
+    from streams.sessions.inbound import InboundWalk
+
+
+class Unexpected(NamedTuple):
+    """An event that no row of the call's state machine admits in the state the call was in: ignored."""
+
+    event_id: str
+    type: str
+    state: str
+
+
+@dataclass(slots=True)
+class Derivation:
+    """What ``derive`` knows about a call after its events."""
+
+    facts: list[Fact]
+    ended: bool
+    #: Queue key a later survey is attributed to ("" when none).
+    survey_key: str
+    #: The last completed fact while no wrap-up has amended it (a late wrap-up may still do so).
+    open_completed: Fact | None
+    #: The inbound walk after the last event: a strictly later event can continue it (not persisted).
+    walk: InboundWalk | None = None
+    #: The events the walk ignored because no transition admits them (see ``streams.sessions.inbound``).
+    unexpected: list[Unexpected] = field(default_factory=list)

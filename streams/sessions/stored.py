@@ -1,0 +1,75 @@
+"""A call event as the sessionizer stores it: the fields its derivations read, in a compact tuple.
+
+A bucket keeps every event of its open calls (``BucketState.calls``), and persists them in its snapshot, so
+the stored form carries only what ``derive`` reads. ``detail`` and ``extra`` hold the one or two fields an
+event type has beyond its time, id and queue:
+
+============================  ====================  ==============================
+type                          detail                extra
+============================  ====================  ==============================
+answer, agent_missed          agent                 campaign (outbound)
+exit, refused                 reason                campaign (outbound)
+hangup                        disposition           campaign (outbound)
+transfer                      target                campaign (outbound)
+dial                          campaign              campaign
+survey                        scale                 score
+(other types)                 None                  campaign (outbound)
+============================  ====================  ==============================
+
+The snapshot writes a stored event as the JSON array of its seven fields, in this order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from streams.events import TYPE_RANK, CallEvent
+
+#: Event types whose ``detail`` is a field of the canonical event other than the campaign.
+_DETAIL_FIELD = {"answer": "agent", "agent_missed": "agent", "exit": "reason", "refused": "reason",
+                 "hangup": "disposition", "transfer": "target", "dial": "campaign"}
+
+
+class StoredEvent(NamedTuple):
+    """One stored call event (see the module docstring for ``detail`` and ``extra``)."""
+
+    ts_ms: int
+    type: str
+    event_id: str
+    queue: str | None
+    detail: str | None
+    extra: str | int | None
+    #: 1 for an event of an outbound call, else 0.
+    outbound: int
+
+    @classmethod
+    def of(cls, event: CallEvent) -> StoredEvent:
+        """The stored form of a validated call event."""
+        t = event.type
+        if t == "survey":
+            return cls(event.ts_ms, t, event.event_id, event.queue, event.scale, event.score, 1 if event.outbound else 0)
+        field = _DETAIL_FIELD.get(t)
+        detail = getattr(event, field) if field is not None else None
+        return cls(event.ts_ms, t, event.event_id, event.queue, detail, event.campaign, 1 if event.outbound else 0)
+
+    @classmethod
+    def from_wire(cls, data: list[object] | tuple[object, ...]) -> StoredEvent:
+        """Inverse of ``to_wire`` (a JSON array from a snapshot)."""
+        return tuple.__new__(cls, data)
+
+    def to_wire(self) -> list[object]:
+        """The JSON array a snapshot stores."""
+        return list(self)
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """Order of a call's events: time, then the tie-break rank of DESIGN 2, then the event id."""
+        return (self.ts_ms, TYPE_RANK[self.type], self.event_id)
+
+
+def insert_sorted(events: list[StoredEvent], ev: StoredEvent) -> None:
+    """Insert ``ev`` into a call's events, kept in ``sort_key`` order (mostly at the end: search from it)."""
+    key = ev.sort_key()
+    i = len(events)
+    while i > 0 and events[i - 1].sort_key() > key:
+        i -= 1
+    events.insert(i, ev)
