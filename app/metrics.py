@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from app.pipeline import PipelineCounters
 from app.settings import Settings
+from streams import counters
 from streams.events import (
     EVENT_TYPES,
     EXIT_REASONS,
@@ -161,31 +162,31 @@ class KpiCollector(Collector):
                                   labels=["queue", "reason"])
         for s in queues:
             for reason in EXIT_LABELS:
-                fam.add_metric([s.name, reason], s.exported.get("exited:" + reason, 0))
+                fam.add_metric([s.name, reason], s.exported.get(counters.exited(reason), 0))
         yield fam
         fam = CounterMetricFamily("callpulse_calls_refused", "Calls that could not enter the queue, by reason.",
                                   labels=["queue", "reason"])
         for s in queues:
             for reason in REFUSED_REASONS:
-                fam.add_metric([s.name, reason], s.exported.get("refused:" + reason, 0))
+                fam.add_metric([s.name, reason], s.exported.get(counters.refused(reason), 0))
         yield fam
         fam = CounterMetricFamily("callpulse_survey_responses", "Post-call survey responses by scale and band.",
                                   labels=["queue", "scale", "band"])
         for s in queues:
             for scale, bands in SURVEY_BANDS.items():
                 for band, _, _ in bands:
-                    fam.add_metric([s.name, scale, band], s.exported.get(f"survey:{scale}:{band}", 0))
+                    fam.add_metric([s.name, scale, band], s.exported.get(counters.survey(scale, band), 0))
         yield fam
 
         wait_bounds = engine.config.wait_bounds_s
         hist = HistogramMetricFamily("callpulse_queue_wait_seconds", "Queue wait of the stints that left the queue.",
                                      labels=["queue", "outcome"])
         for s in queues:
-            for outcome in ("answered", "abandoned", "exited"):
-                hist.add_metric([s.name, outcome], *_histogram(s, "wait:" + outcome, wait_bounds))
+            for outcome in counters.WAIT_OUTCOMES:
+                hist.add_metric([s.name, outcome], *_histogram(s, counters.wait_histogram(outcome), wait_bounds))
         yield hist
-        for metric, hist_name, doc in (("callpulse_talk_seconds", "talk", "Talk time of completed calls (hold included)."),
-                                       ("callpulse_handle_seconds", "handle", "Handle time (talk + after-call work).")):
+        for metric, hist_name, doc in (("callpulse_talk_seconds", counters.TALK_HISTOGRAM, "Talk time of completed calls (hold included)."),
+                                       ("callpulse_handle_seconds", counters.HANDLE_HISTOGRAM, "Handle time (talk + after-call work).")):
             hist = HistogramMetricFamily(metric, doc, labels=["queue"])
             for s in queues:
                 hist.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
@@ -221,9 +222,9 @@ def _histogram(state: KeyState, name: str, bounds_s: tuple[float, ...]) -> tuple
     """Cumulative buckets and sum (seconds) of one exported histogram, from the never-decreasing values."""
     buckets: list[tuple[str, float]] = []
     for i, bound in enumerate(bounds_s):
-        buckets.append((_le(bound), state.exported.get(f"h:{name}:{i}", 0)))
-    buckets.append(("+Inf", state.exported.get(f"h:{name}:{len(bounds_s)}", 0)))
-    return buckets, state.exported.get(f"h:{name}:sum", 0) / 1000
+        buckets.append((_le(bound), state.exported.get(counters.histogram_bucket(name, i), 0)))
+    buckets.append(("+Inf", state.exported.get(counters.histogram_bucket(name, len(bounds_s)), 0)))
+    return buckets, state.exported.get(counters.histogram_sum(name), 0) / 1000
 
 
 def _le(bound: float) -> str:

@@ -23,9 +23,20 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Any
 
+from streams import counters
 from streams.config import TargetsConfig
-from streams.facts import Fact, to_wire
+from streams.facts import (
+    AgentWire,
+    CompletedWire,
+    ExitedWire,
+    LiveWire,
+    RefusedWire,
+    SurveyWire,
+    WaitWire,
+    from_wire,
+)
 from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start, next_bucket_start
 
 #: Default histogram bounds (seconds) for queue waits; every configured T and S is added.
@@ -178,10 +189,6 @@ class KpiEngine:
             state = self.keys[key] = KeyState(key)
         return state
 
-    def apply_group(self, key: str, src: str, off: int, facts: list[Fact], seq: int = -1) -> bool:
-        """``apply_wire`` of facts given as ``Fact`` tuples."""
-        return self.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
-
     def apply_wire(self, key: str, src: str, off: int, facts: list[list], seq: int = -1) -> bool:
         """Apply the facts (wire form) one source message produced for ``key``; False if that message was
         applied already.
@@ -199,51 +206,52 @@ class KpiEngine:
         state.applied[src] = [off, state.wm]
         return True
 
-    def _apply_fact(self, state: KeyState, f: list, seq: int = -1) -> None:
-        """Apply one fact in wire form ``[kind, ts_ms, sign, ...]`` (streams.facts)."""
-        kind, ts, s = f[0], f[1], f[2]
+    def _apply_fact(self, state: KeyState, wire: list[Any], seq: int = -1) -> None:
+        """Apply one fact in wire form (``streams.facts.from_wire``)."""
+        f = from_wire(wire)
+        ts, s = f.ts_ms, f.sign
         if ts > state.wm:
             state.wm = ts
         if not state.first or ts < state.first:
             state.first = ts
-        if kind == "live":
-            self._upsert(state.live, f[3], [f[4], f[5]], s)
+        counts: list[tuple[str, int]]
+        if type(f) is LiveWire:
+            self._upsert(state.live, f.call, [f.status, f.since_ms], s)
             return
-        if kind == "agent":
-            self._upsert(state.agents, f[3], [f[4], f[5]], s)
-            return
-        if kind == "agent_time":
-            self._agent_time(state, f[4], f[5], ts, s, seq)
+        if type(f) is AgentWire:
+            if f.kind == "agent":
+                self._upsert(state.agents, f.agent, [f.status, f.since_ms], s)
+            else:
+                self._agent_time(state, f.status, f.since_ms, ts, s, seq)
             return
         minute = _minute(state, ts, seq)
-        counts: list[tuple[str, int]]
-        if kind in ("answered", "abandoned", "exited"):
-            w = f[3]
-            counts = [(kind, 1), (f"wait_{kind}_ms", w)]
-            if kind == "answered":
+        if type(f) is WaitWire or type(f) is ExitedWire:
+            kind, w = f.kind, f.wait_ms
+            counts = [(kind, 1), (counters.wait_sum(kind), w)]
+            if type(f) is ExitedWire:
+                counts.append((counters.exited(f.reason), 1))
+            elif kind == "answered":
                 targets = self.config.targets.for_queue(state.name)
                 counts.append(("answered_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
-            elif kind == "abandoned":
+            else:
                 targets = self.config.targets.for_queue(state.name)
                 counts.append(("short_abandoned", 1 if w < targets.short_abandon_ms else 0))
                 counts.append(("abandoned_within_sl", 1 if w <= targets.sl_threshold_ms else 0))
-            else:
-                counts.append(("exited:" + f[4], 1))
             if minute is not None:
                 _add(minute["w"], str(w), s)
-            self._observe(state, "wait:" + kind, self.wait_bounds_ms, w, s)
-        elif kind == "completed":
-            talk, acw = f[3], f[6]
-            counts = [("completed", 1), ("talk_ms", talk), ("hold_ms", f[4]), ("holds", f[5]), ("acw_ms", acw),
-                      ("transferred", f[7])]
-            self._observe(state, "talk", self.talk_bounds_ms, talk, s)
-            self._observe(state, "handle", self.talk_bounds_ms, talk + acw, s)
-        elif kind == "refused":
-            counts = [("refused:" + f[3], 1)]
-        elif kind == "survey":
-            counts = [(f"survey:{f[3]}:{survey_band(f[3], f[4])}", 1)]
+            self._observe(state, counters.wait_histogram(kind), self.wait_bounds_ms, w, s)
+        elif type(f) is CompletedWire:
+            talk, acw = f.talk_ms, f.acw_ms
+            counts = [("completed", 1), ("talk_ms", talk), ("hold_ms", f.hold_ms), ("holds", f.holds), ("acw_ms", acw),
+                      ("transferred", f.transferred)]
+            self._observe(state, counters.TALK_HISTOGRAM, self.talk_bounds_ms, talk, s)
+            self._observe(state, counters.HANDLE_HISTOGRAM, self.talk_bounds_ms, talk + acw, s)
+        elif type(f) is RefusedWire:
+            counts = [(counters.refused(f.reason), 1)]
+        elif type(f) is SurveyWire:
+            counts = [(counters.survey(f.scale, survey_band(f.scale, f.score)), 1)]
         else:  # entered, agent_missed, expired, attempt, connected, contact, conversion
-            counts = [(kind, 1)]
+            counts = [(f.kind, 1)]
         totals = state.totals
         for name, value in counts:
             if value:
@@ -264,7 +272,7 @@ class KpiEngine:
         The whole minutes of a long interval go to one span instead (the key state holds it, so the key's
         replay guard covers it); only its partial first and last minutes are added to minutes.
         """
-        name = "agent_ms:" + status
+        name = counters.agent_ms(status)
         first_whole = next_bucket_start(since)
         end_whole = bucket_start(until)
         if end_whole - first_whole >= SPAN_MIN_MS:
@@ -310,8 +318,8 @@ class KpiEngine:
             cumulative = 0
             for i, count in enumerate(hist["b"]):
                 cumulative += count
-                out[f"h:{name}:{i}"] = cumulative
-            out[f"h:{name}:sum"] = hist["s"]
+                out[counters.histogram_bucket(name, i)] = cumulative
+            out[counters.histogram_sum(name)] = hist["s"]
         return out
 
     def _prune(self, state: KeyState) -> None:
@@ -336,10 +344,6 @@ class KpiEngine:
     def stream_time_ms(self) -> int:
         """Largest fact time over all keys (the "now" of CALLPULSE_CLOCK=event)."""
         return max((s.wm for s in self.keys.values()), default=0)
-
-    def read(self, state: KeyState, now_ms: int) -> dict:
-        """Every windowed KPI, the window counters, and the live values of one key at ``now_ms``."""
-        return read_key(state, self.config, now_ms)
 
 
 def merge_states(states: list[KeyState], key: str) -> KeyState:
@@ -388,7 +392,7 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
-    """See ``KpiEngine.read``. Returns ``{"windows": {name: {...}}, "live": {...}}``."""
+    """Every windowed KPI, the window counters, and the live values of one key at ``now_ms``. Returns ``{"windows": {name: {...}}, "live": {...}}``."""
     spec = config.windows
     ranges = spec.windows(now_ms)
     sums: dict[str, dict[str, int]] = {w: {} for w in WINDOWS}
@@ -419,12 +423,14 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
         for agent_state, first, end, count in spans:
             overlap = min(hi, end) - max(lo, first)  # all on minute boundaries
             if overlap > 0:
-                c["agent_ms:" + agent_state] = c.get("agent_ms:" + agent_state, 0) + count * overlap
+                name = counters.agent_ms(agent_state)
+                c[name] = c.get(name, 0) + count * overlap
         for agent_state, since in state.agents.values():
             # The open interval of each agent's current state counts up to now.
             overlap = min(hi, now_ms) - max(lo, since)
             if overlap > 0:
-                c["agent_ms:" + agent_state] = c.get("agent_ms:" + agent_state, 0) + overlap
+                name = counters.agent_ms(agent_state)
+                c[name] = c.get(name, 0) + overlap
         windows[w] = {"start_ms": lo, "end_ms": hi, "counts": c, "kpis": kpis(c, longest[w])}
     return {
         "windows": windows,
@@ -447,16 +453,16 @@ def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | No
     offered = answered + abandoned + c.get("exited", 0)
     completed = c.get("completed", 0)
     attempts = c.get("attempt", 0)
-    csat = sum(c.get(f"survey:csat:{b}", 0) for b, _, _ in SURVEY_BANDS["csat"])
-    nps = sum(c.get(f"survey:nps:{b}", 0) for b, _, _ in SURVEY_BANDS["nps"])
-    on_calls = c.get("agent_ms:busy", 0) + c.get("agent_ms:acw", 0)
-    staffed = on_calls + c.get("agent_ms:available", 0)
+    csat = sum(c.get(counters.survey("csat", b), 0) for b, _, _ in SURVEY_BANDS["csat"])
+    nps = sum(c.get(counters.survey("nps", b), 0) for b, _, _ in SURVEY_BANDS["nps"])
+    on_calls = c.get(counters.agent_ms("busy"), 0) + c.get(counters.agent_ms("acw"), 0)
+    staffed = on_calls + c.get(counters.agent_ms("available"), 0)
     return {
         "offered_calls": float(offered),
         "abandonment_ratio": _ratio(abandoned - short, offered - short),
         "service_level_ratio": _ratio(c.get("answered_within_sl", 0), answered + abandoned - short),
-        "average_speed_of_answer_seconds": _ratio(c.get("wait_answered_ms", 0) / 1000, answered),
-        "average_abandon_wait_seconds": _ratio(c.get("wait_abandoned_ms", 0) / 1000, abandoned),
+        "average_speed_of_answer_seconds": _ratio(c.get(counters.wait_sum("answered"), 0) / 1000, answered),
+        "average_abandon_wait_seconds": _ratio(c.get(counters.wait_sum("abandoned"), 0) / 1000, abandoned),
         "longest_wait_seconds": longest_wait_ms / 1000 if longest_wait_ms is not None else None,
         "average_handle_time_seconds": _ratio((c.get("talk_ms", 0) + c.get("acw_ms", 0)) / 1000, completed),
         "average_hold_seconds": _ratio(c.get("hold_ms", 0) / 1000, completed),
@@ -464,8 +470,8 @@ def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | No
         "connection_ratio": _ratio(c.get("connected", 0), attempts),
         "contact_ratio": _ratio(c.get("contact", 0), attempts),
         "conversion_ratio": _ratio(c.get("conversion", 0), attempts),
-        "csat_ratio": _ratio(c.get("survey:csat:positive", 0), csat),
-        "dsat_ratio": _ratio(c.get("survey:csat:negative", 0), csat),
-        "nps_score": _ratio(c.get("survey:nps:promoter", 0) - c.get("survey:nps:detractor", 0), nps),
+        "csat_ratio": _ratio(c.get(counters.survey("csat", "positive"), 0), csat),
+        "dsat_ratio": _ratio(c.get(counters.survey("csat", "negative"), 0), csat),
+        "nps_score": _ratio(c.get(counters.survey("nps", "promoter"), 0) - c.get(counters.survey("nps", "detractor"), 0), nps),
         "occupancy_ratio": _ratio(on_calls, staffed),
     }

@@ -4,8 +4,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.metrics import KpiCollector
 from app.settings import Settings
-from streams.facts import Fact
+from streams.facts import Fact, to_wire
 from streams.kpi import KpiEngine
+
+
+def apply_facts(engine, key, src, off, facts, seq=-1):
+    """Apply facts as the aggregator receives them: in their wire form."""
+    return engine.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
 
 T0 = 1_767_225_600_000
 
@@ -20,7 +25,7 @@ def collector(max_queues: int):
 
 def entered(engine, queue, sec, n=1):
     key = f"q:{queue}"
-    engine.apply_group(key, "b", sec, [Fact("entered", key, T0 + sec * 1000, f"e{queue}{i}") for i in range(n)])
+    apply_facts(engine, key, "b", sec, [Fact("entered", key, T0 + sec * 1000, f"e{queue}{i}") for i in range(n)])
     state = engine.keys[key]
     engine.settle(state)
     state.exported = dict(state.hwm)  # as a durable checkpoint would
@@ -42,7 +47,7 @@ def test_queues_beyond_the_cap_fold_into_other_in_order_of_first_appearance():
 def test_counters_export_the_durable_values_only():
     engine, registry = collector(max_queues=10)
     entered(engine, "q", 1, 2)
-    engine.apply_group("q:q", "b", 9, [Fact("entered", "q:q", T0, "x")])  # applied, no checkpoint yet
+    apply_facts(engine, "q:q", "b", 9, [Fact("entered", "q:q", T0, "x")])  # applied, no checkpoint yet
     assert registry.get_sample_value("callpulse_calls_entered_total", {"queue": "q"}) == 2
     assert registry.get_sample_value("callpulse_offered_calls", {"queue": "q", "window": "5m"}) == 0.0
 
@@ -50,7 +55,7 @@ def test_counters_export_the_durable_values_only():
 def test_every_family_of_the_design_is_exposed_with_its_labels():
     engine, registry = collector(max_queues=10)
     entered(engine, "q", 1)
-    engine.apply_group("c:k", "b", 2, [Fact("attempt", "c:k", T0, "a")])
+    apply_facts(engine, "c:k", "b", 2, [Fact("attempt", "c:k", T0, "a")])
     engine.settle(engine.keys["c:k"])
     engine.keys["c:k"].exported = dict(engine.keys["c:k"].hwm)
     text = generate_latest(registry).decode()

@@ -1,6 +1,6 @@
 """Facts: the diff of two derivations (upserts of live values) and the wire form of calls.facts."""
 
-from streams.facts import FACT_KINDS, Fact, diff, to_wire
+from streams.facts import FACT_KINDS, CompletedWire, ExitedWire, Fact, PlainWire, diff, from_wire, to_wire
 
 T = 1_767_225_600_000
 
@@ -23,6 +23,9 @@ def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
     }
     for fact, wire in cases.items():
         assert to_wire(fact) == wire
+        # read back, every field of the wire form carries the fact's value under the fact's own name
+        read = from_wire(wire)
+        assert {name: getattr(fact, name) for name in read._fields} == read._asdict()
     # every kind has a form: the others are [kind, ts, sign]
     for kind in FACT_KINDS:
         assert to_wire(Fact(kind, "q:a", T, "x"))[:3] == [kind, T, 1]
@@ -47,3 +50,13 @@ def test_the_fast_constructors_fill_every_field_in_its_place():
     assert live_fact("q:a", T, "c1", "held", T - 3) == Fact("live", "q:a", T, "live:c1", "c1", status="held", since_ms=T - 3)
     assert agent_fact("agent_time", "q:a", T, "agent_time:ag:a:1", "ag", "acw", T - 9) == Fact(
         "agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9)
+
+
+def test_the_aggregator_reads_a_wire_fact_by_name():
+    exited = from_wire(["exited", T, -1, 5_000, "timeout"])
+    assert type(exited) is ExitedWire and (exited.wait_ms, exited.reason, exited.sign) == (5_000, "timeout", -1)
+    completed = from_wire(["completed", T, 1, 120_000, 30_000, 2, 15_000, 1])
+    assert type(completed) is CompletedWire
+    assert (completed.talk_ms, completed.hold_ms, completed.holds, completed.acw_ms, completed.transferred) == (
+        120_000, 30_000, 2, 15_000, 1)
+    assert from_wire(["conversion", T, 1]) == PlainWire("conversion", T, 1)

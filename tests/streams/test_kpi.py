@@ -6,9 +6,23 @@ Expected numbers are worked out by hand in the comments (T = 20 s, S = 10 s unle
 import pytest
 
 from streams.config import QueueTargets, TargetsConfig
-from streams.facts import Fact
-from streams.kpi import RETENTION_MS, KeyState, KpiConfig, KpiEngine, kpis, merge_states, survey_band
+from streams.facts import Fact, to_wire
+from streams.kpi import (
+    RETENTION_MS,
+    KeyState,
+    KpiConfig,
+    KpiEngine,
+    kpis,
+    merge_states,
+    read_key,
+    survey_band,
+)
 from streams.windows import WindowSpec
+
+
+def apply_facts(engine, key, src, off, facts, seq=-1):
+    """Apply facts as the aggregator receives them: in their wire form."""
+    return engine.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a minute boundary
 SEC = 1000
@@ -24,7 +38,7 @@ def engine(**targets):
 
 
 def read(eng, key="q:sales", now_sec=59, window="5m"):
-    return eng.read(eng.keys[key], T0 + now_sec * SEC)["windows"][window]
+    return read_key(eng.keys[key], eng.config, T0 + now_sec * SEC)["windows"][window]
 
 
 BOUNDARY_FACTS = [
@@ -36,7 +50,7 @@ BOUNDARY_FACTS = [
 
 def test_counters_and_formulas_at_the_thresholds():
     eng = engine()
-    assert eng.apply_group("q:sales", "b1", 0, BOUNDARY_FACTS)
+    assert apply_facts(eng, "q:sales", "b1", 0, BOUNDARY_FACTS)
     w = read(eng)
     c = w["counts"]
     # answered: 20.000 s is within T (<=), 20.001 s is not; abandons: 9.999 s is short (< S), 10.000 s is not;
@@ -54,7 +68,7 @@ def test_counters_and_formulas_at_the_thresholds():
 
 def test_short_abandon_threshold_zero_counts_no_short_abandons():
     eng = engine(short_abandon_s=0)
-    eng.apply_group("q:sales", "b1", 0, BOUNDARY_FACTS)
+    apply_facts(eng, "q:sales", "b1", 0, BOUNDARY_FACTS)
     w = read(eng)
     assert "short_abandoned" not in w["counts"]
     assert w["kpis"]["abandonment_ratio"] == pytest.approx(4 / 8)
@@ -63,7 +77,7 @@ def test_short_abandon_threshold_zero_counts_no_short_abandons():
 
 def test_zero_denominators_give_no_value_not_100_percent():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [F("entered", 0)])
+    apply_facts(eng, "q:sales", "b1", 0, [F("entered", 0)])
     k = read(eng)["kpis"]
     assert k["offered_calls"] == 0.0
     for name in ("abandonment_ratio", "service_level_ratio", "average_speed_of_answer_seconds", "longest_wait_seconds",
@@ -79,7 +93,7 @@ def test_only_short_abandons_leave_abandonment_undefined():
 
 def test_handle_hold_transfer_surveys_outbound():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [
+    apply_facts(eng, "q:sales", "b1", 0, [
         F("answered", 1, wait_ms=0), F("answered", 2, wait_ms=0),
         F("completed", 10, talk_ms=90_000, hold_ms=20_000, holds=2, acw_ms=30_000, transferred=1),
         F("completed", 11, talk_ms=60_000),
@@ -88,7 +102,7 @@ def test_handle_hold_transfer_surveys_outbound():
         F("survey", 16, scale="nps", score=10), F("survey", 17, scale="nps", score=9), F("survey", 18, scale="nps", score=8),
         F("survey", 19, scale="nps", score=6), F("survey", 20, scale="nps", score=0),
     ])
-    eng.apply_group("c:renew", "b1", 0, [F("attempt", 1, "c:renew"), F("attempt", 2, "c:renew"), F("attempt", 3, "c:renew"),
+    apply_facts(eng, "c:renew", "b1", 0, [F("attempt", 1, "c:renew"), F("attempt", 2, "c:renew"), F("attempt", 3, "c:renew"),
                                          F("attempt", 4, "c:renew"), F("connected", 5, "c:renew"),
                                          F("connected", 6, "c:renew"), F("contact", 7, "c:renew"),
                                          F("conversion", 8, "c:renew")])
@@ -113,10 +127,10 @@ def test_survey_bands(scale, score, band):
 def test_a_retraction_corrects_windows_but_exported_counters_never_decrease():
     eng = engine()
     ab = F("abandoned", 30, wait_ms=100_000)
-    eng.apply_group("q:sales", "b1", 0, [F("entered", 0), ab])
+    apply_facts(eng, "q:sales", "b1", 0, [F("entered", 0), ab])
     state = eng.keys["q:sales"]
     eng.settle(state)  # a checkpoint: abandoned 1 is exported
-    eng.apply_group("q:sales", "b1", 1, [ab.retraction(), F("answered", 10, wait_ms=10_000)])
+    apply_facts(eng, "q:sales", "b1", 1, [ab.retraction(), F("answered", 10, wait_ms=10_000)])
     eng.settle(state)
     w = read(eng)
     assert w["counts"].get("abandoned", 0) == 0 and w["counts"]["answered"] == 1
@@ -124,10 +138,10 @@ def test_a_retraction_corrects_windows_but_exported_counters_never_decrease():
     assert state.totals.get("abandoned", 0) == 0
     assert state.hwm["abandoned"] == 1  # exported stays 1: a decrease would look like a counter reset
     assert state.hwm["offered"] == 1  # true offered is 1 (the answer), was 1 (the abandon)
-    eng.apply_group("q:sales", "b1", 2, [F("abandoned", 40, wait_ms=1_000)])
+    apply_facts(eng, "q:sales", "b1", 2, [F("abandoned", 40, wait_ms=1_000)])
     eng.settle(state)
     assert state.hwm["abandoned"] == 1  # the next abandon is absorbed: true total is now 1 again
-    eng.apply_group("q:sales", "b1", 3, [F("abandoned", 41, wait_ms=1_000)])
+    apply_facts(eng, "q:sales", "b1", 3, [F("abandoned", 41, wait_ms=1_000)])
     eng.settle(state)
     assert state.hwm["abandoned"] == 2
 
@@ -135,8 +149,8 @@ def test_a_retraction_corrects_windows_but_exported_counters_never_decrease():
 def test_a_retraction_and_its_correction_between_two_checkpoints_never_show():
     eng = engine()
     ab = F("abandoned", 30, wait_ms=100_000)
-    eng.apply_group("q:sales", "b1", 0, [F("entered", 0), ab])
-    eng.apply_group("q:sales", "b1", 1, [ab.retraction(), F("answered", 10, wait_ms=10_000)])
+    apply_facts(eng, "q:sales", "b1", 0, [F("entered", 0), ab])
+    apply_facts(eng, "q:sales", "b1", 1, [ab.retraction(), F("answered", 10, wait_ms=10_000)])
     state = eng.keys["q:sales"]
     eng.settle(state)
     assert state.hwm.get("abandoned", 0) == 0 and state.hwm["answered"] == 1
@@ -145,56 +159,56 @@ def test_a_retraction_and_its_correction_between_two_checkpoints_never_show():
 def test_the_same_source_message_applies_once():
     eng = engine()
     facts = [F("entered", 0)]
-    assert eng.apply_group("q:sales", "b1", 5, facts)
-    assert not eng.apply_group("q:sales", "b1", 5, facts)  # re-emitted
-    assert not eng.apply_group("q:sales", "b1", 4, facts)  # older
-    assert eng.apply_group("q:sales", "b2", 5, facts)  # another bucket
+    assert apply_facts(eng, "q:sales", "b1", 5, facts)
+    assert not apply_facts(eng, "q:sales", "b1", 5, facts)  # re-emitted
+    assert not apply_facts(eng, "q:sales", "b1", 4, facts)  # older
+    assert apply_facts(eng, "q:sales", "b2", 5, facts)  # another bucket
     assert read(eng)["counts"]["entered"] == 2
 
 
 def test_windows_select_minutes_by_event_time():
     eng = engine()
     # entered at 00:00:30 and at 00:10:00; at 00:14:10 the 5m window is 00:10..00:15, 15m is 00:00..00:15
-    eng.apply_group("q:sales", "b1", 0, [F("entered", 30), F("entered", 600)])
-    r = eng.read(eng.keys["q:sales"], T0 + 850 * SEC)["windows"]
+    apply_facts(eng, "q:sales", "b1", 0, [F("entered", 30), F("entered", 600)])
+    r = read_key(eng.keys["q:sales"], eng.config, T0 + 850 * SEC)["windows"]
     assert r["5m"]["counts"]["entered"] == 1
     assert r["15m"]["counts"]["entered"] == 2
     # at 00:15:00 exactly the 15m window is 00:01..00:16 and the first minute has left it
-    r = eng.read(eng.keys["q:sales"], T0 + 900 * SEC)["windows"]
+    r = read_key(eng.keys["q:sales"], eng.config, T0 + 900 * SEC)["windows"]
     assert r["15m"]["counts"]["entered"] == 1
 
 
 def test_live_values_tick_with_now():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [
+    apply_facts(eng, "q:sales", "b1", 0, [
         Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0),
         Fact("live", "q:sales", T0 + 5 * SEC, "l2", "c2", status="waiting", since_ms=T0 + 5 * SEC),
         Fact("live", "q:sales", T0, "l3", "c3", status="talking", since_ms=T0),
         Fact("live", "q:sales", T0, "l4", "c4", status="held", since_ms=T0),
     ])
     state = eng.keys["q:sales"]
-    live = eng.read(state, T0 + 25 * SEC)["live"]
+    live = read_key(state, eng.config, T0 + 25 * SEC)["live"]
     # waits 25 s and 20 s: oldest 25 s; over T = 20 s strictly: only the first
     assert (live["calls_waiting"], live["oldest_wait_seconds"], live["calls_waiting_over_sl"]) == (2, 25.0, 1)
     assert (live["calls_talking"], live["calls_on_hold"]) == (1, 1)
-    live = eng.read(state, T0 + 30 * SEC)["live"]
+    live = read_key(state, eng.config, T0 + 30 * SEC)["live"]
     assert (live["oldest_wait_seconds"], live["calls_waiting_over_sl"]) == (30.0, 2)
     # a waiting entry older than the call timeout (3600 s) is an orphan and no longer shown
-    live = eng.read(state, T0 + 3602 * SEC)["live"]
+    live = read_key(state, eng.config, T0 + 3602 * SEC)["live"]
     assert live["calls_waiting"] == 1
-    eng.apply_group("q:sales", "b1", 1, [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)])
-    assert eng.read(state, T0 + 30 * SEC)["live"]["calls_waiting"] == 1
+    apply_facts(eng, "q:sales", "b1", 1, [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)])
+    assert read_key(state, eng.config, T0 + 30 * SEC)["live"]["calls_waiting"] == 1
 
 
 def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [
+    apply_facts(eng, "q:sales", "b1", 0, [
         Fact("agent_time", "q:sales", T0 + 90 * SEC, "t1", agent="a", status="available", since_ms=T0 + 30 * SEC),
         Fact("agent_time", "q:sales", T0 + 150 * SEC, "t2", agent="a", status="busy", since_ms=T0 + 90 * SEC),
         Fact("agent", "q:sales", T0 + 150 * SEC, "o1", agent="a", status="acw", since_ms=T0 + 150 * SEC),
         Fact("agent", "q:sales", T0, "o2", agent="b", status="paused", since_ms=T0),
     ])
-    r = eng.read(eng.keys["q:sales"], T0 + 170 * SEC)
+    r = read_key(eng.keys["q:sales"], eng.config, T0 + 170 * SEC)
     # available 60 s, busy 60 s, acw open 20 s (150..170); paused does not count: (60 + 20) / (60 + 60 + 20)
     assert r["windows"]["5m"]["kpis"]["occupancy_ratio"] == pytest.approx(80 / 140)
     assert r["windows"]["5m"]["counts"]["agent_ms:available"] == 60_000  # split over minutes 0 and 1, summed
@@ -203,8 +217,8 @@ def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
 
 def test_old_minutes_are_pruned_behind_the_watermark():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [F("entered", 0)])
-    eng.apply_group("q:sales", "b1", 1, [F("entered", RETENTION_MS / SEC + 60)])
+    apply_facts(eng, "q:sales", "b1", 0, [F("entered", 0)])
+    apply_facts(eng, "q:sales", "b1", 1, [F("entered", RETENTION_MS / SEC + 60)])
     state = eng.keys["q:sales"]
     assert T0 in state.minutes  # pruning happens at checkpoints
     eng.settle(state)
@@ -214,11 +228,11 @@ def test_old_minutes_are_pruned_behind_the_watermark():
 
 def test_merged_states_add_up():
     eng = engine()
-    eng.apply_group("q:a", "b1", 0, [F("answered", 1, "q:a", wait_ms=5_000)])
-    eng.apply_group("q:b", "b1", 0, [F("abandoned", 2, "q:b", wait_ms=30_000),
+    apply_facts(eng, "q:a", "b1", 0, [F("answered", 1, "q:a", wait_ms=5_000)])
+    apply_facts(eng, "q:b", "b1", 0, [F("abandoned", 2, "q:b", wait_ms=30_000),
                                      Fact("live", "q:b", T0, "l", "c1", status="waiting", since_ms=T0)])
     merged = merge_states([eng.keys["q:a"], eng.keys["q:b"]], "q:_other")
-    r = eng.read(merged, T0 + 59 * SEC)
+    r = read_key(merged, eng.config, T0 + 59 * SEC)
     assert r["windows"]["5m"]["kpis"]["offered_calls"] == 2.0
     assert r["windows"]["5m"]["kpis"]["longest_wait_seconds"] == 30.0
     assert r["live"]["calls_waiting"] == 1
@@ -236,11 +250,11 @@ def test_a_replay_after_a_partial_checkpoint_adds_only_to_the_minutes_that_lack_
     # but neither minute 0 nor the key state. Replaying message 7 must add to minute 0 only.
     eng = engine()
     facts = [F("entered", 10), F("entered", 70)]
-    eng.apply_group("q:sales", "b1", 3, facts, seq=7)
+    apply_facts(eng, "q:sales", "b1", 3, facts, seq=7)
     persisted_minute_1 = dict(eng.keys["q:sales"].minutes[T0 + 60 * SEC])
     fresh = engine()
     fresh.state("q:sales").minutes[T0 + 60 * SEC] = {"c": dict(persisted_minute_1["c"]), "w": {}, "h": 7}
-    assert fresh.apply_group("q:sales", "b1", 3, facts, seq=7)
+    assert apply_facts(fresh, "q:sales", "b1", 3, facts, seq=7)
     minutes = fresh.keys["q:sales"].minutes
     assert minutes[T0]["c"] == {"entered": 1} and minutes[T0 + 60 * SEC]["c"] == {"entered": 1}
     assert fresh.keys["q:sales"].totals["entered"] == 2
@@ -248,10 +262,10 @@ def test_a_replay_after_a_partial_checkpoint_adds_only_to_the_minutes_that_lack_
 
 def test_several_facts_of_one_message_in_one_minute_all_count():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 3, [F("entered", 1), F("answered", 5, wait_ms=4_000), F("entered", 9)], seq=11)
-    eng.apply_group("q:sales", "b2", 8, [F("entered", 20)], seq=11)  # another group of the same facts message
+    apply_facts(eng, "q:sales", "b1", 3, [F("entered", 1), F("answered", 5, wait_ms=4_000), F("entered", 9)], seq=11)
+    apply_facts(eng, "q:sales", "b2", 8, [F("entered", 20)], seq=11)  # another group of the same facts message
     assert read(eng)["counts"]["entered"] == 3 and read(eng)["counts"]["answered"] == 1
-    eng.apply_group("q:sales", "b1", 4, [F("entered", 30)], seq=12)
+    apply_facts(eng, "q:sales", "b1", 4, [F("entered", 30)], seq=12)
     assert read(eng)["counts"]["entered"] == 4
 
 
@@ -267,7 +281,7 @@ def test_a_long_agent_interval_adds_its_whole_minutes_as_one_span():
     # An agent left available overnight: 00:00:30 .. 10:00:20. Whole minutes 00:01 .. 10:00 (599 of them) are
     # one span; 30 s go to minute 00:00 and 20 s to minute 10:00, the only two minutes written.
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [agent_time(30, 10 * HOUR + 20)], seq=1)
+    apply_facts(eng, "q:sales", "b1", 0, [agent_time(30, 10 * HOUR + 20)], seq=1)
     state = eng.keys["q:sales"]
     assert state.dirty_minutes == {T0, T0 + 10 * HOUR * SEC}
     assert state.spans == {f"available|{T0 + 60 * SEC}|{T0 + 10 * HOUR * SEC}": 1}
@@ -283,7 +297,7 @@ def test_a_long_agent_interval_adds_its_whole_minutes_as_one_span():
 
 def test_an_interval_of_59_whole_minutes_stays_in_minutes():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [agent_time(30, 60 * 60 + 10)], seq=1)  # 00:00:30 .. 01:00:10
+    apply_facts(eng, "q:sales", "b1", 0, [agent_time(30, 60 * 60 + 10)], seq=1)  # 00:00:30 .. 01:00:10
     state = eng.keys["q:sales"]
     assert state.spans == {}
     assert len(state.dirty_minutes) == 61  # 00:00 .. 01:00
@@ -292,27 +306,27 @@ def test_an_interval_of_59_whole_minutes_stays_in_minutes():
 
 def test_a_retracted_span_is_gone_and_a_span_survives_snapshot_and_merge():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [agent_time(0, 2 * HOUR)], seq=1)
+    apply_facts(eng, "q:sales", "b1", 0, [agent_time(0, 2 * HOUR)], seq=1)
     state = eng.keys["q:sales"]
     restored = KeyState.restore("q:sales", state.snapshot(), dict(state.minutes))
     assert restored.spans == {f"available|{T0}|{T0 + 2 * HOUR * SEC}": 1}
     merged = merge_states([state, restored], "q:_other")
     # 1h window at 02:00:00 = [01:01, 02:01): 59 minutes of the span, twice
-    assert eng.read(merged, T0 + 2 * HOUR * SEC)["windows"]["1h"]["counts"]["agent_ms:available"] == 2 * 59 * 60_000
-    eng.apply_group("q:sales", "b1", 1, [agent_time(0, 2 * HOUR, sign=-1)], seq=2)
+    assert read_key(merged, eng.config, T0 + 2 * HOUR * SEC)["windows"]["1h"]["counts"]["agent_ms:available"] == 2 * 59 * 60_000
+    apply_facts(eng, "q:sales", "b1", 1, [agent_time(0, 2 * HOUR, sign=-1)], seq=2)
     assert state.spans == {}
     assert "agent_ms:available" not in read(eng, now_sec=2 * HOUR, window="today")["counts"]
 
 
 def test_pruning_trims_a_span_to_the_minutes_a_minute_bucket_would_keep():
     eng = engine()
-    eng.apply_group("q:sales", "b1", 0, [agent_time(0, 10 * HOUR)], seq=1)  # whole minutes 00:00 .. 10:00
+    apply_facts(eng, "q:sales", "b1", 0, [agent_time(0, 10 * HOUR)], seq=1)  # whole minutes 00:00 .. 10:00
     # the watermark moves to RETENTION + 5 h + 30 s: minutes before 05:00:30 go, so the span keeps 05:01 .. 10:00
-    eng.apply_group("q:sales", "b1", 1, [F("entered", RETENTION_MS // SEC + 5 * HOUR + 30)], seq=2)
+    apply_facts(eng, "q:sales", "b1", 1, [F("entered", RETENTION_MS // SEC + 5 * HOUR + 30)], seq=2)
     state = eng.keys["q:sales"]
     eng.settle(state)
     assert state.spans == {f"available|{T0 + (5 * HOUR + 60) * SEC}|{T0 + 10 * HOUR * SEC}": 1}
     # a span wholly behind the horizon is dropped
-    eng.apply_group("q:sales", "b1", 2, [F("entered", RETENTION_MS // SEC + 11 * HOUR)], seq=3)
+    apply_facts(eng, "q:sales", "b1", 2, [F("entered", RETENTION_MS // SEC + 11 * HOUR)], seq=3)
     eng.settle(state)
     assert state.spans == {}
