@@ -46,7 +46,7 @@ def heading_anchors(markdown: str) -> set[str]:
 
 
 def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
-    anchors = heading_anchors((REPO / "README.md").read_text())
+    anchors = heading_anchors((REPO / "docs" / "alerts.md").read_text())
     for path in RULES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
@@ -54,7 +54,7 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
                     notes = rule["annotations"]
                     assert notes["summary"] and notes["description"], rule["alert"]
                     page, anchor = notes["runbook_url"].split("#")
-                    assert page == "README.md" and anchor in anchors, (rule["alert"], anchor)
+                    assert page == "docs/alerts.md" and anchor in anchors, (rule["alert"], anchor)
 
 
 def test_dashboards_are_valid_json_with_unique_panel_ids_and_our_datasource():
