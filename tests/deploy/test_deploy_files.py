@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from app.settings import SPECS
+from tests.test_docs import heading_anchors
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -37,12 +38,6 @@ def test_promtool_unit_tests_of_every_alert_pass():
     alerts = {r["alert"] for path in RULES for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"] if "alert" in r}
     tested = set(re.findall(r"alertname: (\w+)", "".join(t.read_text() for t in tests)))
     assert alerts == tested, alerts ^ tested  # every alert has unit tests, and no test names a missing alert
-
-
-def heading_anchors(markdown: str) -> set[str]:
-    """GitHub's anchors of the headings: lower case, punctuation dropped, spaces to hyphens."""
-    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
-            for line in markdown.splitlines() if line.startswith("#")}
 
 
 def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
