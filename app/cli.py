@@ -75,7 +75,7 @@ def _guard(fn):  # a decorator for click commands
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """callpulse: real-time contact-center KPIs from call events. Settings: CALLPULSE_* variables (see README)."""
+    """callpulse: real-time contact-center KPIs from call events. Settings: CALLPULSE_* variables (see docs/settings.md)."""
 
 
 # -- worker ------------------------------------------------------------------------------------------------------

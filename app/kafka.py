@@ -53,7 +53,7 @@ def compression_type(settings: Settings) -> str | None:
 
 def dead_letter_headers(reason: str, error: str, topic: str, partition: int, offset: int,
                         extra: tuple[tuple[str, bytes], ...] = ()) -> list[tuple[str, bytes]]:
-    """The headers of a calls.deadletter record: why it was rejected and where it came from (README)."""
+    """The headers of a calls.deadletter record: why it was rejected and where it came from (docs/events.md)."""
     return [("reason", reason.encode()), ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()), ("error", error.replace("\n", " ").encode()), *extra]
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from app.settings import SPECS
+from tests.test_docs import heading_anchors
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -39,14 +40,8 @@ def test_promtool_unit_tests_of_every_alert_pass():
     assert alerts == tested, alerts ^ tested  # every alert has unit tests, and no test names a missing alert
 
 
-def heading_anchors(markdown: str) -> set[str]:
-    """GitHub's anchors of the headings: lower case, punctuation dropped, spaces to hyphens."""
-    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
-            for line in markdown.splitlines() if line.startswith("#")}
-
-
 def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
-    anchors = heading_anchors((REPO / "README.md").read_text())
+    anchors = heading_anchors((REPO / "docs" / "alerts.md").read_text())
     for path in RULES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
@@ -54,7 +49,7 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section():
                     notes = rule["annotations"]
                     assert notes["summary"] and notes["description"], rule["alert"]
                     page, anchor = notes["runbook_url"].split("#")
-                    assert page == "README.md" and anchor in anchors, (rule["alert"], anchor)
+                    assert page == "docs/alerts.md" and anchor in anchors, (rule["alert"], anchor)
 
 
 def test_dashboards_are_valid_json_with_unique_panel_ids_and_our_datasource():

@@ -171,7 +171,7 @@ def test_an_undecodable_batch_is_dead_lettered_and_the_worker_goes_on(broker, wo
         assert_counts(w, queue, n, answered)
     # Sent once the restored counts show, that is once the restarted worker has recovered its tables: what
     # arrives while it recovers can be dropped by faust-streaming until a later message of the partition
-    # comes (README, Reliability: known limitation).
+    # comes (docs/operations.md, Reliability: known limitation).
     produce_to(port, 0, calls("later", 3000, count=4, answered=1))
     assert_counts(w, "later", 4, 1)
     assert w.proc.poll() is None, w.log_tail()
