@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import zlib
-from enum import StrEnum
 from typing import NamedTuple
 
-
-class EventType(StrEnum):
-    """Every event type of the input contract."""
-
-    RING = "ring"
-    QUEUE = "queue"
-    ANSWER = "answer"
-    AGENT_MISSED = "agent_missed"
-    HOLD = "hold"
-    UNHOLD = "unhold"
-    TRANSFER = "transfer"
-    EXIT = "exit"
-    REFUSED = "refused"
-    ABANDON = "abandon"
-    HANGUP = "hangup"
-    WRAPUP = "wrapup"
-    DIAL = "dial"
-    SURVEY = "survey"
-    AGENT_STATE = "agent_state"
-
+#: Every event type of the input contract (DESIGN 2).
+EVENT_TYPES: frozenset[str] = frozenset((
+    "ring", "queue", "answer", "agent_missed", "hold", "unhold", "transfer", "exit", "refused", "abandon", "hangup",
+    "wrapup", "dial", "survey", "agent_state",
+))
 
 #: Order of events with equal timestamps (DESIGN 2). ``dial`` starts an outbound call, so it ranks with
 #: ``ring``; ``agent_state`` has no call and ranks on its own.
@@ -49,16 +33,14 @@ TYPE_RANK: dict[str, int] = {
     "expire": 12,
 }
 
-EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
-
 EXIT_REASONS = ("timeout", "key", "empty", "withdraw", "callback")
-#: Exit reasons the sessionizer adds itself: a call that moves to another queue without an exit event
-#: (``transfer``), and an outbound or inbound stint closed by ``CALLPULSE_CALL_TIMEOUT`` is ``expired``.
+#: The exit reason the sessionizer adds itself: ``transfer``, for a queued call that moves to another queue
+#: or is transferred away without an exit event. (A stint closed by ``CALLPULSE_CALL_TIMEOUT`` is no exit:
+#: it is counted as expired.)
 IMPLICIT_EXIT_REASONS = ("transfer",)
 REFUSED_REASONS = ("full", "joinempty", "closed")
 DISPOSITIONS = ("no_answer", "busy", "failed", "voicemail", "contact", "success")
 AGENT_STATES = ("available", "busy", "acw", "paused", "offline")
-DIRECTIONS = ("inbound", "outbound")
 #: Survey scales and their score ranges (inclusive).
 SURVEY_SCALES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10)}
 

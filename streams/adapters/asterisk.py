@@ -58,9 +58,8 @@ class Row:
     agent: str
     verb: str
     data: list[str]
-    #: QueueMetrics export only: uid, htime (wait or ring ms), ttime (talk).
+    #: QueueMetrics export only: uid, ttime (talk).
     uid: str = ""
-    htime: int = 0
     ttime: int = 0
 
 
@@ -125,7 +124,7 @@ class QueueLogParser:
         v = dict(zip(QM_COLUMNS, fields, strict=True))
         return Row(ts=_int(v["date_time"], "date_time"), callid=v["callid"], queue=v["queue_name"], agent=v["type"],
                    verb=v["event"].strip(), data=[v["param1"], v["param2"], v["param3"]], uid=v["uid"],
-                   htime=_int(v["htime"] or "0", "htime"), ttime=_int(v["ttime"] or "0", "ttime"))
+                   ttime=_int(v["ttime"] or "0", "ttime"))
 
     def _native_row(self, text: str) -> Row:
         fields = text.split("|")

@@ -70,6 +70,12 @@ def test_a_valid_queue_event_has_every_field():
     assert len(e.caller) == 16
 
 
+def test_the_pseudonym_is_the_start_of_hmac_sha256():
+    # RFC 4231, test case 2: HMAC-SHA256(key "Jefe", "what do ya want for nothing?") =
+    # 5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843; the pseudonym is its first 16 digits.
+    assert pseudonymise("what do ya want for nothing?", b"Jefe") == "5bdcc146bf60754e"
+
+
 def test_pseudonyms_are_keyed_and_stable():
     assert pseudonymise("+15550100", b"a") == pseudonymise("+15550100", b"a")
     assert pseudonymise("+15550100", b"a") != pseudonymise("+15550100", b"b")
