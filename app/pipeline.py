@@ -36,7 +36,7 @@ from app import commits
 from app.batches import Undecodable
 from app.kafka import dead_letter_headers
 from streams.facts import LIVE_KINDS, Fact, to_wire
-from streams.kpi import KeyState, KpiEngine
+from streams.kpi import KeyState, KpiEngine, Minute
 from streams.sessions import BucketState, SessionConfig
 from streams.validation import ValidationConfig, parse_message
 
@@ -534,7 +534,7 @@ class Aggregator(_CheckpointedStage):
     def load(self, partitions: set[int]) -> None:
         """Load every key of ``partitions`` from the store (after a rebalance, before processing resumes)."""
         states: dict[str, dict] = {}
-        minutes: dict[str, dict[int, dict]] = defaultdict(dict)
+        minutes: dict[str, dict[int, Minute]] = defaultdict(dict)
         for raw_key, raw_value in self.table.data.items():
             if raw_value is None:
                 continue

@@ -60,7 +60,7 @@ def kaplan_meier_quantiles(times: list[tuple[float, bool]]) -> list[float | None
     return out
 
 
-def calibrate(lines: Iterable[str]) -> dict:
+def calibrate(lines: Iterable[str]) -> dict[str, Any]:
     """The ``bank`` profile from the rows of calls.tsv (header included)."""
     it = iter(lines)
     header = next(it).rstrip("\n").split("\t")

@@ -69,12 +69,12 @@ class Fact(NamedTuple):
         """Return this fact with the opposite sign."""
         return tuple.__new__(Fact, (*self[:-1], -self[-1]))
 
-    def encode(self) -> list:
+    def encode(self) -> list[Any]:
         """Return the compact wire form (a JSON array)."""
         return list(self)
 
     @classmethod
-    def decode(cls, data: list) -> Fact:
+    def decode(cls, data: list[Any]) -> Fact:
         """Inverse of ``encode``."""
         return cls(*data)
 

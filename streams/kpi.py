@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from streams import counters
 from streams.config import TargetsConfig
@@ -79,7 +79,24 @@ class KpiConfig:
         return tuple(sorted(set(WAIT_BOUNDS_S) | self.targets.all_thresholds_s()))
 
 
-def _hist_new(n_bounds: int) -> dict:
+class Minute(TypedDict):
+    """One minute bucket: counters (``c``), the multiset of queue waits that ended in it (``w``: wait in ms, as
+    a string, -> count), and the offset of the last facts message added to it (``h``)."""
+
+    c: dict[str, int]
+    w: dict[str, int]
+    h: int
+
+
+class Hist(TypedDict):
+    """A histogram: per-bucket counts (``b``, the last one is +Inf), sum (``s``) and count (``n``)."""
+
+    b: list[int]
+    s: int
+    n: int
+
+
+def _hist_new(n_bounds: int) -> Hist:
     return {"b": [0] * (n_bounds + 1), "s": 0, "n": 0}
 
 
@@ -98,14 +115,14 @@ class KeyState:
         #: Smallest fact time seen (0: none yet); orders keys for the CALLPULSE_MAX_QUEUES fold.
         self.first = 0
         self.applied: dict[str, list[int]] = {}
-        self.live: dict[str, list] = {}
-        self.agents: dict[str, list] = {}
+        self.live: dict[str, list[Any]] = {}
+        self.agents: dict[str, list[Any]] = {}
         self.totals: dict[str, int] = {}
-        self.hist: dict[str, dict] = {}
+        self.hist: dict[str, Hist] = {}
         self.hwm: dict[str, int] = {}
         #: The counter values to export: ``hwm`` as of the last durable checkpoint (set by the shell).
         self.exported: dict[str, int] = {}
-        self.minutes: dict[int, dict] = {}
+        self.minutes: dict[int, Minute] = {}
         #: ``"<agent state>|<first minute>|<end minute>"`` -> count: every minute in [first, end) holds
         #: count x 60 s of that state (see ``SPAN_MIN_MS``).
         self.spans: dict[str, int] = {}
@@ -123,13 +140,13 @@ class KeyState:
     def name(self) -> str:
         return self.key[2:]
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """The key's state without its minutes (those are persisted one key per minute)."""
         return {"hw": self.hw, "wm": self.wm, "first": self.first, "applied": self.applied, "live": self.live, "agents": self.agents,
                 "totals": self.totals, "hist": self.hist, "hwm": self.hwm, "spans": self.spans}
 
     @classmethod
-    def restore(cls, key: str, data: dict, minutes: dict[int, dict]) -> KeyState:
+    def restore(cls, key: str, data: dict[str, Any], minutes: dict[int, Minute]) -> KeyState:
         state = cls(key)
         state.hw = data["hw"]
         state.wm = data["wm"]
@@ -146,7 +163,7 @@ class KeyState:
         return state
 
 
-def _minute(state: KeyState, ts_ms: int, seq: int) -> dict | None:
+def _minute(state: KeyState, ts_ms: int, seq: int) -> Minute | None:
     """The minute bucket of ``ts_ms``, or None when it already holds facts message ``seq`` (a replay)."""
     start = bucket_start(ts_ms)
     minute = state.minutes.get(start)
@@ -189,7 +206,7 @@ class KpiEngine:
             state = self.keys[key] = KeyState(key)
         return state
 
-    def apply_wire(self, key: str, src: str, off: int, facts: list[list], seq: int = -1) -> bool:
+    def apply_wire(self, key: str, src: str, off: int, facts: list[list[Any]], seq: int = -1) -> bool:
         """Apply the facts (wire form) one source message produced for ``key``; False if that message was
         applied already.
 
@@ -260,7 +277,7 @@ class KpiEngine:
                 _add(totals, name, s * value)
 
     @staticmethod
-    def _upsert(table: dict[str, list], ident: str, value: list, sign: int) -> None:
+    def _upsert(table: dict[str, list[Any]], ident: str, value: list[Any], sign: int) -> None:
         if sign > 0:
             table[ident] = value
         elif table.get(ident) == value:
@@ -391,7 +408,7 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict:
+def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
     """Every windowed KPI, the window counters, and the live values of one key at ``now_ms``. Returns ``{"windows": {name: {...}}, "live": {...}}``."""
     spec = config.windows
     ranges = spec.windows(now_ms)

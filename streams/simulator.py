@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import orjson
 
@@ -63,11 +64,11 @@ class _Clock:
         self.seq += 1
         heapq.heappush(self.heap, (t_ms, self.seq, action, data))
 
-    def emit(self, t_ms: int, event: dict) -> None:
+    def emit(self, t_ms: int, event: dict[str, Any]) -> None:
         """Schedule an output event (its id is given when it is emitted, in time order)."""
         self.at(t_ms, "out", event)
 
-    def out(self, t_ms: int, event: dict) -> dict:
+    def out(self, t_ms: int, event: dict[str, Any]) -> dict[str, Any]:
         self.events += 1
         event["event_id"] = f"{self.prefix}-{self.events}"
         event["ts"] = round((self.start_ms + t_ms) / 1000, 3)
@@ -78,7 +79,7 @@ def _exp_ms(rng: random.Random, mean_s: float) -> int:
     return round(rng.expovariate(1 / mean_s) * 1000)
 
 
-def erlang_a(config: ErlangAConfig, rng: random.Random, start_ms: int, seed: int = 0) -> Iterator[dict]:
+def erlang_a(config: ErlangAConfig, rng: random.Random, start_ms: int, seed: int = 0) -> Iterator[dict[str, Any]]:
     """Events of an Erlang-A queue: arrivals for ``config.hours``, then every call runs to its end."""
     clock = _Clock(start_ms, f"sim{seed}")
     horizon = round(config.hours * 3600_000)
@@ -129,12 +130,12 @@ def _serve(clock: _Clock, rng: random.Random, config: ErlangAConfig, call: str, 
 # Profiles
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str) -> dict[str, Any]:
     """A calibrated profile: ``bank`` or ``lively``."""
     if name not in PROFILES:
         msg = f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}"
         raise ValueError(msg)
-    data = orjson.loads(resources.files("streams.profiles").joinpath("bank.json").read_bytes())
+    data: dict[str, Any] = orjson.loads(resources.files("streams.profiles").joinpath("bank.json").read_bytes())
     data["name"] = name
     return data
 
@@ -175,7 +176,7 @@ class ProfileSimulator:
     OUTBOUND_AGENTS = 4
     OUTBOUND_HOURS = range(7, 19)
 
-    def __init__(self, profile: dict, rng: random.Random, start_ms: int, hours: float | None, scale: float = 1.0,
+    def __init__(self, profile: dict[str, Any], rng: random.Random, start_ms: int, hours: float | None, scale: float = 1.0,
                  seed: int = 0) -> None:
         self.profile = profile
         self.rng = rng
@@ -194,17 +195,17 @@ class ProfileSimulator:
     def rate_per_hour(self, queue: str, t_ms: int) -> float:
         table = self.queues[queue]["arrivals_per_hour"]
         if self.lively:  # the Monday peak, all day long
-            return max(table[0]) * self.scale
+            return float(max(table[0]) * self.scale)
         hour = (self.start_ms + t_ms) // 3600_000
         weekday = (hour // 24 + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
-        return table[weekday][hour % 24] * self.scale
+        return float(table[weekday][hour % 24] * self.scale)
 
     def staff_needed(self, queue: str, t_ms: int) -> int:
         offered = self.rate_per_hour(queue, t_ms) / 3600 * self.mean_service[queue]
         return math.ceil(offered + math.sqrt(offered)) if offered > 0 else 0
 
     # -- the run ----------------------------------------------------------------------------------------------
-    def run(self) -> Iterator[dict]:
+    def run(self) -> Iterator[dict[str, Any]]:
         clock = self.clock
         for queue in self.queues:
             clock.at(0, "staff", queue)

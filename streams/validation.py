@@ -15,6 +15,7 @@ import hmac
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -92,7 +93,7 @@ def parse_timestamp(value: object) -> int:
     raise EventValidationError("wrong_type", "field ts must be an RFC 3339 string or epoch seconds")
 
 
-def _opt_str(obj: dict, name: str) -> str | None:
+def _opt_str(obj: dict[str, Any], name: str) -> str | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -101,7 +102,7 @@ def _opt_str(obj: dict, name: str) -> str | None:
     return value
 
 
-def _req_str(obj: dict, name: str, why: str) -> str:
+def _req_str(obj: dict[str, Any], name: str, why: str) -> str:
     value = obj.get(name)
     if value is None:
         raise EventValidationError("missing_field", f"field {name} is required {why}")

@@ -23,6 +23,7 @@ import csv
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Verbs that are counted and skipped: markers, and member settings that change no KPI.
 SKIPPED_VERBS = frozenset({"QUEUESTART", "CONFIGRELOAD", "AGENTDUMP", "SYSCOMPAT", "PENALTY", "RINGINUSE", "DID",
@@ -92,10 +93,10 @@ class QueueLogParser:
     fmt: str = "native"
     contact_min_talk_s: float = 30.0
     #: Verbs skipped so far, with their counts.
-    skipped: Counter = field(default_factory=Counter)
-    _seen: dict[int, Counter] = field(default_factory=dict)
+    skipped: Counter[str] = field(default_factory=Counter)
+    _seen: dict[int, Counter[str]] = field(default_factory=dict)
 
-    def parse(self, line: str) -> list[dict]:
+    def parse(self, line: str) -> list[dict[str, Any]]:
         """The canonical events of one line ([] for a skipped verb or the CSV header).
 
         Raises:
@@ -142,18 +143,18 @@ class QueueLogParser:
                 del self._seen[old]
         return f"ql-{digest}-{counts[digest]}"
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """Occurrence counts of the last seconds, for a follower's state file."""
         return {str(ts): dict(c) for ts, c in self._seen.items()}
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         self._seen = {int(ts): Counter(c) for ts, c in state.items()}
 
     # -- mapping -------------------------------------------------------------------------------------------------
-    def _events(self, row: Row, base: str) -> list[dict]:
+    def _events(self, row: Row, base: str) -> list[dict[str, Any]]:
         verb = row.verb
         queue = row.queue if row.queue not in NO_VALUE else None
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
 
         def add(etype: str, **fields: object) -> None:
             event = {"event_id": f"{base}-{len(out) + 1}", "type": etype, "ts": row.ts}
