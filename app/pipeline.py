@@ -546,10 +546,9 @@ class Aggregator(_CheckpointedStage):
                 states[text[2:]] = value
             elif text.startswith("m|"):
                 key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
+                del value["p"]
                 minutes[key][int(start)] = value
         for key in set(states) | set(minutes):
-            for minute in minutes[key].values():
-                minute.pop("p", None)
             if key in states:
                 self.engine.keys[key] = KeyState.restore(key, states[key], minutes[key])
             else:  # minutes of a key whose state was never checkpointed: a replay rebuilds it
