@@ -111,6 +111,7 @@ def calibrate(lines: Iterable[str]) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Print the calibration of the call records file named on the command line, as JSON."""
     with open(sys.argv[1], encoding="utf-8") as f:
         sys.stdout.write(orjson.dumps(calibrate(f), option=orjson.OPT_INDENT_2).decode() + "\n")
 

@@ -26,10 +26,12 @@ class QueueTargets:
 
     @property
     def sl_threshold_ms(self) -> int:
+        """The service-level threshold T in ms."""
         return round(self.sl_threshold_s * 1000)
 
     @property
     def short_abandon_ms(self) -> int:
+        """The short-abandon threshold S in ms."""
         return round(self.short_abandon_s * 1000)
 
 
@@ -50,6 +52,7 @@ class TargetsConfig:
     queues: dict[str, QueueTargets] = field(default_factory=dict)
 
     def for_queue(self, queue: str) -> QueueTargets:
+        """The targets of a queue (the defaults for a queue the queues file does not name)."""
         return self.queues.get(queue, self.default)
 
     def all_thresholds_s(self) -> set[float]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class ErlangA:
+    """The steady state of an Erlang-A queue (see ``erlang_a``)."""
+
     p_wait: float
     p_abandon: float
     mean_wait_s: float

@@ -43,8 +43,10 @@ LIVE_KINDS = frozenset(("live", "agent"))
 
 
 class Fact(NamedTuple):
-    """One fact. A tuple: equality and hashing cover every field (in C), so a changed fact with the same
-    ``fid`` differs."""
+    """One fact.
+
+    A tuple: equality and hashing cover every field (in C), so a changed fact with the same ``fid`` differs.
+    """
 
     kind: str
     key: str

@@ -56,8 +56,10 @@ SURVEY_BANDS = {
 
 
 def survey_band(scale: str, score: int) -> str:
-    """Band of a survey score: csat 4-5 positive, 3 neutral, 1-2 negative; nps 9-10 promoter, 7-8 passive,
-    0-6 detractor."""
+    """Band of a survey score.
+
+    csat 4-5 positive, 3 neutral, 1-2 negative; nps 9-10 promoter, 7-8 passive, 0-6 detractor.
+    """
     for band, low, high in SURVEY_BANDS[scale]:
         if low <= score <= high:
             return band
@@ -76,12 +78,16 @@ class KpiConfig:
 
     @property
     def wait_bounds_s(self) -> tuple[float, ...]:
+        """Bounds of the queue-wait histograms: the defaults and every configured T and S."""
         return tuple(sorted(set(WAIT_BOUNDS_S) | self.targets.all_thresholds_s()))
 
 
 class Minute(TypedDict):
-    """One minute bucket: counters (``c``), the multiset of queue waits that ended in it (``w``: wait in ms, as
-    a string, -> count), and the offset of the last facts message added to it (``h``)."""
+    """One minute bucket.
+
+    Its counters (``c``), the multiset of queue waits that ended in it (``w``: wait in ms, as a string, ->
+    count), and the offset of the last facts message added to it (``h``).
+    """
 
     c: dict[str, int]
     w: dict[str, int]
@@ -134,10 +140,12 @@ class KeyState:
 
     @property
     def kind(self) -> str:
+        """``queue`` or ``campaign``."""
         return "queue" if self.key.startswith("q:") else "campaign"
 
     @property
     def name(self) -> str:
+        """The queue's or campaign's name."""
         return self.key[2:]
 
     def snapshot(self) -> dict[str, Any]:
@@ -147,6 +155,7 @@ class KeyState:
 
     @classmethod
     def restore(cls, key: str, data: dict[str, Any], minutes: dict[int, Minute]) -> KeyState:
+        """Rebuild a key from ``snapshot()`` output and its minutes."""
         state = cls(key)
         state.hw = data["hw"]
         state.wm = data["wm"]
@@ -201,14 +210,14 @@ class KpiEngine:
 
     # -- writing ----------------------------------------------------------------------------------------------
     def state(self, key: str) -> KeyState:
+        """The state of a key (created empty when first seen)."""
         state = self.keys.get(key)
         if state is None:
             state = self.keys[key] = KeyState(key)
         return state
 
     def apply_wire(self, key: str, src: str, off: int, facts: list[list[Any]], seq: int = -1) -> bool:
-        """Apply the facts (wire form) one source message produced for ``key``; False if that message was
-        applied already.
+        """Apply the facts (wire form) one source message produced for ``key``; False if applied already.
 
         ``src`` and ``off`` name the source message (sessionizer bucket and input offset): a batch re-emitted
         by the sessionizer counts once. ``seq`` is the offset of the facts message: a minute that already
@@ -318,9 +327,11 @@ class KpiEngine:
         hist["n"] += sign
 
     def settle(self, state: KeyState) -> None:
-        """At each checkpoint: forget minutes and sources past their retention, and raise the never-decrease
-        values to the current totals (only checkpointed values are exported, so a retraction and its
-        correction between two checkpoints never show)."""
+        """At each checkpoint: forget what is past retention, and raise the exported values to the totals.
+
+        Minutes and sources past their retention go. The never-decrease values rise to the current totals (only
+        checkpointed values are exported, so a retraction and its correction between two checkpoints never show).
+        """
         self._prune(state)
         hwm = state.hwm
         for name, value in self.exported_counters(state).items():

@@ -193,6 +193,7 @@ class ProfileSimulator:
 
     # -- rates and staffing ----------------------------------------------------------------------------------
     def rate_per_hour(self, queue: str, t_ms: int) -> float:
+        """Arrivals per hour to a queue at a time of the run."""
         table = self.queues[queue]["arrivals_per_hour"]
         if self.lively:  # the Monday peak, all day long
             return float(max(table[0]) * self.scale)
@@ -201,11 +202,13 @@ class ProfileSimulator:
         return float(table[weekday][hour % 24] * self.scale)
 
     def staff_needed(self, queue: str, t_ms: int) -> int:
+        """Agents to staff a queue with: the offered load plus its square root (square-root staffing)."""
         offered = self.rate_per_hour(queue, t_ms) / 3600 * self.mean_service[queue]
         return math.ceil(offered + math.sqrt(offered)) if offered > 0 else 0
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> Iterator[dict[str, Any]]:
+        """The events of the run, in time order."""
         clock = self.clock
         for queue in self.queues:
             clock.at(0, "staff", queue)

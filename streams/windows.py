@@ -51,6 +51,7 @@ class WindowSpec:
 
     @property
     def zone(self) -> ZoneInfo:
+        """The time zone ``today`` is counted in."""
         return ZoneInfo(self.tz)
 
     def day_start_ms(self, now_ms: int) -> int:
@@ -84,4 +85,5 @@ class WindowSpec:
         raise ValueError(msg)
 
     def windows(self, now_ms: int) -> dict[str, tuple[int, int]]:
+        """Every window's [start, end) at ``now_ms``."""
         return {name: self.window(name, now_ms) for name in WINDOWS}

@@ -73,8 +73,11 @@ def detect_format(first_line: str) -> str:
 
 
 def agent_id(member: str) -> str:
-    """One id for an agent across verbs: ``Local/1127@callback-agent``, ``Agent/1127`` and ``SIP/1127`` are all
-    ``1127`` (the channel technology and the ``@context`` are dropped)."""
+    """One id for an agent across verbs.
+
+    ``Local/1127@callback-agent``, ``Agent/1127`` and ``SIP/1127`` are all ``1127`` (the channel technology and
+    the ``@context`` are dropped).
+    """
     name = member.split("/", 1)[1] if "/" in member else member
     return name.split("@", 1)[0]
 
@@ -148,6 +151,7 @@ class QueueLogParser:
         return {str(ts): dict(c) for ts, c in self._seen.items()}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Take back what ``state`` returned (after a restart of the follower)."""
         self._seen = {int(ts): Counter(c) for ts, c in state.items()}
 
     # -- mapping -------------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Calibrated simulator profiles (JSON), read with ``importlib.resources``."""

@@ -87,8 +87,10 @@ def open_facts(agent: str, state: str, qs: dict[str, int]) -> list[Fact]:
 
 
 def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[AgentEvent]) -> list[Fact]:
-    """Facts of an agent from its base state and its sorted pending events: the closed intervals, then the
-    open state per queue."""
+    """Facts of an agent from its base state and its sorted pending events.
+
+    The closed intervals, then the open state per queue.
+    """
     walk = AgentWalk.over(agent, base[0], dict(base[1]), pending)
     return walk.closed + walk.open
 

@@ -126,8 +126,11 @@ class BucketState:
             self.wm = ts
 
     def _touch(self, ts: int) -> None:
-        """An event at ``ts`` was applied: whatever it changed cannot need housekeeping before ts + grace
-        (finalizing, folding), ts + call timeout (expiring) or ts + DEDUP_TTL (forgetting its id)."""
+        """An event at ``ts`` was applied: bring the next housekeeping forward if it needs one earlier.
+
+        Whatever it changed cannot need housekeeping before ts + grace (finalizing, folding), ts + call timeout
+        (expiring) or ts + DEDUP_TTL (forgetting its id).
+        """
         cfg = self.config
         due = ts + min(cfg.grace_ms, cfg.call_timeout_ms, cfg.dedup_ttl_ms)
         if due < self.due:
@@ -220,8 +223,11 @@ class BucketState:
 
     # -- persistence ------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Return the state as plain JSON-able data (the cached derivations and the tombstones, which are
-        persisted by chunk (``tombstones.checkpoint``), are left out; the chunks' slots are in)."""
+        """Return the state as plain JSON-able data.
+
+        The cached derivations are left out, and so are the tombstones, which are persisted by chunk
+        (``Tombstones.checkpoint``); the chunks' slots are in.
+        """
         return {
             "hw": self.hw,
             "wm": self.wm,

@@ -102,9 +102,11 @@ class InboundWalk:
 
     # -- the actions of the transition table -------------------------------------------------------------------
     def ring(self, ev: StoredEvent) -> None:
+        """The call arrived (before any queue, for instance in an IVR)."""
         self.state = IVR
 
     def enter_queue(self, ev: StoredEvent) -> None:
+        """A stint in a queue begins."""
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
     def requeue(self, ev: StoredEvent) -> None:
@@ -120,12 +122,14 @@ class InboundWalk:
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
     def agent_missed(self, ev: StoredEvent) -> None:
+        """An agent was offered the call and did not take it (in its queue, or the last one)."""
         mq = ev.queue or self.q or self.last_q
         if mq:
             self.facts.append(Fact("agent_missed", queue_key(mq), ev.ts_ms, "agent_missed:" + ev.event_id,
                                    self.call_id))
 
     def answer_from_queue(self, ev: StoredEvent) -> None:
+        """An agent answered the waiting caller: the stint ends as answered."""
         self._leave_queue("answered", ev.ts_ms, ev.event_id)
         self.state, self.ans_q, self.ans = CONNECTED, self.q, ev.ts_ms
 
@@ -135,26 +139,32 @@ class InboundWalk:
         self.ans_q = ev.queue or self.ans_q
 
     def hold(self, ev: StoredEvent) -> None:
+        """The agent put the caller on hold."""
         self.state, self.hold_start = HELD, ev.ts_ms
         self.holds += 1
 
     def unhold(self, ev: StoredEvent) -> None:
+        """The hold ended; its time adds to the call's hold time."""
         self.hold_ms += ev.ts_ms - self.hold_start
         self.state = CONNECTED
 
     def transfer_talking(self, ev: StoredEvent) -> None:
+        """The agent transferred the caller away: the conversation completes as transferred."""
         self._complete(ev.ts_ms, ev.event_id, 1)
         self.state = LEFT
 
     def transfer_queued(self, ev: StoredEvent) -> None:
+        """The waiting call was transferred away: a flow-out with reason ``transfer``."""
         self._leave_queue("exited", ev.ts_ms, ev.event_id, "transfer")
         self.state = LEFT
 
     def exit_queue(self, ev: StoredEvent) -> None:
+        """The call left the queue without an agent (timeout, key, empty, ...): a flow-out."""
         self._leave_queue("exited", ev.ts_ms, ev.event_id, ev.detail or "")
         self.state = LEFT
 
     def refuse(self, ev: StoredEvent) -> None:
+        """The queue would not take the call (full, join-empty, closed): refused, not offered."""
         self.facts.append(Fact("refused", queue_key(ev.queue or ""), ev.ts_ms, "refused:" + ev.event_id,
                                self.call_id, reason=ev.detail or ""))
         self.last_q = ev.queue or ""
@@ -166,10 +176,12 @@ class InboundWalk:
         self.state = ENDED
 
     def hangup_talking(self, ev: StoredEvent) -> None:
+        """The call ended while connected (or held): the conversation completes."""
         self._complete(ev.ts_ms, ev.event_id, 0)
         self.state = ENDED
 
     def hangup(self, ev: StoredEvent) -> None:
+        """The call ended outside any queue or conversation."""
         self.state = ENDED
 
     def wrapup(self, ev: StoredEvent) -> None:
@@ -182,14 +194,18 @@ class InboundWalk:
             self.pending_co = -1
 
     def survey(self, ev: StoredEvent) -> None:
+        """A survey response, for the queue that answered the call (or the last one it was in)."""
         sq = self.ans_q or self.q or self.last_q or ev.queue
         if sq:
             self.facts.append(Fact("survey", queue_key(sq), ev.ts_ms, "survey:" + ev.event_id, self.call_id,
                                    scale=ev.detail or "", score=int(ev.extra or 0)))
 
     def expire(self, ev: StoredEvent) -> None:
-        """No event for CALLPULSE_CALL_TIMEOUT: a call lost while waiting or talking is counted as expired; one
-        that already left its queue (transferred away, exited) simply ends without its hangup."""
+        """No event for CALLPULSE_CALL_TIMEOUT: the call ends.
+
+        A call lost while waiting or talking is counted as expired; one that already left its queue (transferred
+        away, exited) simply ends without its hangup.
+        """
         state = self.state
         xq = self.q if state == QUEUED else self.ans_q if state in (CONNECTED, HELD) else ""
         if xq:

@@ -13,8 +13,10 @@ def is_outbound(events: list[StoredEvent]) -> bool:
 
 
 def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms: int) -> Derivation:
-    """Every ``dial`` is an attempt (a channel may redial under one call id); an ``answer`` connects one
-    dialled attempt; a ``hangup`` judges the last open answer (contact, conversion).
+    """Derive an outbound call's facts, keyed by its campaign.
+
+    Every ``dial`` is an attempt (a channel may redial under one call id); an ``answer`` connects one dialled
+    attempt; a ``hangup`` judges the last open answer (contact, conversion).
 
     Outcomes are not paired with attempts by order: redials within one second sort all dials first
     (equal timestamps), and the counts must not depend on that.

@@ -20,8 +20,11 @@ TOMB_CHUNK_MS = 600_000
 
 
 class Tombstone(list[Any]):  # a list, so that orjson writes a chunk as it is
-    """One finalized call: ``[last_ts, event ids joined by SEP, survey queue key, open completion (wire
-    form) or None, chunk]``. A list subclass with named fields: orjson writes it as the plain JSON array."""
+    """One finalized call.
+
+    ``[last_ts, event ids joined by SEP, survey queue key, open completion (encoded) or None, chunk]``: a list
+    subclass with named fields, which orjson writes as the plain JSON array.
+    """
 
     __slots__ = ()
 
@@ -118,8 +121,10 @@ class Tombstones:
         self.changed(tomb)
 
     def forget_before(self, ts: int) -> None:
-        """Forget the whole chunks that end before ``ts`` (a tombstone refreshed by a late survey goes with its
-        chunk)."""
+        """Forget the whole chunks that end before ``ts``.
+
+        A tombstone refreshed by a late survey goes with its chunk.
+        """
         for chunk in [c for c in self.chunks if c + TOMB_CHUNK_MS <= ts]:
             for call_id in self.chunks.pop(chunk):
                 del self.by_call[call_id]
