@@ -17,7 +17,7 @@ import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
-from app import batches, commits
+from app import batches, compat
 from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
 from app.pipeline import FLUSH_S, Aggregator, Sessionizer
@@ -82,35 +82,12 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-#: Against the embedded broker: how long a fetch may wait for data (Faust fixes 1,500 ms). Tansu holds a
-#: waiting fetch for its whole wait even when data arrives (Apache Kafka answers at once), so every hop
-#: through it would add up to the wait to the event-to-metric latency (measured: up to 1.4 s, 2 hops).
-EMBEDDED_FETCH_MAX_WAIT_MS = 20
-
-
-def _short_fetch_wait() -> None:
-    """Make the worker's consumer fetch with a short wait (the embedded broker only)."""
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "callpulse_patched", False):
-        return
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS  # read by aiokafka when its fetcher starts
-        return consumer
-
-    create.callpulse_patched = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
 def build(settings: Settings, embedded: bool) -> Pipeline:
     """Create the Faust app with its topics, tables, agents and pages."""
     app = faust.App(settings.app_id, **faust_options(settings, embedded))
     if embedded:
-        _short_fetch_wait()
-    commits.install({TOPIC_EVENTS, TOPIC_FACTS})
+        compat.short_fetch_wait()
+    compat.follow_checkpoints({TOPIC_EVENTS, TOPIC_FACTS})
     partitions = settings.partitions
 
     def topic(name: str) -> faust.TopicT:

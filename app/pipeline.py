@@ -24,15 +24,13 @@ import collections
 import contextlib
 import logging
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from app import commits
+from app import compat
 from app.batches import Undecodable
 from app.kafka import dead_letter_headers
 from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
@@ -49,18 +47,6 @@ CHECKPOINT_MAX_MESSAGES = 5000
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
 FLUSH_FACTS = 2000
 FLUSH_S = 0.02
-
-
-@contextmanager
-def event_context(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event: the RocksDB store picks its partition database from it."""
-    from faust.streams import _current_event
-
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 async def _no_fatal_handler(exc: BaseException) -> None:
@@ -122,7 +108,7 @@ class _CheckpointedStage:
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
-        commits.forget()
+        compat.forget_checkpoints()
         self.generation += 1
         self.unacked.clear()
         self.pending.clear()
@@ -295,7 +281,7 @@ class _CheckpointedStage:
                 await asyncio.gather(*pending)
             if generation != self.generation:
                 return
-            with event_context(events[-1]) if events else contextlib.nullcontext():
+            with compat.event_context(events[-1]) if events else contextlib.nullcontext():
                 futures = self._write(partition, items)
             if futures:
                 await asyncio.gather(*futures)
@@ -313,7 +299,7 @@ class _CheckpointedStage:
             await ack(event)
         if events:
             last = events[-1].message
-            commits.checkpointed(last.topic, partition, last.offset + 1)
+            compat.checkpointed(last.topic, partition, last.offset + 1)
 
     async def wait_checkpoints(self) -> None:
         """Wait for the checkpoints under way (tests, shutdown); raise if one failed."""

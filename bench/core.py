@@ -139,7 +139,7 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
         await stage.wait_checkpoints()
         return time.perf_counter() - t
 
-    with mock.patch("app.pipeline.event_context"):
+    with mock.patch("app.compat.event_context"):
         t_sessionizer = await run(p.sessionizer, "calls.events", messages)
         t_aggregator = await run(p.aggregator, "calls.facts", sent)
     total = t_sessionizer + t_aggregator
