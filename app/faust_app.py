@@ -17,7 +17,7 @@ import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
-from app import batches, compat
+from app import batches, compat, store
 from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
 from app.pipeline import FLUSH_S, Aggregator, Sessionizer
@@ -95,10 +95,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
                          partitions=partitions)
 
     events_topic, facts_topic, deadletter_topic = topic(TOPIC_EVENTS), topic(TOPIC_FACTS), topic(TOPIC_DEADLETTER)
-    sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=partitions,
-                         help="Sessionizer state, one key per call bucket.")
-    aggregates = app.Table("aggregates", key_type=bytes, value_type=bytes, partitions=partitions,
-                           help="KPI state: one key per queue/campaign and one per minute bucket.")
+    sessions, aggregates = store.tables(app, partitions)
 
     disable_created_metrics()  # no `*_created` twin of every counter
     registry = CollectorRegistry(auto_describe=False)

@@ -33,7 +33,17 @@ import orjson
 from app import compat
 from app.batches import Undecodable
 from app.kafka import dead_letter_headers
-from streams.calls import LEGACY_SLOT, BucketState, SessionConfig
+from app.store import (
+    bucket_key,
+    chunk_key,
+    minute_key,
+    parse_aggregate_key,
+    resume_key,
+    resume_offset,
+    resume_value,
+    state_key,
+)
+from streams.calls import BucketState, SessionConfig
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.kpi import KeyState, KpiEngine
 from streams.validation import ValidationConfig, parse_message
@@ -62,11 +72,6 @@ async def _no_fetch(partition: int, start: int, end: int) -> AsyncIterator[Any]:
     msg = f"no fetch_range: cannot read offsets {start} to {end - 1} of partition {partition}"
     raise RuntimeError(msg)
     yield  # an async generator  # pragma: no cover
-
-
-def resume_key(partition: int) -> bytes:
-    """Store key of a partition's resume point: the next offset to apply after its last checkpoint."""
-    return b"\x00next|%d" % partition
 
 
 class _CheckpointedStage:
@@ -214,8 +219,7 @@ class _CheckpointedStage:
 
     def resume_offset(self, partition: int) -> int:
         """The next offset to apply, as of the partition's last durable checkpoint (0 before the first)."""
-        raw = self.table.data.get(resume_key(partition))
-        return orjson.loads(raw)["next"] if raw else 0
+        return resume_offset(self.table.data.get(resume_key(partition)))
 
     async def _apply_message(self, message: Any) -> None:
         raise NotImplementedError
@@ -264,7 +268,7 @@ class _CheckpointedStage:
         pending, self.pending = self.pending, []
         items, staged = self.dirty_items(partition)
         # Last, so that a checkpoint cut short leaves the resume point of the one before.
-        items.append((resume_key(partition), orjson.dumps({"p": partition, "next": self.expected[partition]})))
+        items.append((resume_key(partition), resume_value(partition, self.expected[partition])))
         events = self.unacked.pop(partition, [])
         self.last_checkpoint[partition] = time.monotonic()
         previous = self.inflight.get(partition)
@@ -415,7 +419,7 @@ class Sessionizer(_CheckpointedStage):
 
     async def _apply_message(self, message: Any) -> None:
         partition, offset = message.partition, message.offset
-        key = message.key or b"_p%d" % partition
+        key = bucket_key(message.key, partition)
         bucket = self.bucket(key)
         if offset > bucket.hw:
             generation = self.generation
@@ -485,20 +489,6 @@ def _element_bytes(value: bytes, event_id: str) -> bytes:
     return value
 
 
-def chunk_key(bucket_key: bytes, chunk_ms: int, slot: int) -> bytes:
-    """Store key of one version (slot) of a tombstone chunk of a sessionizer bucket."""
-    key = bucket_key + b"|t|" + str(chunk_ms).encode()
-    return key if slot == LEGACY_SLOT else key + b"|" + str(slot).encode()
-
-
-def minute_key(key: str, minute_ms: int) -> bytes:
-    return f"m|{key}|{minute_ms}".encode()
-
-
-def state_key(key: str) -> bytes:
-    return f"k|{key}".encode()
-
-
 class Aggregator(_CheckpointedStage):
     """calls.facts -> the KPI engine. State: one key per queue/campaign plus one key per minute bucket."""
 
@@ -528,12 +518,14 @@ class Aggregator(_CheckpointedStage):
             value = orjson.loads(raw_value)
             if value.get("p") not in partitions:
                 continue
-            text = raw_key.decode()
-            if text.startswith("k|"):
-                states[text[2:]] = value
-            elif text.startswith("m|"):
-                key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
-                minutes[key][int(start)] = value
+            parsed = parse_aggregate_key(raw_key)
+            if parsed is None:
+                continue
+            key, start = parsed
+            if start is None:
+                states[key] = value
+            else:
+                minutes[key][start] = value
         for key in set(states) | set(minutes):
             for minute in minutes[key].values():
                 minute.pop("p", None)
