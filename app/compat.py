@@ -11,7 +11,7 @@ Re-check them all when either pin moves (pyproject.toml).
    fetcher; its own module, with its tests in tests/app/test_batches.py). No upstream issue found.
 
 Not a patch but a workaround all the same: the stages read the offsets the consumer skipped from the broker
-themselves (``app.pipeline``, ``_CheckpointedStage.admit``); Faust drops the messages it buffered when
+themselves (``app.checkpoint``, ``CheckpointedStage.admit``); Faust drops the messages it buffered when
 recovery clears the stream buffers, https://github.com/faust-streaming/faust/issues/596 (open).
 """
 

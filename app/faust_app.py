@@ -2,7 +2,7 @@
 
 ``calls.events`` (key: call bucket) -> sessionize -> ``calls.facts`` (key: ``q:<queue>`` / ``c:<campaign>``)
 -> aggregate -> KPI engine -> ``/metrics`` and ``/api/v1/queues``. Both agents run with concurrency 1 and
-checkpointed state (app.pipeline). Faust reads none of its unprefixed environment variables: the app is
+checkpointed state (app.checkpoint, app.sessionize, app.aggregate). Faust reads none of its unprefixed environment variables: the app is
 built with ``env={}`` from callpulse's own settings.
 """
 
@@ -18,9 +18,10 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from app import batches, compat, store
+from app.aggregate import Aggregator
 from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
 from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
-from app.pipeline import FLUSH_S, Aggregator, Sessionizer
+from app.sessionize import FLUSH_S, Sessionizer
 from app.settings import Settings
 from streams.kpi import KpiEngine, read_key
 

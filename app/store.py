@@ -18,7 +18,7 @@ k|<fact key>                  aggregates  KeyState.snapshot() + "p": the totals,
                                           histograms, live state, hw of a queue or   the key's minutes
                                           campaign
 m|<fact key>|<minute_ms>      aggregates  one minute bucket of that key + "p"        Aggregator.dirty_items
-\x00next|<partition>          both        {"p": partition, "next": offset}: the      _CheckpointedStage.checkpoint,
+\x00next|<partition>          both        {"p": partition, "next": offset}: the      CheckpointedStage.checkpoint,
                                           next source offset to apply                last of every checkpoint
 
 ``<bucket>`` is the key of the calls.events message (its call bucket, ``streams.events.call_bucket``), or

@@ -88,8 +88,8 @@ async def stages(tmp_path, monkeypatch):
         original(topic, partition, next_offset)
 
     monkeypatch.setattr(compat, "checkpointed", checkpointed)
-    monkeypatch.setattr("app.pipeline.CHECKPOINT_MAX_MESSAGES", 3)  # a checkpoint every 3 messages
-    monkeypatch.setattr("app.pipeline.FLUSH_S", 3600)  # facts go out at checkpoints only: a deterministic log
+    monkeypatch.setattr("app.checkpoint.CHECKPOINT_MAX_MESSAGES", 3)  # a checkpoint every 3 messages
+    monkeypatch.setattr("app.sessionize.FLUSH_S", 3600)  # facts go out at checkpoints only: a deterministic log
     with mock.patch("app.compat.event_context"):
         yield p, log
 
