@@ -27,6 +27,7 @@ from app.kafka import (
     TOPIC_EVENTS,
     BrokerUnavailable,
     CodecsMissing,
+    broker_bind,
     check_codecs,
     detect_embedded,
     ensure_topics,
@@ -134,7 +135,7 @@ def run_broker(*, settings: Settings) -> int:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
     from app.broker import start_broker, stop
 
-    address, port = settings.broker_bind()
+    address, port = broker_bind(settings)
     try:
         proc = start_broker(address, port)
     except RuntimeError as exc:
@@ -388,7 +389,7 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
     """The embedded broker, a worker and live traffic; Ctrl-C stops everything."""
     from app.broker import port_open, start_broker, stop
 
-    address, port = settings.broker_bind()
+    address, port = broker_bind(settings)
     broker_proc = None
     if port_open(address, port):
         log.info("a broker already listens on %s:%d; using it", address, port)

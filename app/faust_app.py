@@ -19,7 +19,14 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from app import batches, compat, http_api, store
 from app.aggregate import Aggregator
-from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
+from app.kafka import (
+    TOPIC_DEADLETTER,
+    TOPIC_EVENTS,
+    TOPIC_FACTS,
+    compression_type,
+    fetch_range,
+    kafka_security,
+)
 from app.metrics import KpiCollector, event_now_ms, make_counters, wall_now_ms
 from app.sessionize import FLUSH_S, Sessionizer
 from app.settings import Settings
@@ -71,7 +78,7 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
 
 
 def _credentials(settings: Settings) -> Any:
-    security = settings.kafka_security()
+    security = kafka_security(settings)
     protocol = security["security_protocol"]
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,

@@ -236,15 +236,6 @@ class Settings:
     def broker_url(self) -> str:
         return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
 
-    def broker_bind(self) -> tuple[str, int]:
-        """The address ``callpulse broker`` binds: the first broker's host resolved to an IP, and its port."""
-        host, _, port = self.bootstrap_servers[0].rpartition(":")
-        try:
-            address = socket.gethostbyname(host)
-        except OSError:
-            raise SettingsError(f"{PREFIX}BROKER host {host!r} does not resolve to an address.") from None
-        return address, int(port)
-
     @property
     def advertised_url(self) -> str:
         if self.values["ADVERTISED_URL"]:
@@ -273,19 +264,6 @@ class Settings:
         return KpiConfig(targets=self.targets,
                          windows=WindowSpec(tz=v["TZ"], day_start_h=v["DAY_START"], interval_min=int(v["INTERVAL"])),
                          call_timeout_ms=round(v["CALL_TIMEOUT"] * 1000), dedup_ttl_ms=round(v["DEDUP_TTL"] * 1000))
-
-    def kafka_security(self) -> dict[str, Any]:
-        """aiokafka keyword arguments for the security settings."""
-        v = self.values
-        out: dict[str, Any] = {"security_protocol": v["SECURITY_PROTOCOL"]}
-        if v["SECURITY_PROTOCOL"].startswith("SASL"):
-            out.update(sasl_mechanism=v["SASL_MECHANISM"], sasl_plain_username=v["SASL_USERNAME"],
-                       sasl_plain_password=v["SASL_PASSWORD"])
-        if v["SECURITY_PROTOCOL"] in ("SSL", "SASL_SSL"):
-            import ssl
-
-            out["ssl_context"] = ssl.create_default_context(cafile=v["SSL_CAFILE"])
-        return out
 
 
 def _load_queues_file(path: str, default: QueueTargets) -> TargetsConfig:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from app.kafka import broker_bind, kafka_security
 from app.settings import SPECS, Settings, SettingsError
 
 
@@ -54,7 +55,7 @@ def test_secrets_are_not_shown():
     s = Settings.from_env({"CALLPULSE_CALLER_KEY": "topsecret", "CALLPULSE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                            "CALLPULSE_SASL_USERNAME": "u", "CALLPULSE_SASL_PASSWORD": "pw"})
     assert "topsecret" not in repr(s) and "pw'" not in repr(s)
-    assert s.kafka_security()["sasl_plain_password"] == "pw"
+    assert kafka_security(s)["sasl_plain_password"] == "pw"
 
 
 def test_queues_file_overrides_per_queue(tmp_path):
@@ -88,7 +89,7 @@ def test_bad_queues_files(tmp_path, text, fragment):
 def test_broker_lists_and_bind_address():
     s = Settings.from_env({"CALLPULSE_BROKER": "kafka://localhost:19092,kafka://127.0.0.2:19093"})
     assert s.bootstrap_servers == ["localhost:19092", "127.0.0.2:19093"]
-    assert s.broker_bind() == ("127.0.0.1", 19092)  # the host name resolved, never every interface
+    assert broker_bind(s) == ("127.0.0.1", 19092)  # the host name resolved, never every interface
 
 
 def test_every_setting_is_documented_in_the_readme():
