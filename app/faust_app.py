@@ -58,7 +58,7 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
-        "canonical_url": settings.advertised_url,
+        "canonical_url": settings.api_url,
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "processing_guarantee": "at_least_once",

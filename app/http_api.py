@@ -59,8 +59,8 @@ def register(app: faust.App, *, settings: Settings, registry: CollectorRegistry,
         try:
             owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
         except Exception:  # no assignment known yet: answer from here
-            owner = settings.advertised_url.rstrip("/")
-        if not request.query.get("local") and owner != settings.advertised_url.rstrip("/"):
+            owner = settings.api_url.rstrip("/")
+        if not request.query.get("local") and owner != settings.api_url.rstrip("/"):
             async with app.http_client.get(f"{owner}/api/v1/queues/{queue}?local=1") as response:
                 return web.json(await response.json(), status=response.status)
         state = engine.keys.get(f"q:{queue}")

@@ -51,7 +51,7 @@ def check_codecs() -> None:
 
 def compression_type(settings: Settings) -> str | None:
     """aiokafka's ``compression_type`` for CALLPULSE_COMPRESSION."""
-    return None if settings.compression == "none" else str(settings.compression)
+    return None if settings.compression == "none" else settings.compression
 
 
 def dead_letter_headers(reason: str, error: str, topic: str, partition: int, offset: int,
@@ -112,7 +112,7 @@ async def detect_embedded(settings: Settings, timeout_s: float = 30.0) -> bool:
     """Whether the broker is callpulse's embedded one (CALLPULSE_EMBEDDED_BROKER=auto asks the cluster id)."""
     mode = settings.embedded_broker
     if mode != "auto":
-        return bool(mode == "true")
+        return mode == "true"
     admin = await _admin(settings, timeout_s)
     try:
         cluster = await admin.describe_cluster()
