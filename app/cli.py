@@ -1,8 +1,12 @@
-"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``.
+"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``, ``simulate`` and
+``ingest asterisk-queue-log``.
 
-Each subcommand only reads its options and calls a plain ``run_*`` function with keyword arguments, so the
-run functions work and test without click. A bad setting or argument prints one plain sentence and exits
-with ``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``.
+Each subcommand checks its options and hands them, with the settings, to a plain ``run_*`` function that
+takes keyword arguments, so the run functions work and test without click (``simulate`` first builds its
+events with ``simulation``). A bad setting or argument prints one plain sentence and exits with
+``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``; a compression codec this
+installation cannot read, or an embedded broker that cannot start (``callpulse broker``), with
+``EXIT_FAILURE``; Ctrl-C with ``EXIT_OK``.
 """
 
 from __future__ import annotations
