@@ -136,7 +136,7 @@ class Spec:
     secret: bool = False
 
 
-#: Every setting, in README order. Names are without the CALLPULSE_ prefix; ``Settings`` has a field of each.
+#: Every setting, in README order. Names are without the CALLPULSE_ prefix.
 SPECS: dict[str, Spec] = {
     "BROKER": Spec(_broker, "kafka://localhost:9092", "Kafka bootstrap servers, kafka://host:port[,kafka://host:port]."),
     "PARTITIONS": Spec(_number(1, 10_000, integer=True), "8", "Partitions of the topics callpulse creates."),

@@ -1,9 +1,9 @@
-"""Settings: defaults, every validation error is one sentence naming the setting, unknown names warn."""
+"""Settings: defaults, one typed field per setting, every validation error is one sentence naming the setting,
+unknown names warn."""
 
 import dataclasses
 import re
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -98,6 +98,8 @@ def test_broker_lists_and_bind_address():
 
 
 def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [n for n in SPECS if f"CALLPULSE_{n}" not in readme]
     assert missing == []
@@ -149,6 +151,8 @@ def test_settings_are_frozen_and_a_misspelt_name_is_an_error():
 
 
 def test_mypy_sees_every_field_and_its_type(tmp_path, monkeypatch):
+    from pathlib import Path
+
     from mypy import api
 
     repo = Path(__file__).resolve().parents[2]
