@@ -8,7 +8,8 @@ Re-check them all when either pin moves (pyproject.toml).
    ``AIOKafkaConsumerThread._create_worker_consumer``).
 3. Faust's current event for the store's writes (``event_context``, sets ``faust.streams._current_event``).
 4. Undecodable record batches are skipped and reported, not a crash loop: ``app.batches`` (patches aiokafka's
-   fetcher; its own module, with its tests in tests/app/test_batches.py). No upstream issue found.
+   fetcher; its own module, with its tests in tests/app/test_batches.py). Upstream: a consumer stuck at a
+   corrupt batch, https://github.com/aio-libs/aiokafka/issues/321 (open).
 
 Not a patch but a workaround all the same: the stages read the offsets the consumer skipped from the broker
 themselves (``app.checkpoint``, ``CheckpointedStage.admit``); Faust drops the messages it buffered when
