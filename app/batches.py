@@ -8,7 +8,7 @@ the same offset: Faust crashes the worker, and the restarted worker meets the sa
 ``install`` changes that for the topics callpulse consumes: the batch is skipped (the consumer's position
 moves past it, as aiokafka already does for control batches), and a ``Undecodable`` record of it (topic,
 partition, the offsets it covered, its raw bytes, the error) goes to the callback registered for the topic.
-The stages dead-letter it with reason ``undecodable_batch`` (app.pipeline), so nothing is lost: the raw
+The stages dead-letter it with reason ``undecodable_batch`` (app.checkpoint), so nothing is lost: the raw
 batch can be read again with a tool that decodes it. Other topics (Faust's changelogs) keep aiokafka's
 behaviour, since skipping a batch of table state would corrupt the table silently.
 

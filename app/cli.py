@@ -1,8 +1,12 @@
-"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``.
+"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``, ``simulate`` and
+``ingest asterisk-queue-log``.
 
-Each subcommand only reads its options and calls a plain ``run_*`` function with keyword arguments, so the
-run functions work and test without click. A bad setting or argument prints one plain sentence and exits
-with ``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``.
+Each subcommand checks its options and hands them, with the settings, to a plain ``run_*`` function that
+takes keyword arguments, so the run functions work and test without click (``simulate`` first builds its
+events with ``simulation``). A bad setting or argument prints one plain sentence and exits with
+``EXIT_USAGE``; an unreachable broker exits with ``EXIT_UNAVAILABLE``; a compression codec this
+installation cannot read, or an embedded broker that cannot start (``callpulse broker``), with
+``EXIT_FAILURE``; Ctrl-C with ``EXIT_OK``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from app.kafka import (
     TOPIC_EVENTS,
     BrokerUnavailable,
     CodecsMissing,
+    broker_bind,
     check_codecs,
     detect_embedded,
     ensure_topics,
@@ -134,7 +139,7 @@ def run_broker(*, settings: Settings) -> int:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
     from app.broker import start_broker, stop
 
-    address, port = settings.broker_bind()
+    address, port = broker_bind(settings)
     try:
         proc = start_broker(address, port)
     except RuntimeError as exc:
@@ -388,7 +393,7 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
     """The embedded broker, a worker and live traffic; Ctrl-C stops everything."""
     from app.broker import port_open, start_broker, stop
 
-    address, port = settings.broker_bind()
+    address, port = broker_bind(settings)
     broker_proc = None
     if port_open(address, port):
         log.info("a broker already listens on %s:%d; using it", address, port)

@@ -1,30 +1,36 @@
-"""The Faust application (DESIGN 3): topics, tables, the two agents, and the web pages.
+"""The Faust application (DESIGN 3), wired: topics, tables, the two agents, timers, and the web pages.
 
 ``calls.events`` (key: call bucket) -> sessionize -> ``calls.facts`` (key: ``q:<queue>`` / ``c:<campaign>``)
 -> aggregate -> KPI engine -> ``/metrics`` and ``/api/v1/queues``. Both agents run with concurrency 1 and
-checkpointed state (app.pipeline). Faust reads none of its unprefixed environment variables: the app is
-built with ``env={}`` from callpulse's own settings.
+checkpointed state (app.checkpoint; the stages are app.sessionize and app.aggregate, the tables app.store,
+the pages app.http_api). Faust reads none of its unprefixed environment variables: the app is built with
+``env={}`` from callpulse's own settings.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from app import batches, commits
-from app.kafka import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_FACTS, compression_type, fetch_range
-from app.metrics import KpiCollector, event_now_ms, exported_states, make_counters, wall_now_ms
-from app.pipeline import FLUSH_S, Aggregator, Sessionizer
+from app import batches, compat, http_api, store
+from app.aggregate import Aggregator
+from app.kafka import (
+    TOPIC_DEADLETTER,
+    TOPIC_EVENTS,
+    TOPIC_FACTS,
+    compression_type,
+    fetch_range,
+    kafka_security,
+)
+from app.metrics import KpiCollector, event_now_ms, make_counters, wall_now_ms
+from app.sessionize import FLUSH_S, Sessionizer
 from app.settings import Settings
-from streams.kpi import KpiEngine, read_key
-
-log = logging.getLogger(__name__)
+from streams.kpi import KpiEngine
 
 
 @dataclass
@@ -52,7 +58,7 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,
-        "canonical_url": settings.advertised_url,
+        "canonical_url": settings.api_url,
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "processing_guarantee": "at_least_once",
@@ -72,7 +78,7 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
 
 
 def _credentials(settings: Settings) -> Any:
-    security = settings.kafka_security()
+    security = kafka_security(settings)
     protocol = security["security_protocol"]
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
@@ -82,35 +88,12 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-#: Against the embedded broker: how long a fetch may wait for data (Faust fixes 1,500 ms). Tansu holds a
-#: waiting fetch for its whole wait even when data arrives (Apache Kafka answers at once), so every hop
-#: through it would add up to the wait to the event-to-metric latency (measured: up to 1.4 s, 2 hops).
-EMBEDDED_FETCH_MAX_WAIT_MS = 20
-
-
-def _short_fetch_wait() -> None:
-    """Make the worker's consumer fetch with a short wait (the embedded broker only)."""
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "callpulse_patched", False):
-        return
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS  # read by aiokafka when its fetcher starts
-        return consumer
-
-    create.callpulse_patched = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
 def build(settings: Settings, embedded: bool) -> Pipeline:
     """Create the Faust app with its topics, tables, agents and pages."""
     app = faust.App(settings.app_id, **faust_options(settings, embedded))
     if embedded:
-        _short_fetch_wait()
-    commits.install({TOPIC_EVENTS, TOPIC_FACTS})
+        compat.short_fetch_wait()
+    compat.follow_checkpoints({TOPIC_EVENTS, TOPIC_FACTS})
     partitions = settings.partitions
 
     def topic(name: str) -> faust.TopicT:
@@ -118,10 +101,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
                          partitions=partitions)
 
     events_topic, facts_topic, deadletter_topic = topic(TOPIC_EVENTS), topic(TOPIC_FACTS), topic(TOPIC_DEADLETTER)
-    sessions = app.Table("sessions", key_type=bytes, value_type=bytes, partitions=partitions,
-                         help="Sessionizer state, one key per call bucket.")
-    aggregates = app.Table("aggregates", key_type=bytes, value_type=bytes, partitions=partitions,
-                           help="KPI state: one key per queue/campaign and one per minute bucket.")
+    sessions, aggregates = store.tables(app, partitions)
 
     disable_created_metrics()  # no `*_created` twin of every counter
     registry = CollectorRegistry(auto_describe=False)
@@ -136,8 +116,8 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     aggregator.deadletter_topic, aggregator.rejected = deadletter_topic, counters.rejected
     batches.watch(TOPIC_EVENTS, sessionizer.undecodable.append)
     batches.watch(TOPIC_FACTS, aggregator.undecodable.append)
-    sessionizer.fetch_range = _range_reader(settings, TOPIC_EVENTS)
-    aggregator.fetch_range = _range_reader(settings, TOPIC_FACTS)
+    sessionizer.fetch_range = functools.partial(fetch_range, settings, TOPIC_EVENTS)
+    aggregator.fetch_range = functools.partial(fetch_range, settings, TOPIC_FACTS)
     now_ms = event_now_ms if settings.clock == "event" else wall_now_ms
     registry.register(KpiCollector(lambda: engine, settings, now_ms))
 
@@ -174,93 +154,8 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         aggregator.reset()
         aggregator.load(actives)
 
-    def api_now() -> int:
-        return now_ms(engine)
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        # On the event loop, not in a thread: the collector reads state the agents change.
-        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    @app.page("/api/v1/queues")
-    async def queues_page(web: Any, request: Any) -> Any:
-        local = queues_json(engine, settings, api_now())
-        if request.query.get("local"):
-            return web.json(local)
-        for url in _other_workers(app, aggregates):
-            try:
-                async with app.http_client.get(f"{url}/api/v1/queues?local=1") as response:
-                    remote = await response.json()
-            except Exception as exc:  # a worker may be going away; say so, answer the rest
-                log.warning("could not reach worker %s: %s", url, exc)
-                local.setdefault("unreachable", []).append(url)
-                continue
-            local["queues"].extend(remote["queues"])
-            local["campaigns"].extend(remote["campaigns"])
-        local["queues"].sort(key=lambda q: q["queue"])
-        local["campaigns"].sort(key=lambda c: c["campaign"])
-        return web.json(local)
-
-    @app.page("/api/v1/queues/{queue}")
-    async def queue_page(web: Any, request: Any, queue: str) -> Any:
-        try:
-            owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
-        except Exception:  # no assignment known yet: answer from here
-            owner = settings.advertised_url.rstrip("/")
-        if not request.query.get("local") and owner != settings.advertised_url.rstrip("/"):
-            async with app.http_client.get(f"{owner}/api/v1/queues/{queue}?local=1") as response:
-                return web.json(await response.json(), status=response.status)
-        state = engine.keys.get(f"q:{queue}")
-        if state is None:
-            return web.json({"error": f"queue {queue!r} has no data"}, status=404)
-        return web.json(queue_json(state, engine, api_now()))
-
+    http_api.register(app, settings=settings, registry=registry, engine=engine, aggregates=aggregates,
+                      facts_topic=facts_topic, now_ms=now_ms)
     return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)
 
 
-def _range_reader(settings: Settings, topic: str) -> Any:
-    """``fetch_range(partition, start, end)`` of one topic (app.kafka.fetch_range)."""
-
-    def fetch(partition: int, start: int, end: int) -> Any:
-        return fetch_range(settings, topic, partition, start, end)
-
-    return fetch
-
-
-def _other_workers(app: faust.App, table: Any) -> list[str]:
-    me = str(app.conf.canonical_url).rstrip("/")
-    try:
-        hosts = app.router.table_metadata(table.name)
-    except Exception:  # no assignment yet
-        return []
-    return sorted({str(h).rstrip("/") for h in hosts} - {me})
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
-def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
-    """The JSON of one queue or campaign: live values, every window's KPIs and counts, targets."""
-    data = read_key(state, engine.config, now)
-    out: dict[str, Any] = {state.kind: state.name}
-    windows = {}
-    for name, w in data["windows"].items():
-        windows[name] = {"start": _iso(w["start_ms"]), "end": _iso(w["end_ms"]), "kpis": w["kpis"], "counts": w["counts"]}
-    if state.kind == "queue":
-        targets = engine.config.targets.for_queue(state.name)
-        out["live"] = data["live"]
-        out["targets"] = {"sl_threshold_seconds": targets.sl_threshold_s, "short_abandon_seconds": targets.short_abandon_s,
-                          "service_level_goal": targets.sl_goal, "abandonment_goal": targets.abandon_goal}
-    out["windows"] = windows
-    return out
-
-
-def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:
-    states = exported_states(engine, settings.max_queues)
-    return {
-        "now": _iso(now),
-        "clock": settings.clock,
-        "queues": [queue_json(s, engine, now) for s in states if s.kind == "queue"],
-        "campaigns": [queue_json(s, engine, now) for s in states if s.kind == "campaign"],
-    }

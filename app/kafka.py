@@ -1,9 +1,12 @@
-"""Kafka plumbing shared by every command: topic names, topic creation, producers, embedded-broker detection."""
+"""Kafka plumbing shared by every command: topic names, security and TLS, topic creation, producers,
+embedded-broker detection, the embedded broker's bind address."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
-from app.settings import Settings
+from app.settings import PREFIX, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def check_codecs() -> None:
 
 def compression_type(settings: Settings) -> str | None:
     """aiokafka's ``compression_type`` for CALLPULSE_COMPRESSION."""
-    return None if settings.compression == "none" else str(settings.compression)
+    return None if settings.compression == "none" else settings.compression
 
 
 def dead_letter_headers(reason: str, error: str, topic: str, partition: int, offset: int,
@@ -58,8 +61,30 @@ def dead_letter_headers(reason: str, error: str, topic: str, partition: int, off
             ("source_offset", str(offset).encode()), ("error", error.replace("\n", " ").encode()), *extra]
 
 
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the security settings (with a TLS context when the protocol uses TLS)."""
+    protocol = settings.security_protocol
+    out: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL"):
+        out.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
+                   sasl_plain_password=settings.sasl_password)
+    if protocol in ("SSL", "SASL_SSL"):
+        out["ssl_context"] = ssl.create_default_context(cafile=settings.ssl_cafile)
+    return out
+
+
 def client_kwargs(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_security()}
+    return {"bootstrap_servers": settings.bootstrap_servers, **kafka_security(settings)}
+
+
+def broker_bind(settings: Settings) -> tuple[str, int]:
+    """The address ``callpulse broker`` binds: the first broker's host resolved to an IP, and its port."""
+    host, _, port = settings.bootstrap_servers[0].rpartition(":")
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        raise SettingsError(f"{PREFIX}BROKER host {host!r} does not resolve to an address.") from None
+    return address, int(port)
 
 
 async def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
@@ -87,7 +112,7 @@ async def detect_embedded(settings: Settings, timeout_s: float = 30.0) -> bool:
     """Whether the broker is callpulse's embedded one (CALLPULSE_EMBEDDED_BROKER=auto asks the cluster id)."""
     mode = settings.embedded_broker
     if mode != "auto":
-        return bool(mode == "true")
+        return mode == "true"
     admin = await _admin(settings, timeout_s)
     try:
         cluster = await admin.describe_cluster()

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from app.pipeline import PipelineCounters
+from app.sessionize import PipelineCounters
 from app.settings import Settings
 from streams import counters
 from streams.events import (

@@ -48,7 +48,6 @@ class EventProducer:
         self.futures: list[asyncio.Future] = []
         self.messages = 0
         self.events = 0
-        self.dead_letters = 0
 
     @classmethod
     async def start(cls, settings: Settings, batch: int) -> EventProducer:
@@ -83,7 +82,6 @@ class EventProducer:
         """Send a record to calls.deadletter directly (adapters: ``bad_line``)."""
         headers = dead_letter_headers(reason, error, source, -1, position)
         await self._send(TOPIC_DEADLETTER, None, value, headers)
-        self.dead_letters += 1
 
     async def _flush_key(self, key: bytes) -> None:
         items = self.buffers.pop(key)

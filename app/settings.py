@@ -1,8 +1,12 @@
-"""callpulse settings: every ``CALLPULSE_*`` environment variable, read once into one validated object.
+"""callpulse settings: every ``CALLPULSE_*`` environment variable, read once into one validated, typed,
+frozen object.
 
-A bad value stops start-up with one plain sentence naming the setting (``SettingsError``); an unknown
-``CALLPULSE_*`` name gets a warning. Durations are numbers of seconds. Faust's own unprefixed variables
-(``BROKER_URL``, ``WEB_PORT``, ...) are never read: the Faust app is built with ``env={}``.
+``SPECS`` is the one list of the settings: name, parser (the validation), default and documentation;
+``Settings`` has one typed field per row. A bad value stops start-up with one plain sentence naming the
+setting (``SettingsError``); an unknown ``CALLPULSE_*`` name gets a warning. Durations are numbers of
+seconds. Faust's own unprefixed variables (``BROKER_URL``, ``WEB_PORT``, ...) are never read: the Faust app
+is built with ``env={}``. What the settings mean for the network (SASL and the TLS context, the embedded
+broker's resolved address) is app.kafka's.
 """
 
 from __future__ import annotations
@@ -175,22 +179,58 @@ SPECS: dict[str, Spec] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
-    """The validated settings. Build with ``Settings.from_env``."""
+    """The validated settings: one typed field per row of ``SPECS``, named in lower case and in its order
+    (tests/app/test_settings.py checks both ways). Build with ``Settings.from_env``."""
 
-    values: dict[str, Any]
+    broker: str
+    partitions: int
+    replication_factor: int
+    compression: str
+    app_id: str
+    store: str
+    datadir: str
+    web_host: str
+    web_port: int
+    #: As set; the URL to use is ``api_url``.
+    advertised_url: str | None
+    tz: str
+    day_start: int
+    interval: str
+    clock: str
+    grace: float
+    sl_threshold: float
+    short_abandon: float
+    sl_goal: float
+    abandon_goal: float
+    queues_file: str | None
+    contact_min_talk: float
+    call_timeout: float
+    dedup_ttl: float
+    max_queues: int
+    max_event_bytes: int
+    max_event_age: float
+    max_clock_skew: float
+    #: Never unset: ``from_env`` draws a random key when CALLPULSE_CALLER_KEY is not set.
+    caller_key: str
+    deadletter_retention: float
+    checkpoint_interval: float
+    embedded_broker: str
+    log_level: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_cafile: str | None
     warnings: tuple[str, ...] = ()
     targets: TargetsConfig = field(default_factory=TargetsConfig)
 
-    def __getattr__(self, name: str) -> Any:
-        upper = name.upper()
-        if upper in SPECS:
-            return self.values[upper]
-        raise AttributeError(name)
-
     def __repr__(self) -> str:
-        shown = {k: ("***" if SPECS[k].secret and v else v) for k, v in self.values.items()}
+        shown = {}
+        for name, spec in SPECS.items():
+            value = getattr(self, name.lower())
+            shown[name] = "***" if spec.secret and value else value
         return f"Settings({shown})"
 
     @classmethod
@@ -220,13 +260,13 @@ class Settings:
         targets = TargetsConfig(default, {})
         if values["QUEUES_FILE"]:
             targets = _load_queues_file(values["QUEUES_FILE"], default)
-        return cls(values, tuple(warnings), targets)
+        return cls(**{name.lower(): value for name, value in values.items()}, warnings=tuple(warnings), targets=targets)
 
     # -- derived views for the core -------------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> list[str]:
         out = []
-        for part in self.values["BROKER"].split(","):
+        for part in self.broker.split(","):
             url = part.strip()
             parsed = urlsplit(url if "://" in url else "kafka://" + url)
             out.append(f"{parsed.hostname}:{parsed.port or 9092}")
@@ -236,56 +276,33 @@ class Settings:
     def broker_url(self) -> str:
         return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
 
-    def broker_bind(self) -> tuple[str, int]:
-        """The address ``callpulse broker`` binds: the first broker's host resolved to an IP, and its port."""
-        host, _, port = self.bootstrap_servers[0].rpartition(":")
-        try:
-            address = socket.gethostbyname(host)
-        except OSError:
-            raise SettingsError(f"{PREFIX}BROKER host {host!r} does not resolve to an address.") from None
-        return address, int(port)
-
     @property
-    def advertised_url(self) -> str:
-        if self.values["ADVERTISED_URL"]:
-            return self.values["ADVERTISED_URL"]
-        host = self.values["WEB_HOST"]
+    def api_url(self) -> str:
+        """The URL other workers reach this one's API at: CALLPULSE_ADVERTISED_URL, by default
+        http://WEB_HOST:WEB_PORT (the host's name when WEB_HOST is every interface)."""
+        if self.advertised_url:
+            return self.advertised_url
+        host = self.web_host
         if host in ("0.0.0.0", "::"):
             host = socket.gethostname()
-        return f"http://{host}:{self.values['WEB_PORT']}"
+        return f"http://{host}:{self.web_port}"
 
     @property
     def validation(self) -> ValidationConfig:
-        return ValidationConfig(max_event_bytes=self.values["MAX_EVENT_BYTES"],
-                                max_clock_skew_ms=round(self.values["MAX_CLOCK_SKEW"] * 1000),
-                                caller_key=self.values["CALLER_KEY"].encode("utf-8"))
+        return ValidationConfig(max_event_bytes=self.max_event_bytes, max_clock_skew_ms=round(self.max_clock_skew * 1000),
+                                caller_key=self.caller_key.encode("utf-8"))
 
     @property
     def session(self) -> SessionConfig:
-        v = self.values
-        return SessionConfig(grace_ms=round(v["GRACE"] * 1000), call_timeout_ms=round(v["CALL_TIMEOUT"] * 1000),
-                             dedup_ttl_ms=round(v["DEDUP_TTL"] * 1000), max_event_age_ms=round(v["MAX_EVENT_AGE"] * 1000),
-                             contact_min_talk_ms=round(v["CONTACT_MIN_TALK"] * 1000))
+        return SessionConfig(grace_ms=round(self.grace * 1000), call_timeout_ms=round(self.call_timeout * 1000),
+                             dedup_ttl_ms=round(self.dedup_ttl * 1000), max_event_age_ms=round(self.max_event_age * 1000),
+                             contact_min_talk_ms=round(self.contact_min_talk * 1000))
 
     @property
     def kpi(self) -> KpiConfig:
-        v = self.values
         return KpiConfig(targets=self.targets,
-                         windows=WindowSpec(tz=v["TZ"], day_start_h=v["DAY_START"], interval_min=int(v["INTERVAL"])),
-                         call_timeout_ms=round(v["CALL_TIMEOUT"] * 1000), dedup_ttl_ms=round(v["DEDUP_TTL"] * 1000))
-
-    def kafka_security(self) -> dict[str, Any]:
-        """aiokafka keyword arguments for the security settings."""
-        v = self.values
-        out: dict[str, Any] = {"security_protocol": v["SECURITY_PROTOCOL"]}
-        if v["SECURITY_PROTOCOL"].startswith("SASL"):
-            out.update(sasl_mechanism=v["SASL_MECHANISM"], sasl_plain_username=v["SASL_USERNAME"],
-                       sasl_plain_password=v["SASL_PASSWORD"])
-        if v["SECURITY_PROTOCOL"] in ("SSL", "SASL_SSL"):
-            import ssl
-
-            out["ssl_context"] = ssl.create_default_context(cafile=v["SSL_CAFILE"])
-        return out
+                         windows=WindowSpec(tz=self.tz, day_start_h=self.day_start, interval_min=int(self.interval)),
+                         call_timeout_ms=round(self.call_timeout * 1000), dedup_ttl_ms=round(self.dedup_ttl * 1000))
 
 
 def _load_queues_file(path: str, default: QueueTargets) -> TargetsConfig:

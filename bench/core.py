@@ -7,9 +7,10 @@ grouped into 100-event messages by call bucket. Two measurements over the same m
 
 1. core: each message is parsed, applied to its bucket, swept, and its facts applied to the KPI engine
    (through their JSON wire form, as between the two agents); events/s and the time of each stage;
-2. shells: the worker's ``Sessionizer`` and ``Aggregator`` (app.pipeline) process the messages as their
-   agents would, over four partitions, with checkpoints, facts batching and counters, but with sends and
-   changelog writes that complete at once: everything a worker does except Kafka and Faust.
+2. shells: the worker's ``Sessionizer`` and ``Aggregator`` (app.sessionize, app.aggregate) process the
+   messages as their agents would, over four partitions, with checkpoints, facts batching and counters,
+   but with sends and changelog writes that complete at once: everything a worker does except Kafka and
+   Faust.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
         await stage.wait_checkpoints()
         return time.perf_counter() - t
 
-    with mock.patch("app.pipeline.event_context"):
+    with mock.patch("app.compat.event_context"):
         t_sessionizer = await run(p.sessionizer, "calls.events", messages)
         t_aggregator = await run(p.aggregator, "calls.facts", sent)
     total = t_sessionizer + t_aggregator

@@ -34,7 +34,8 @@ def agent_main(broker_port: int, messages: int, take: int, out: str, datadir: st
     import faust
 
     from app.cli import make_worker
-    from app.faust_app import _short_fetch_wait, faust_options
+    from app.compat import short_fetch_wait
+    from app.faust_app import faust_options
     from app.settings import Settings
     from tests.e2e.conftest import free_port
 
@@ -42,7 +43,7 @@ def agent_main(broker_port: int, messages: int, take: int, out: str, datadir: st
                                   "CALLPULSE_WEB_PORT": str(free_port()),
                                   "CALLPULSE_APP_ID": "floor", "CALLPULSE_DATADIR": datadir})
     app = faust.App("floor", **faust_options(settings, embedded=True))
-    _short_fetch_wait()
+    short_fetch_wait()
     topic = app.topic(TOPIC, value_serializer="raw", key_serializer="raw", partitions=8)
     seen, first = 0, 0.0
 

@@ -185,14 +185,14 @@ async def test_counters_are_exported_only_once_their_checkpoint_is_durable(pipel
     assert p.engine.keys["q:q"].totals == {"entered": 1}
     assert sample(p, "callpulse_calls_entered_total", queue="q") == 0  # applied, not yet durable
     a.interval_s = 0
-    with mock.patch("app.pipeline.event_context"):
+    with mock.patch("app.compat.event_context"):
         await a.checkpoint_idle()
         await a.wait_checkpoints()
     assert acks == [0]
     assert sample(p, "callpulse_calls_entered_total", queue="q") == 1
-    from app import commits
+    from app import compat
 
-    assert commits.CHECKPOINTED[("calls.facts", 2)] == 1  # the commit offset follows the durable checkpoint
+    assert compat.CHECKPOINTED[("calls.facts", 2)] == 1  # the commit offset follows the durable checkpoint
 
 
 async def test_a_replayed_message_is_not_applied_twice(pipeline):

@@ -19,7 +19,7 @@ from unittest import mock
 import orjson
 import pytest
 
-from app import commits
+from app import compat
 from app.faust_app import build
 from app.settings import Settings
 from tests.app.test_agents import FakeEvent, done
@@ -81,16 +81,16 @@ async def stages(tmp_path, monkeypatch):
             log.ops.append(("changelog", _t, key, value))
             return done()
         table.send_changelog = send_changelog
-    original = commits.checkpointed
+    original = compat.checkpointed
 
     def checkpointed(topic, partition, next_offset):
         log.ops.append(("commit", topic, next_offset))
         original(topic, partition, next_offset)
 
-    monkeypatch.setattr(commits, "checkpointed", checkpointed)
-    monkeypatch.setattr("app.pipeline.CHECKPOINT_MAX_MESSAGES", 3)  # a checkpoint every 3 messages
-    monkeypatch.setattr("app.pipeline.FLUSH_S", 3600)  # facts go out at checkpoints only: a deterministic log
-    with mock.patch("app.pipeline.event_context"):
+    monkeypatch.setattr(compat, "checkpointed", checkpointed)
+    monkeypatch.setattr("app.checkpoint.CHECKPOINT_MAX_MESSAGES", 3)  # a checkpoint every 3 messages
+    monkeypatch.setattr("app.sessionize.FLUSH_S", 3600)  # facts go out at checkpoints only: a deterministic log
+    with mock.patch("app.compat.event_context"):
         yield p, log
 
 

@@ -1,7 +1,13 @@
-"""Settings: defaults, every validation error is one sentence naming the setting, unknown names warn."""
+"""Settings: defaults, one typed field per setting, every validation error is one sentence naming the setting,
+unknown names warn."""
+
+import dataclasses
+import re
+import typing
 
 import pytest
 
+from app.kafka import broker_bind, kafka_security
 from app.settings import SPECS, Settings, SettingsError
 
 
@@ -54,7 +60,7 @@ def test_secrets_are_not_shown():
     s = Settings.from_env({"CALLPULSE_CALLER_KEY": "topsecret", "CALLPULSE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                            "CALLPULSE_SASL_USERNAME": "u", "CALLPULSE_SASL_PASSWORD": "pw"})
     assert "topsecret" not in repr(s) and "pw'" not in repr(s)
-    assert s.kafka_security()["sasl_plain_password"] == "pw"
+    assert kafka_security(s)["sasl_plain_password"] == "pw"
 
 
 def test_queues_file_overrides_per_queue(tmp_path):
@@ -88,7 +94,7 @@ def test_bad_queues_files(tmp_path, text, fragment):
 def test_broker_lists_and_bind_address():
     s = Settings.from_env({"CALLPULSE_BROKER": "kafka://localhost:19092,kafka://127.0.0.2:19093"})
     assert s.bootstrap_servers == ["localhost:19092", "127.0.0.2:19093"]
-    assert s.broker_bind() == ("127.0.0.1", 19092)  # the host name resolved, never every interface
+    assert broker_bind(s) == ("127.0.0.1", 19092)  # the host name resolved, never every interface
 
 
 def test_every_setting_is_documented_in_docs_settings():
@@ -114,3 +120,51 @@ def test_callpulse_settings_win_over_fausts_own_environment(monkeypatch, tmp_pat
     embedded = faust_options(settings, embedded=True)
     assert embedded["producer_max_batch_size"] == 1 and embedded["broker_session_timeout"] <= 10
     assert "producer_max_batch_size" not in faust_options(settings, embedded=False)
+
+
+def test_the_fields_are_the_rows_of_specs_with_their_types(tmp_path):
+    """One typed field per row of SPECS, in its order; a field admits None exactly when its setting can stay unset."""
+    assert [f.name for f in dataclasses.fields(Settings)] == [name.lower() for name in SPECS] + ["warnings", "targets"]
+    hints = typing.get_type_hints(Settings)
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "queues.yaml").write_text("vip:\n  sl_goal: 0.9\n")
+    unset = Settings.from_env({})
+    every = Settings.from_env({
+        "CALLPULSE_ADVERTISED_URL": "http://worker-1:6066", "CALLPULSE_QUEUES_FILE": str(tmp_path / "queues.yaml"),
+        "CALLPULSE_CALLER_KEY": "k", "CALLPULSE_SECURITY_PROTOCOL": "SASL_SSL", "CALLPULSE_SASL_USERNAME": "u",
+        "CALLPULSE_SASL_PASSWORD": "pw", "CALLPULSE_SSL_CAFILE": str(tmp_path / "ca.pem")})
+    for name in SPECS:
+        field = name.lower()
+        types = typing.get_args(hints[field]) or (hints[field],)
+        assert (type(None) in types) == (getattr(unset, field) is None), name
+        assert getattr(every, field) is not None, name
+        for settings in (unset, every):
+            assert type(getattr(settings, field)) in types, (name, getattr(settings, field))
+
+
+def test_settings_are_frozen_and_a_misspelt_name_is_an_error():
+    s = Settings.from_env({"CALLPULSE_CALLER_KEY": "k"})
+    with pytest.raises(AttributeError):
+        _ = s.partitons
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.partitions = 3
+
+
+def test_mypy_sees_every_field_and_its_type(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from mypy import api
+
+    repo = Path(__file__).resolve().parents[2]
+    probe = tmp_path / "probe.py"
+    probe.write_text("from app.settings import Settings\n\ns = Settings.from_env({})\nreveal_type(s.partitions)\n"
+                     "reveal_type(s.advertised_url)\ns.partitons\ns.partitions = 3\n")
+    monkeypatch.chdir(repo)
+    out, err, status = api.run([str(probe), "--config-file", str(repo / "pyproject.toml"),
+                                "--cache-dir", str(tmp_path / "cache")])
+    assert status == 1, out + err
+    assert re.search(r':4: note: Revealed type is "(builtins\.)?int"', out), out
+    assert re.search(r':5: note: Revealed type is "(builtins\.)?str \| None"', out), out
+    assert ':6: error: "Settings" has no attribute "partitons"' in out
+    assert ':7: error: Property "partitions" defined in "Settings" is read-only' in out
+    assert "Found 2 errors in 1 file" in out

@@ -1,4 +1,4 @@
-"""The two stateful stages as thin shells around the domain core, with checkpointed state.
+"""The checkpoint protocol of the two stateful stages (app.sessionize, app.aggregate): ``CheckpointedStage``.
 
 Both stages keep their working state in memory and persist it by *checkpoints*, per partition: every
 ``CALLPULSE_CHECKPOINT_INTERVAL`` seconds (or 5,000 messages) of a partition,
@@ -24,21 +24,14 @@ import collections
 import contextlib
 import logging
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
-
-from app import commits
+from app import compat
 from app.batches import Undecodable
 from app.kafka import dead_letter_headers
-from streams.facts import LIVE_KINDS, Fact, to_wire
-from streams.kpi import KeyState, KpiEngine, Minute
-from streams.sessions import BucketState, SessionConfig
-from streams.validation import ValidationConfig, parse_message
+from app.store import resume_key, resume_offset, resume_value
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +39,6 @@ log = logging.getLogger(__name__)
 Ack = Callable[[Any], Awaitable[Any]]
 #: Checkpoint at the latest after this many messages of a partition.
 CHECKPOINT_MAX_MESSAGES = 5000
-#: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
-FLUSH_FACTS = 2000
-FLUSH_S = 0.02
-
-
-@contextmanager
-def event_context(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event: the RocksDB store picks its partition database from it."""
-    from faust.streams import _current_event
-
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 async def _no_fatal_handler(exc: BaseException) -> None:
@@ -78,15 +56,24 @@ async def _no_fetch(partition: int, start: int, end: int) -> AsyncIterator[Any]:
     yield  # an async generator  # pragma: no cover
 
 
-def resume_key(partition: int) -> bytes:
-    """Store key of a partition's resume point: the next offset to apply after its last checkpoint."""
-    return b"\x00next|%d" % partition
+class CheckpointedStage:
+    """A stage: applies the messages of one topic partition by partition, in offset order, to working state
+    kept in memory, and persists it to one table by checkpoints (the protocol above).
 
+    The Faust shell hands every event to ``process`` with its ``ack``, calls ``checkpoint_idle`` from a
+    timer and ``reset`` at every rebalance. A subclass supplies:
 
-class _CheckpointedStage:
-    """Per-partition bookkeeping shared by both stages: unacknowledged events, unconfirmed sends, timing.
+    - ``apply_message(message)``: apply one message to the working state, unless the state it touches
+      already holds that offset (its ``hw``), and note the keys it changed as dirty for the partition;
+    - ``dirty_items(partition)``: the writes ``(key, value or None)`` of the partition's dirty keys, in an
+      order whose every prefix restores a consistent state, and what ``confirmed`` is to get;
+    - optionally ``before_checkpoint()`` (send what is buffered: a checkpoint confirms every send made
+      before it) and ``confirmed(staged)`` (the checkpoint is durable).
 
-    ``lock`` serialises message processing and checkpoints (the agent and the idle-checkpoint timer).
+    The base keeps, per partition, the events not yet acknowledged, the sends not yet confirmed
+    (``pending``), the next offset to apply (``expected``, see ``admit``) and the checkpoint being persisted
+    (``inflight``); a checkpoint writes the partition's resume point last (``store.resume_key``). ``lock``
+    serialises message processing and checkpoints (the agent and the idle-checkpoint timer).
     """
 
     def __init__(self, table: Any, interval_s: float) -> None:
@@ -122,7 +109,7 @@ class _CheckpointedStage:
 
     def reset(self) -> None:
         """Forget everything not checkpointed (after a rebalance it is replayed from the committed offsets)."""
-        commits.forget()
+        compat.forget_checkpoints()
         self.generation += 1
         self.unacked.clear()
         self.pending.clear()
@@ -142,7 +129,7 @@ class _CheckpointedStage:
             if not await self.admit(message.topic, partition, message.offset):
                 return  # revoked, or the worker is stopping: the message is replayed from the committed offset
             self.unacked[partition].append(event)
-            await self._apply_message(event.message)
+            await self.apply_message(event.message)
             if generation != self.generation:  # a rebalance came in between: the message is replayed
                 return
             self.processed += 1
@@ -174,7 +161,7 @@ class _CheckpointedStage:
             applied = 0
             try:
                 async for message in self.fetch_range(partition, expected, offset):
-                    await self._apply_message(message)
+                    await self.apply_message(message)
                     if generation != self.generation:
                         return False
                     applied += 1
@@ -228,10 +215,9 @@ class _CheckpointedStage:
 
     def resume_offset(self, partition: int) -> int:
         """The next offset to apply, as of the partition's last durable checkpoint (0 before the first)."""
-        raw = self.table.data.get(resume_key(partition))
-        return orjson.loads(raw)["next"] if raw else 0
+        return resume_offset(self.table.data.get(resume_key(partition)))
 
-    async def _apply_message(self, message: Any) -> None:
+    async def apply_message(self, message: Any) -> None:
         raise NotImplementedError
 
     def due(self, partition: int) -> bool:
@@ -278,7 +264,7 @@ class _CheckpointedStage:
         pending, self.pending = self.pending, []
         items, staged = self.dirty_items(partition)
         # Last, so that a checkpoint cut short leaves the resume point of the one before.
-        items.append((resume_key(partition), orjson.dumps({"p": partition, "next": self.expected[partition]})))
+        items.append((resume_key(partition), resume_value(partition, self.expected[partition])))
         events = self.unacked.pop(partition, [])
         self.last_checkpoint[partition] = time.monotonic()
         previous = self.inflight.get(partition)
@@ -295,7 +281,7 @@ class _CheckpointedStage:
                 await asyncio.gather(*pending)
             if generation != self.generation:
                 return
-            with event_context(events[-1]) if events else contextlib.nullcontext():
+            with compat.event_context(events[-1]) if events else contextlib.nullcontext():
                 futures = self._write(partition, items)
             if futures:
                 await asyncio.gather(*futures)
@@ -313,7 +299,7 @@ class _CheckpointedStage:
             await ack(event)
         if events:
             last = events[-1].message
-            commits.checkpointed(last.topic, partition, last.offset + 1)
+            compat.checkpointed(last.topic, partition, last.offset + 1)
 
     async def wait_checkpoints(self) -> None:
         """Wait for the checkpoints under way (tests, shutdown); raise if one failed."""
@@ -332,257 +318,3 @@ class _CheckpointedStage:
 
     def confirmed(self, staged: Any) -> None:
         """A checkpoint is durable (``staged``: what ``dirty_items`` handed over)."""
-
-
-class PipelineCounters:
-    """What the stages count about themselves (plain Prometheus counters, see app.metrics)."""
-
-    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any) -> None:
-        self.events = events
-        self.rejected = rejected
-        self.duplicate = duplicate
-        self.late = late
-        self.retracted = retracted
-
-
-class Sessionizer(_CheckpointedStage):
-    """calls.events -> calls.facts (+ calls.deadletter). State: one ``BucketState`` per message key."""
-
-    def __init__(self, table: Any, facts_topic: Any, deadletter_topic: Any, session: SessionConfig,
-                 validation: ValidationConfig, counters: PipelineCounters, interval_s: float,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
-        super().__init__(table, interval_s)
-        self.facts_topic = facts_topic
-        self.deadletter_topic = deadletter_topic
-        self.rejected = counters.rejected
-        self.session = session
-        self.validation = validation
-        self.counters = counters
-        self.wall_ms = wall_ms
-        self.buckets: dict[bytes, BucketState] = {}
-        self.dirty: dict[int, set[bytes]] = defaultdict(set)
-        #: fact key -> groups [source key, source offset, facts] not yet sent; one message per key at a flush
-        self.facts_buffer: dict[str, list[list]] = {}
-        self.buffered = 0
-        self.buffered_since = 0.0
-        #: callpulse_events_total's child per event type (a labels() look-up costs a lock and a dict)
-        self.events_by_type: dict[str, Any] = {}
-
-    def reset(self) -> None:
-        super().reset()
-        self.buckets.clear()
-        self.dirty.clear()
-        self.facts_buffer.clear()
-        self.buffered = 0
-
-    def bucket(self, key: bytes) -> BucketState:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            data = self.table.data
-            raw = data.get(key)
-
-            def load_chunk(chunk: int, slot: int) -> dict | None:
-                value = data.get(chunk_key(key, chunk, slot))
-                return orjson.loads(value) if value else None
-
-            bucket = BucketState.restore(orjson.loads(raw), self.session, load_chunk) if raw else BucketState(self.session)
-            self.buckets[key] = bucket
-        return bucket
-
-    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
-        items: list[tuple[bytes, bytes | None]] = []
-        for key in self.dirty.pop(partition, ()):
-            bucket = self.buckets[key]
-            # New chunk versions, the bucket naming them, then the old versions' deletion: a checkpoint cut
-            # short leaves a prefix of these, and every prefix restores a consistent bucket.
-            writes, deletes = bucket.tombstones.checkpoint()
-            for chunk, slot, tombstones in writes:
-                items.append((chunk_key(key, chunk, slot), orjson.dumps(tombstones)))
-            snapshot = bucket.snapshot()
-            snapshot["p"] = partition
-            items.append((key, orjson.dumps(snapshot)))
-            for chunk, slot in deletes:
-                items.append((chunk_key(key, chunk, slot), None))
-        return items, None
-
-    async def before_checkpoint(self) -> None:
-        await self.flush_facts()
-
-    async def flush_facts(self) -> None:
-        """Send the buffered facts: one message per fact key, holding its groups in order."""
-        buffer, self.facts_buffer, self.buffered = self.facts_buffer, {}, 0
-        generation = self.generation
-        for fact_key, groups in buffer.items():
-            if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
-                return
-            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups)))
-
-    def flush_due(self) -> bool:
-        """Whether buffered facts have waited FLUSH_S."""
-        return bool(self.buffered) and time.monotonic() - self.buffered_since >= FLUSH_S
-
-    async def flush_idle(self) -> None:
-        """Timer: send facts buffered longer than FLUSH_S when no message came to send them."""
-        if self.flush_due():
-            async with self.lock:
-                await self.flush_facts()
-
-    async def _apply_message(self, message: Any) -> None:
-        partition, offset = message.partition, message.offset
-        key = message.key or b"_p%d" % partition
-        bucket = self.bucket(key)
-        if offset > bucket.hw:
-            generation = self.generation
-            await self._apply(bucket, key, message)
-            if generation != self.generation:
-                return
-            bucket.hw = offset
-            self.dirty[partition].add(key)
-
-    async def _apply(self, bucket: BucketState, key: bytes, message: Any) -> None:
-        """Apply one message to its bucket and buffer the facts; stops if a rebalance comes in meanwhile."""
-        generation = self.generation
-        counters = self.counters
-        events, rejections = parse_message(message.value, self.validation, self.wall_ms())
-        for rejection in rejections:
-            await self._dead_letter(message, rejection.reason, rejection.error, rejection.raw)
-        groups: dict[str, list[Fact]] = defaultdict(list)
-        types: dict[str, int] = {}
-        for ev in events:
-            types[ev.type] = types.get(ev.type, 0) + 1
-        by_type = self.events_by_type
-        for etype, n in types.items():
-            child = by_type.get(etype)
-            if child is None:
-                child = by_type[etype] = counters.events.labels(etype)
-            child.inc(n)
-        for ev in events:
-            applied = bucket.apply(ev)
-            if applied.status == "ok":
-                for fact in applied.facts:
-                    groups[fact.key].append(fact)
-            elif applied.status == "duplicate":
-                counters.duplicate.inc()
-            else:  # late, too_old
-                counters.late.inc()
-                await self._dead_letter(message, applied.status, applied.error, _element_bytes(message.value, ev.event_id))
-        for fact in bucket.sweep():
-            groups[fact.key].append(fact)
-        if generation != self.generation:  # revoked while a dead letter was sent: the message is replayed
-            return
-        src = key.decode("utf-8", "replace")
-        retracted = 0
-        buffer = self.facts_buffer
-        if groups and not self.buffered:
-            self.buffered_since = time.monotonic()
-        for fact_key, facts in groups.items():
-            # Corrections only: a live status replaced as the call moves on is not one.
-            retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
-            buffer.setdefault(fact_key, []).append([src, message.offset, [to_wire(f) for f in facts]])
-            self.buffered += len(facts)
-        if retracted:
-            counters.retracted.inc(retracted)
-        if self.buffered >= FLUSH_FACTS or self.flush_due():
-            await self.flush_facts()
-
-    async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
-        await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)
-
-
-def _element_bytes(value: bytes, event_id: str) -> bytes:
-    """The bytes of one event of a message: the message itself, or its array element re-serialised."""
-    decoded = orjson.loads(value)
-    if isinstance(decoded, list):
-        for element in decoded:
-            if isinstance(element, dict) and element.get("event_id") == event_id:
-                return orjson.dumps(element)
-    return value
-
-
-def chunk_key(bucket_key: bytes, chunk_ms: int, slot: int) -> bytes:
-    """Store key of one version (slot) of a tombstone chunk of a sessionizer bucket."""
-    return bucket_key + b"|t|" + str(chunk_ms).encode() + b"|" + str(slot).encode()
-
-
-def minute_key(key: str, minute_ms: int) -> bytes:
-    return f"m|{key}|{minute_ms}".encode()
-
-
-def state_key(key: str) -> bytes:
-    return f"k|{key}".encode()
-
-
-class Aggregator(_CheckpointedStage):
-    """calls.facts -> the KPI engine. State: one key per queue/campaign plus one key per minute bucket."""
-
-    def __init__(self, table: Any, engine: KpiEngine, interval_s: float) -> None:
-        super().__init__(table, interval_s)
-        self.engine = engine
-        self.dirty: dict[int, set[str]] = defaultdict(set)
-
-    def reset(self) -> None:
-        super().reset()
-        self.engine.keys.clear()
-        self.dirty.clear()
-
-    def confirmed(self, staged: Any) -> None:
-        # Counters are exported from durable state only: a restart can never show a value below one already
-        # scraped, which Prometheus would take for a counter reset.
-        for state, hwm in staged:
-            state.exported = hwm
-
-    def load(self, partitions: set[int]) -> None:
-        """Load every key of ``partitions`` from the store (after a rebalance, before processing resumes)."""
-        states: dict[str, dict] = {}
-        minutes: dict[str, dict[int, Minute]] = defaultdict(dict)
-        for raw_key, raw_value in self.table.data.items():
-            if raw_value is None:
-                continue
-            value = orjson.loads(raw_value)
-            if value.get("p") not in partitions:
-                continue
-            text = raw_key.decode()
-            if text.startswith("k|"):
-                states[text[2:]] = value
-            elif text.startswith("m|"):
-                key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
-                del value["p"]
-                minutes[key][int(start)] = value
-        for key in set(states) | set(minutes):
-            if key in states:
-                self.engine.keys[key] = KeyState.restore(key, states[key], minutes[key])
-            else:  # minutes of a key whose state was never checkpointed: a replay rebuilds it
-                self.engine.state(key).minutes = minutes[key]
-        log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
-
-    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
-        items: list[tuple[bytes, bytes | None]] = []
-        staged: list[tuple[KeyState, dict[str, int]]] = []
-        for key in self.dirty.pop(partition, ()):
-            state = self.engine.keys[key]
-            # Minutes first, the key state last: a checkpoint cut short leaves a prefix (one changelog
-            # partition keeps order), so a persisted key state implies its minutes are persisted too.
-            for start in state.dirty_minutes:
-                minute = dict(state.minutes[start])
-                minute["p"] = partition
-                items.append((minute_key(key, start), orjson.dumps(minute)))
-            for start in state.deleted_minutes:
-                items.append((minute_key(key, start), None))
-            state.dirty_minutes = set()
-            state.deleted_minutes = set()
-            self.engine.settle(state)
-            snapshot = state.snapshot()
-            snapshot["p"] = partition
-            items.append((state_key(key), orjson.dumps(snapshot)))
-            staged.append((state, dict(state.hwm)))
-        return items, staged
-
-    async def _apply_message(self, message: Any) -> None:
-        partition, offset = message.partition, message.offset
-        key = message.key.decode("utf-8")
-        state = self.engine.state(key)
-        if offset > state.hw:
-            for src, src_offset, facts in orjson.loads(message.value):
-                self.engine.apply_wire(key, src, src_offset, facts, seq=offset)
-            state.hw = offset
-            self.dirty[partition].add(key)

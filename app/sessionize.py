@@ -1,0 +1,191 @@
+"""The sessionize stage: calls.events -> calls.facts (+ calls.deadletter), around ``streams.sessions``.
+
+Each message is validated (``streams.validation``), its events applied to their call bucket
+(``BucketState``), and the facts that result are buffered per fact key and sent in batches (every
+FLUSH_FACTS facts, after FLUSH_S, and before every checkpoint). Rejected events go to calls.deadletter with
+their reason. The buckets are checkpointed to the ``sessions`` table (app.checkpoint, app.store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from app.checkpoint import CheckpointedStage
+from app.store import bucket_key, chunk_key
+from streams.facts import LIVE_KINDS, Fact, to_wire
+from streams.sessions import BucketState, SessionConfig
+from streams.validation import ValidationConfig, parse_message
+
+#: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
+FLUSH_FACTS = 2000
+FLUSH_S = 0.02
+
+
+class PipelineCounters:
+    """What the stages count about themselves (plain Prometheus counters, see app.metrics)."""
+
+    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any) -> None:
+        self.events = events
+        self.rejected = rejected
+        self.duplicate = duplicate
+        self.late = late
+        self.retracted = retracted
+
+
+class Sessionizer(CheckpointedStage):
+    """calls.events -> calls.facts (+ calls.deadletter). State: one ``BucketState`` per message key."""
+
+    def __init__(self, table: Any, facts_topic: Any, deadletter_topic: Any, session: SessionConfig,
+                 validation: ValidationConfig, counters: PipelineCounters, interval_s: float,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        super().__init__(table, interval_s)
+        self.facts_topic = facts_topic
+        self.deadletter_topic = deadletter_topic
+        self.rejected = counters.rejected
+        self.session = session
+        self.validation = validation
+        self.counters = counters
+        self.wall_ms = wall_ms
+        self.buckets: dict[bytes, BucketState] = {}
+        self.dirty: dict[int, set[bytes]] = defaultdict(set)
+        #: fact key -> groups [source key, source offset, facts] not yet sent; one message per key at a flush
+        self.facts_buffer: dict[str, list[list]] = {}
+        self.buffered = 0
+        self.buffered_since = 0.0
+        #: callpulse_events_total's child per event type (a labels() look-up costs a lock and a dict)
+        self.events_by_type: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.buckets.clear()
+        self.dirty.clear()
+        self.facts_buffer.clear()
+        self.buffered = 0
+
+    def bucket(self, key: bytes) -> BucketState:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            data = self.table.data
+            raw = data.get(key)
+
+            def load_chunk(chunk: int, slot: int) -> dict | None:
+                value = data.get(chunk_key(key, chunk, slot))
+                return orjson.loads(value) if value else None
+
+            bucket = BucketState.restore(orjson.loads(raw), self.session, load_chunk) if raw else BucketState(self.session)
+            self.buckets[key] = bucket
+        return bucket
+
+    def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
+        items: list[tuple[bytes, bytes | None]] = []
+        for key in self.dirty.pop(partition, ()):
+            bucket = self.buckets[key]
+            # New chunk versions, the bucket naming them, then the old versions' deletion: a checkpoint cut
+            # short leaves a prefix of these, and every prefix restores a consistent bucket.
+            writes, deletes = bucket.tombstones.checkpoint()
+            for chunk, slot, tombstones in writes:
+                items.append((chunk_key(key, chunk, slot), orjson.dumps(tombstones)))
+            snapshot = bucket.snapshot()
+            snapshot["p"] = partition
+            items.append((key, orjson.dumps(snapshot)))
+            for chunk, slot in deletes:
+                items.append((chunk_key(key, chunk, slot), None))
+        return items, None
+
+    async def before_checkpoint(self) -> None:
+        await self.flush_facts()
+
+    async def flush_facts(self) -> None:
+        """Send the buffered facts: one message per fact key, holding its groups in order."""
+        buffer, self.facts_buffer, self.buffered = self.facts_buffer, {}, 0
+        generation = self.generation
+        for fact_key, groups in buffer.items():
+            if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
+                return
+            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups)))
+
+    def flush_due(self) -> bool:
+        """Whether buffered facts have waited FLUSH_S."""
+        return bool(self.buffered) and time.monotonic() - self.buffered_since >= FLUSH_S
+
+    async def flush_idle(self) -> None:
+        """Timer: send facts buffered longer than FLUSH_S when no message came to send them."""
+        if self.flush_due():
+            async with self.lock:
+                await self.flush_facts()
+
+    async def apply_message(self, message: Any) -> None:
+        partition, offset = message.partition, message.offset
+        key = bucket_key(message.key, partition)
+        bucket = self.bucket(key)
+        if offset > bucket.hw:
+            generation = self.generation
+            await self._apply(bucket, key, message)
+            if generation != self.generation:
+                return
+            bucket.hw = offset
+            self.dirty[partition].add(key)
+
+    async def _apply(self, bucket: BucketState, key: bytes, message: Any) -> None:
+        """Apply one message to its bucket and buffer the facts; stops if a rebalance comes in meanwhile."""
+        generation = self.generation
+        counters = self.counters
+        events, rejections = parse_message(message.value, self.validation, self.wall_ms())
+        for rejection in rejections:
+            await self._dead_letter(message, rejection.reason, rejection.error, rejection.raw)
+        groups: dict[str, list[Fact]] = defaultdict(list)
+        types: dict[str, int] = {}
+        for ev in events:
+            types[ev.type] = types.get(ev.type, 0) + 1
+        by_type = self.events_by_type
+        for etype, n in types.items():
+            child = by_type.get(etype)
+            if child is None:
+                child = by_type[etype] = counters.events.labels(etype)
+            child.inc(n)
+        for ev in events:
+            applied = bucket.apply(ev)
+            if applied.status == "ok":
+                for fact in applied.facts:
+                    groups[fact.key].append(fact)
+            elif applied.status == "duplicate":
+                counters.duplicate.inc()
+            else:  # late, too_old
+                counters.late.inc()
+                await self._dead_letter(message, applied.status, applied.error, _element_bytes(message.value, ev.event_id))
+        for fact in bucket.sweep():
+            groups[fact.key].append(fact)
+        if generation != self.generation:  # revoked while a dead letter was sent: the message is replayed
+            return
+        src = key.decode("utf-8", "replace")
+        retracted = 0
+        buffer = self.facts_buffer
+        if groups and not self.buffered:
+            self.buffered_since = time.monotonic()
+        for fact_key, facts in groups.items():
+            # Corrections only: a live status replaced as the call moves on is not one.
+            retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
+            buffer.setdefault(fact_key, []).append([src, message.offset, [to_wire(f) for f in facts]])
+            self.buffered += len(facts)
+        if retracted:
+            counters.retracted.inc(retracted)
+        if self.buffered >= FLUSH_FACTS or self.flush_due():
+            await self.flush_facts()
+
+    async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
+        await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)
+
+
+def _element_bytes(value: bytes, event_id: str) -> bytes:
+    """The bytes of one event of a message: the message itself, or its array element re-serialised."""
+    decoded = orjson.loads(value)
+    if isinstance(decoded, list):
+        for element in decoded:
+            if isinstance(element, dict) and element.get("event_id") == event_id:
+                return orjson.dumps(element)
+    return value
