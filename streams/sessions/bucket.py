@@ -81,11 +81,9 @@ class BucketState:
         tomb = self.tombstones.by_call.get(call_id)
         if (session is not None and event.event_id in session.eids) or (tomb is not None and tomb.holds(event.event_id)):
             return Applied("duplicate", [])
-        lateness = self._lateness(event.ts_ms)
-        if lateness is not None:
-            return lateness
-        self._advance(event.ts_ms)
-        self._touch(event.ts_ms)
+        late = self._admit(event.ts_ms)
+        if late is not None:
+            return late
         if session is None and tomb is not None and event.type in ("wrapup", "survey"):
             return Applied("ok", self._apply_to_tombstone(tomb, event))
         ev = StoredEvent.of(event)
@@ -108,6 +106,14 @@ class BucketState:
         derivation = session.derived(call_id, min_talk)
         return Applied("ok", diff(before.facts, derivation.facts), "",
                        _unexpected_in(derivation.unexpected, ev.event_id))
+
+    def _admit(self, ts: int) -> Applied | None:
+        """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved."""
+        late = self._lateness(ts)
+        if late is None:
+            self._advance(ts)
+            self._touch(ts)
+        return late
 
     def _lateness(self, ts: int) -> Applied | None:
         wm = self.wm
@@ -157,11 +163,9 @@ class BucketState:
         session = self.agents.get(agent)
         if session is not None and event.event_id in session.seen:
             return Applied("duplicate", [])
-        lateness = self._lateness(event.ts_ms)
-        if lateness is not None:
-            return lateness
-        self._advance(event.ts_ms)
-        self._touch(event.ts_ms)
+        late = self._admit(event.ts_ms)
+        if late is not None:
+            return late
         if session is None:
             session = self.agents[agent] = AgentSession()
         session.seen[event.event_id] = event.ts_ms
