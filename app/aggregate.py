@@ -30,11 +30,13 @@ class Aggregator(CheckpointedStage):
         self.dirty: dict[int, set[str]] = defaultdict(set)
 
     def reset(self) -> None:
+        """Also forget the engine's queues/campaigns and the dirty keys (``load`` restores what was saved)."""
         super().reset()
         self.engine.keys.clear()
         self.dirty.clear()
 
     def confirmed(self, staged: Any) -> None:
+        """Export each checkpointed key's counters at the values its checkpoint made durable (``hwm``)."""
         # Counters are exported from durable state only: a restart can never show a value below one already
         # scraped, which Prometheus would take for a counter reset.
         for state, hwm in staged:
@@ -67,6 +69,11 @@ class Aggregator(CheckpointedStage):
         log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
+        """The writes of the partition's changed queues/campaigns, and each key state with its ``hwm``.
+
+        Per key: its changed minute buckets, its deleted ones (``None``), then its key state, settled first
+        (past retention forgotten, exported values raised to the totals).
+        """
         items: list[tuple[bytes, bytes | None]] = []
         staged: list[tuple[KeyState, dict[str, int]]] = []
         for key in self.dirty.pop(partition, ()):
@@ -89,6 +96,7 @@ class Aggregator(CheckpointedStage):
         return items, staged
 
     async def apply_message(self, message: Any) -> None:
+        """Apply a facts message to the engine unless its queue/campaign already holds that offset."""
         partition, offset = message.partition, message.offset
         key = message.key.decode("utf-8")
         state = self.engine.state(key)

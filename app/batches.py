@@ -88,7 +88,7 @@ def batch_bytes(data: bytes, base_offset: int) -> bytes:
 
 
 def _unpack_records(self: Any) -> Iterator[Any]:
-    """aiokafka's record iterator, carrying on past a batch it cannot decode (watched topics only)."""
+    """The aiokafka record iterator, carrying on past a batch it cannot decode (watched topics only)."""
     while True:
         try:
             yield from _original_unpack(self)

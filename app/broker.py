@@ -23,12 +23,14 @@ def tansu_binary() -> str:
 
 
 def broker_command(address: str, port: int) -> list[str]:
+    """The command line of Tansu listening and advertised at ``address:port``, with memory storage."""
     url = f"tcp://{address}:{port}"
     return [tansu_binary(), "broker", "--cluster-id", EMBEDDED_CLUSTER_ID, "--listener-url", url,
             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
 
 
 def port_open(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ``address:port`` (IPv6 if the address has a colon)."""
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex((address, port)) == 0

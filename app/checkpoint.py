@@ -57,7 +57,9 @@ async def _no_fetch(partition: int, start: int, end: int) -> AsyncIterator[Any]:
 
 
 class CheckpointedStage:
-    """A stage: applies the messages of one topic partition by partition, in offset order, to working state
+    """A stateful stage: one topic's messages applied to state in memory, checkpointed to one table.
+
+    A stage applies the messages of one topic partition by partition, in offset order, to working state
     kept in memory, and persists it to one table by checkpoints (the protocol above).
 
     The Faust shell hands every event to ``process`` with its ``ack``, calls ``checkpoint_idle`` from a
@@ -180,8 +182,10 @@ class CheckpointedStage:
         return True
 
     async def set_aside(self) -> None:
-        """Dead-letter the undecodable batches reported so far (lock held), and remember the offsets each
-        covered: they are no gap for ``admit`` to read again."""
+        """Dead-letter the undecodable batches reported so far (lock held).
+
+        Remember the offsets each covered: they are no gap for ``admit`` to read again.
+        """
         while self.undecodable:
             batch = self.undecodable.popleft()
             ranges = self.skipped.setdefault(batch.partition, {})
@@ -207,8 +211,10 @@ class CheckpointedStage:
 
     async def dead_letter(self, value: bytes, reason: str, error: str, topic: str, partition: int, offset: int,
                           extra: tuple[tuple[str, bytes], ...] = ()) -> None:
-        """Send ``value`` to calls.deadletter with the reason and where it came from (confirmed at the
-        next checkpoint, like the facts)."""
+        """Send ``value`` to calls.deadletter with the reason and where it came from.
+
+        The send is confirmed at the next checkpoint, like the facts.
+        """
         self.rejected.labels(reason).inc()
         headers = dead_letter_headers(reason, error, topic, partition, offset, extra)
         self.pending.append(await self.deadletter_topic.send(value=value, headers=headers))
@@ -218,15 +224,24 @@ class CheckpointedStage:
         return resume_offset(self.table.data.get(resume_key(partition)))
 
     async def apply_message(self, message: Any) -> None:
+        """Apply one message to the working state and note the keys it changed (subclasses supply it)."""
         raise NotImplementedError
 
     def due(self, partition: int) -> bool:
+        """Whether the partition is due for a checkpoint.
+
+        It is once ``interval_s`` seconds have passed since its last checkpoint (the first call starts the
+        clock) or ``CHECKPOINT_MAX_MESSAGES`` of its messages wait to be acknowledged.
+        """
         last = self.last_checkpoint.setdefault(partition, time.monotonic())
         return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
 
     async def checkpoint_idle(self) -> None:
-        """Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger;
-        dead-letter undecodable batches that no later message of their partition brought up."""
+        """Checkpoint the idle partitions that are due; dead-letter the undecodable batches left.
+
+        Checkpoint partitions whose last messages wait for a checkpoint that no new message will trigger;
+        dead-letter undecodable batches that no later message of their partition brought up.
+        """
         if self.undecodable:
             async with self.lock:
                 await self.set_aside()
@@ -314,6 +329,7 @@ class CheckpointedStage:
         """Send what is buffered: a checkpoint confirms every send made before it."""
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
+        """The writes of the partition's dirty keys and what ``confirmed`` gets (subclasses supply it)."""
         raise NotImplementedError
 
     def confirmed(self, staged: Any) -> None:

@@ -1,5 +1,6 @@
-"""The ``callpulse`` command: ``dev``, ``worker``, ``broker``, ``produce``, ``simulate`` and
-``ingest asterisk-queue-log``.
+"""The ``callpulse`` command and its subcommands.
+
+The subcommands: ``dev``, ``worker``, ``broker``, ``produce``, ``simulate`` and ``ingest asterisk-queue-log``.
 
 Each subcommand checks its options and hands them, with the settings, to a plain ``run_*`` function that
 takes keyword arguments, so the run functions work and test without click (``simulate`` first builds its
@@ -48,6 +49,7 @@ log = logging.getLogger("callpulse")
 
 
 def load_settings() -> Settings:
+    """The settings from the environment; also sets up logging at their log level and logs their warnings."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in settings.warnings:
@@ -198,6 +200,10 @@ async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tup
 
 
 def run_produce(*, settings: Settings, source: str, batch: int) -> int:
+    """Send the JSON Lines of ``source`` (``-``: stdin) to calls.events and report the counts.
+
+    ``batch`` events of one call bucket go in one message.
+    """
     stream = sys.stdin.buffer if source == "-" else open(source, "rb")
     try:
         messages, events, bad = asyncio.run(produce_lines(settings, stream, batch))
@@ -225,6 +231,10 @@ def produce(source: str, batch: int) -> None:
 
 def run_ingest_queue_log(*, settings: Settings, path: Path, follow: bool, speed: float, fmt: str | None,
                          state: Path | None) -> int:
+    """Read the queue_log at ``path`` into calls.events once, or follow it until SIGINT/SIGTERM; report.
+
+    Following keeps its position in ``state``.
+    """
     from app.ingest import QueueLogIngest
 
     ingest = QueueLogIngest(settings, path, fmt, speed, state if follow else None)
@@ -299,6 +309,10 @@ async def send_events(settings: Settings, events: Iterator[dict], speed: float, 
 
 
 def run_simulate(*, settings: Settings | None, out: Path | None, speed: float, events: Iterator[dict]) -> int:
+    """Write the simulated events to ``out`` as JSON Lines, or send them to calls.events until SIGINT/SIGTERM.
+
+    Either way paced at ``speed`` times real time (0: as fast as possible), and the count reported.
+    """
     if out is not None:
         n = 0
         origin: tuple[float, float] | None = None

@@ -48,8 +48,11 @@ class Pipeline:
 
 
 def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
-    """Keyword arguments of faust.App. Against the embedded broker every record is its own batch (its end
-    offsets are exact only then, DESIGN 7) and a short session timeout makes a restarted worker rejoin fast."""
+    """Keyword arguments of faust.App.
+
+    Against the embedded broker every record is its own batch (its end offsets are exact only then, DESIGN 7)
+    and a short session timeout makes a restarted worker rejoin fast.
+    """
     options: dict[str, Any] = {
         "broker": settings.broker_url,
         "store": settings.store,

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from app.metrics import exported_states
 from app.settings import Settings
+from streams import counters
 from streams.kpi import KpiEngine, read_key
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
     out: dict[str, Any] = {state.kind: state.name}
     windows = {}
     for name, w in data["windows"].items():
-        windows[name] = {"start": _iso(w["start_ms"]), "end": _iso(w["end_ms"]), "kpis": w["kpis"], "counts": w["counts"]}
+        windows[name] = {"start": _iso(w["start_ms"]), "end": _iso(w["end_ms"]), "kpis": w["kpis"],
+                         "counts": counters.readable(w["counts"])}
     if state.kind == "queue":
         targets = engine.config.targets.for_queue(state.name)
         out["live"] = data["live"]
@@ -99,6 +101,10 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
 
 
 def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:
+    """This worker's answer to ``/api/v1/queues``: the JSON of its exported queues and campaigns at ``now``.
+
+    Those beyond CALLPULSE_MAX_QUEUES per kind are folded into ``_other``.
+    """
     states = exported_states(engine, settings.max_queues)
     return {
         "now": _iso(now),

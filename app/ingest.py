@@ -35,12 +35,15 @@ POLL_S = 0.2
 
 @dataclass
 class IngestReport:
+    """What reading a queue_log did: lines read, events sent, bad lines, and the verbs skipped (by count)."""
+
     lines: int = 0
     events: int = 0
     bad_lines: int = 0
     skipped: Counter = field(default_factory=Counter)
 
     def summary(self, path: str) -> str:
+        """One line for the operator: the counts of ``path``, with its bad lines and skipped verbs if any."""
         parts = [f"{path}: {self.lines} lines, {self.events} events"]
         if self.bad_lines:
             parts.append(f"{self.bad_lines} bad lines (sent to calls.deadletter)")
@@ -87,6 +90,7 @@ class QueueLogIngest:
         self.report.events += len(events)
 
     async def read_once(self) -> IngestReport:
+        """Send every line of the file to calls.events and return when every event is acknowledged."""
         producer = await EventProducer.start(self.settings, BATCH)
         pacer = Pacer(self.speed)
         try:
@@ -135,6 +139,11 @@ class QueueLogIngest:
         os.replace(tmp, self.state_path)
 
     async def follow(self, stop: asyncio.Event) -> IngestReport:
+        """Tail the file across rotation and truncation until ``stop`` is set; return the report.
+
+        The position is kept in the state file, saved at each end of file once everything read so far is sent
+        and acknowledged.
+        """
         producer = await EventProducer.start(self.settings, 20)
         pacer = Pacer(self.speed)
         f: BinaryIO | None = None

@@ -1,5 +1,8 @@
-"""Kafka plumbing shared by every command: topic names, security and TLS, topic creation, producers,
-embedded-broker detection, the embedded broker's bind address."""
+"""Kafka plumbing shared by every command.
+
+Topic names, security and TLS, topic creation, producers, embedded-broker detection, the embedded broker's
+bind address.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +43,10 @@ class CodecsMissing(RuntimeError):
 
 
 def check_codecs() -> None:
-    """Raise ``CodecsMissing`` unless every codec Kafka defines can be decoded (a consumer meeting a batch
-    of a missing codec would stop at it for good)."""
+    """Raise ``CodecsMissing`` unless every codec Kafka defines can be decoded.
+
+    A consumer meeting a batch of a missing codec would stop at it for good.
+    """
     missing = [name for name, available in CODECS.items() if not available()]
     if missing:
         msg = (f"this installation cannot read Kafka's {', '.join(missing)} compression (aiokafka needs the "
@@ -50,7 +55,7 @@ def check_codecs() -> None:
 
 
 def compression_type(settings: Settings) -> str | None:
-    """aiokafka's ``compression_type`` for CALLPULSE_COMPRESSION."""
+    """The ``compression_type`` of aiokafka for CALLPULSE_COMPRESSION."""
     return None if settings.compression == "none" else settings.compression
 
 
@@ -62,7 +67,7 @@ def dead_letter_headers(reason: str, error: str, topic: str, partition: int, off
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the security settings (with a TLS context when the protocol uses TLS)."""
+    """The aiokafka keyword arguments of the security settings (a TLS context if the protocol uses TLS)."""
     protocol = settings.security_protocol
     out: dict[str, Any] = {"security_protocol": protocol}
     if protocol.startswith("SASL"):
@@ -74,6 +79,7 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of every aiokafka client: the bootstrap servers and the security settings."""
     return {"bootstrap_servers": settings.bootstrap_servers, **kafka_security(settings)}
 
 
@@ -152,8 +158,10 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AIOKafkaProducer:
-    """An aiokafka producer compressing as CALLPULSE_COMPRESSION says; against the embedded broker every
-    record is its own batch (DESIGN 7)."""
+    """A started aiokafka producer, compressing as CALLPULSE_COMPRESSION says.
+
+    Against the embedded broker every record is its own batch (DESIGN 7).
+    """
     if settings.compression != "none":
         check_codecs()
     kwargs: dict[str, Any] = {"acks": "all", "linger_ms": 5, "compression_type": compression_type(settings), **extra}
@@ -166,8 +174,10 @@ async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AI
 
 async def fetch_range(settings: Settings, topic: str, partition: int, start: int, end: int,
                       timeout_s: float = 60.0) -> AsyncIterator[ConsumerRecord]:
-    """The records of one partition with ``start <= offset < end``, in order, read with a consumer of its own
-    (no group). Offsets that do not exist (compaction, transaction markers, retention) are simply absent.
+    """The records of one partition with ``start <= offset < end``, in order.
+
+    They are read with a consumer of its own (no group). Offsets that do not exist (compaction, transaction
+    markers, retention) are simply absent.
 
     Raises:
         TimeoutError: the range was not read within ``timeout_s``.

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from app.sessionize import PipelineCounters
 from app.settings import Settings
 from streams import counters
 from streams.events import (
@@ -38,6 +37,7 @@ from streams.kpi import (
     merge_states,
     read_key,
 )
+from streams.sessions.inbound import TRANSITIONS
 
 OTHER = "_other"
 
@@ -97,6 +97,18 @@ CONFIG_GAUGES = {
 EXIT_LABELS = EXIT_REASONS + IMPLICIT_EXIT_REASONS
 
 
+class PipelineCounters:
+    """What the stages count about themselves (plain Prometheus counters)."""
+
+    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any, unexpected: Any) -> None:
+        self.events = events
+        self.rejected = rejected
+        self.duplicate = duplicate
+        self.late = late
+        self.retracted = retracted
+        self.unexpected = unexpected
+
+
 def make_counters(registry: CollectorRegistry) -> PipelineCounters:
     """The pipeline's own counters, every label value pre-created at 0."""
     events = Counter("callpulse_events", "Valid events received, by type.", ["type"], registry=registry)
@@ -110,7 +122,12 @@ def make_counters(registry: CollectorRegistry) -> PipelineCounters:
     late = Counter("callpulse_events_late", "Valid events rejected as late or too_old.", registry=registry)
     retracted = Counter("callpulse_facts_retracted", "Facts retracted by the sessionizer (a correction follows).",
                         registry=registry)
-    return PipelineCounters(events, rejected, duplicate, late, retracted)
+    unexpected = Counter("callpulse_events_unexpected", "Call events that no transition of the call's state admits "
+                         "(ignored), by event type and call state.", ["type", "state"], registry=registry)
+    for state, admitted in TRANSITIONS.items():
+        for t in sorted(EVENT_TYPES - set(admitted) - {"dial", "agent_state"}):
+            unexpected.labels(t, state.value)
+    return PipelineCounters(events, rejected, duplicate, late, retracted, unexpected)
 
 
 def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:
@@ -135,9 +152,11 @@ class KpiCollector(Collector):
         self.now_ms = now_ms
 
     def describe(self) -> list:
+        """No metric names, so that registering the collector does not call ``collect``."""
         return []  # no collect() at registration time
 
     def collect(self) -> Iterator[Any]:  # one loop per metric family
+        """Every business metric family of the exported queues and campaigns (none without an engine)."""
         engine = self.engine_getter()
         if engine is None:
             return
@@ -232,8 +251,10 @@ def _le(bound: float) -> str:
 
 
 def wall_now_ms(_engine: KpiEngine) -> int:
+    """The wall clock in ms: the "now" of CALLPULSE_CLOCK=wall."""
     return int(time.time() * 1000)
 
 
 def event_now_ms(engine: KpiEngine) -> int:
+    """The engine's stream time in ms (the largest fact time): the "now" of CALLPULSE_CLOCK=event."""
     return engine.stream_time_ms()

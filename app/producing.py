@@ -57,6 +57,7 @@ class EventProducer:
         return cls(await start_producer(settings, embedded), batch)
 
     async def stop(self) -> None:
+        """Stop the Kafka producer (``flush`` and ``drain`` first to keep what is buffered)."""
         await self.producer.stop()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
@@ -89,6 +90,7 @@ class EventProducer:
         await self._send(TOPIC_EVENTS, key, items[0] if self.batch == 1 else b"[" + b",".join(items) + b"]")
 
     async def flush(self) -> None:
+        """Send every call bucket's buffered events, one message per bucket."""
         for key in list(self.buffers):
             await self._flush_key(key)
 
@@ -107,6 +109,10 @@ class Pacer:
         self.origin: tuple[float, float] | None = None
 
     async def wait(self, ts: float, producer: EventProducer) -> None:
+        """Sleep until event time ``ts`` (in seconds) is due, flushing ``producer`` first.
+
+        The first event only sets the origin: event time and wall clock start together there.
+        """
         if not self.speed:
             return
         if self.origin is None:

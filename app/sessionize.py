@@ -8,6 +8,7 @@ their reason. The buckets are checkpointed to the ``sessions`` table (app.checkp
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -16,25 +17,17 @@ from typing import Any
 import orjson
 
 from app.checkpoint import CheckpointedStage
+from app.metrics import PipelineCounters
 from app.store import bucket_key, chunk_key
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.sessions import BucketState, SessionConfig
 from streams.validation import ValidationConfig, parse_message
 
+log = logging.getLogger(__name__)
+
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
 FLUSH_FACTS = 2000
 FLUSH_S = 0.02
-
-
-class PipelineCounters:
-    """What the stages count about themselves (plain Prometheus counters, see app.metrics)."""
-
-    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any) -> None:
-        self.events = events
-        self.rejected = rejected
-        self.duplicate = duplicate
-        self.late = late
-        self.retracted = retracted
 
 
 class Sessionizer(CheckpointedStage):
@@ -61,6 +54,7 @@ class Sessionizer(CheckpointedStage):
         self.events_by_type: dict[str, Any] = {}
 
     def reset(self) -> None:
+        """Also forget the call buckets (reloaded from the table on use), the dirty keys and unsent facts."""
         super().reset()
         self.buckets.clear()
         self.dirty.clear()
@@ -68,6 +62,7 @@ class Sessionizer(CheckpointedStage):
         self.buffered = 0
 
     def bucket(self, key: bytes) -> BucketState:
+        """The state of the call bucket ``key``: in memory, else restored from the table, else a new one."""
         bucket = self.buckets.get(key)
         if bucket is None:
             data = self.table.data
@@ -82,6 +77,10 @@ class Sessionizer(CheckpointedStage):
         return bucket
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
+        """The writes of the partition's changed call buckets (nothing for ``confirmed``).
+
+        Per bucket: its new tombstone chunk versions, its snapshot, then the deletion of the old versions.
+        """
         items: list[tuple[bytes, bytes | None]] = []
         for key in self.dirty.pop(partition, ()):
             bucket = self.buckets[key]
@@ -98,6 +97,7 @@ class Sessionizer(CheckpointedStage):
         return items, None
 
     async def before_checkpoint(self) -> None:
+        """Send the buffered facts, so that the checkpoint confirms them."""
         await self.flush_facts()
 
     async def flush_facts(self) -> None:
@@ -120,6 +120,7 @@ class Sessionizer(CheckpointedStage):
                 await self.flush_facts()
 
     async def apply_message(self, message: Any) -> None:
+        """Apply an events message to its call bucket unless the bucket already holds that offset."""
         partition, offset = message.partition, message.offset
         key = bucket_key(message.key, partition)
         bucket = self.bucket(key)
@@ -153,6 +154,10 @@ class Sessionizer(CheckpointedStage):
             if applied.status == "ok":
                 for fact in applied.facts:
                     groups[fact.key].append(fact)
+                if applied.unexpected:
+                    counters.unexpected.labels(ev.type, applied.unexpected).inc()
+                    log.debug("event %s (%s) of call %s does not fit its state %s: ignored", ev.event_id, ev.type,
+                              ev.call_id, applied.unexpected)
             elif applied.status == "duplicate":
                 counters.duplicate.inc()
             else:  # late, too_old

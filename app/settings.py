@@ -1,12 +1,11 @@
-"""callpulse settings: every ``CALLPULSE_*`` environment variable, read once into one validated, typed,
-frozen object.
+"""callpulse settings: every ``CALLPULSE_*`` environment variable, read once into one object.
 
-``SPECS`` is the one list of the settings: name, parser (the validation), default and documentation;
-``Settings`` has one typed field per row. A bad value stops start-up with one plain sentence naming the
-setting (``SettingsError``); an unknown ``CALLPULSE_*`` name gets a warning. Durations are numbers of
-seconds. Faust's own unprefixed variables (``BROKER_URL``, ``WEB_PORT``, ...) are never read: the Faust app
-is built with ``env={}``. What the settings mean for the network (SASL and the TLS context, the embedded
-broker's resolved address) is app.kafka's.
+That object is validated, typed and frozen. ``SPECS`` is the one list of the settings: name, parser (the
+validation), default and documentation; ``Settings`` has one typed field per row. A bad value stops
+start-up with one plain sentence naming the setting (``SettingsError``); an unknown ``CALLPULSE_*`` name
+gets a warning. Durations are numbers of seconds. Faust's own unprefixed variables (``BROKER_URL``,
+``WEB_PORT``, ...) are never read: the Faust app is built with ``env={}``. What the settings mean for the
+network (SASL and the TLS context, the embedded broker's resolved address) is app.kafka's.
 """
 
 from __future__ import annotations
@@ -181,8 +180,11 @@ SPECS: dict[str, Spec] = {
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
-    """The validated settings: one typed field per row of ``SPECS``, named in lower case and in its order
-    (tests/app/test_settings.py checks both ways). Build with ``Settings.from_env``."""
+    """The validated settings: one typed field per row of ``SPECS``.
+
+    Each field is named in lower case and in the order of ``SPECS`` (tests/app/test_settings.py checks both
+    ways). Build with ``Settings.from_env``.
+    """
 
     broker: str
     partitions: int
@@ -265,6 +267,7 @@ class Settings:
     # -- derived views for the core -------------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> list[str]:
+        """``host:port`` of each broker of CALLPULSE_BROKER (scheme optional, port 9092 by default)."""
         out = []
         for part in self.broker.split(","):
             url = part.strip()
@@ -274,12 +277,16 @@ class Settings:
 
     @property
     def broker_url(self) -> str:
+        """The brokers as Faust's broker URL: ``kafka://host:port`` each, joined by ``;``."""
         return ";".join(f"kafka://{s}" for s in self.bootstrap_servers)
 
     @property
     def api_url(self) -> str:
-        """The URL other workers reach this one's API at: CALLPULSE_ADVERTISED_URL, by default
-        http://WEB_HOST:WEB_PORT (the host's name when WEB_HOST is every interface)."""
+        """The URL other workers reach this one's API at.
+
+        CALLPULSE_ADVERTISED_URL, by default http://WEB_HOST:WEB_PORT (the host's name when WEB_HOST is every
+        interface).
+        """
         if self.advertised_url:
             return self.advertised_url
         host = self.web_host
@@ -289,17 +296,20 @@ class Settings:
 
     @property
     def validation(self) -> ValidationConfig:
+        """The event validation of the core: size limit, clock skew (in ms) and the caller-pseudonym key."""
         return ValidationConfig(max_event_bytes=self.max_event_bytes, max_clock_skew_ms=round(self.max_clock_skew * 1000),
                                 caller_key=self.caller_key.encode("utf-8"))
 
     @property
     def session(self) -> SessionConfig:
+        """The sessionizer configuration of the core, its durations in ms."""
         return SessionConfig(grace_ms=round(self.grace * 1000), call_timeout_ms=round(self.call_timeout * 1000),
                              dedup_ttl_ms=round(self.dedup_ttl * 1000), max_event_age_ms=round(self.max_event_age * 1000),
                              contact_min_talk_ms=round(self.contact_min_talk * 1000))
 
     @property
     def kpi(self) -> KpiConfig:
+        """The KPI engine configuration of the core: queue targets, windows, call timeout, dedup TTL (ms)."""
         return KpiConfig(targets=self.targets,
                          windows=WindowSpec(tz=self.tz, day_start_h=self.day_start, interval_min=int(self.interval)),
                          call_timeout_ms=round(self.call_timeout * 1000), dedup_ttl_ms=round(self.dedup_ttl * 1000))

@@ -53,6 +53,7 @@ def resume_key(partition: int) -> bytes:
 
 
 def resume_value(partition: int, next_offset: int) -> bytes:
+    """Store value of a partition's resume point: the partition and the next offset to apply."""
     return orjson.dumps({"p": partition, "next": next_offset})
 
 

@@ -4,6 +4,8 @@ Expected values are worked out by hand from the event times in the comments.
 """
 
 import asyncio
+import re
+from pathlib import Path
 from unittest import mock
 
 import orjson
@@ -311,3 +313,29 @@ async def test_a_rebalance_during_a_checkpoints_flush_abandons_the_checkpoint(pi
         await s.checkpoint(0, ack)  # before: KeyError, the partition's expected offset was forgotten
     await s.wait_checkpoints()
     assert pipeline.changelog == []
+
+
+async def test_an_event_that_does_not_fit_its_call_is_counted_and_changes_nothing(pipeline):
+    p = pipeline
+    # c1 waits in sales and is put on hold before any agent answered it: no transition admits that hold.
+    # c2 abandons, then its channel hangs up: expected, not counted.
+    calls = (events_of("c1", "sales", ("queue", 0, {}), ("hold", 5, {}))
+             + events_of("c2", "sales", ("queue", 1, {}), ("abandon", 9, {}), ("hangup", 9, {})))
+    await run_through(p, [(b"1", orjson.dumps(calls))])
+    assert sample(p, "callpulse_events_unexpected_total", type="hold", state="queued") == 1
+    assert sample(p, "callpulse_events_unexpected_total", type="unhold", state="queued") == 0  # pre-created
+    assert sample(p, "callpulse_events_unexpected_total", type="hangup", state="ended") is None  # admitted there
+    assert sample(p, "callpulse_calls_entered_total", queue="sales") == 2
+    assert sample(p, "callpulse_calls_abandoned_total", queue="sales") == 1
+    # c1 still waits (the hold changed nothing): one caller waiting
+    assert sample(p, "callpulse_calls_waiting", queue="sales") == 1
+
+
+async def test_every_metric_of_a_worker_is_documented(pipeline):
+    # docs/metrics.md, and the windowed gauges in the KPI table of docs/kpis.md
+    docs = "".join((Path(__file__).resolve().parents[2] / "docs" / page).read_text() for page in ("metrics.md", "kpis.md"))
+    names = {family.name for family in pipeline.registry.collect()}
+    missing = sorted(n for n in names if n.startswith("callpulse_") and not n.startswith("callpulse_faust_")
+                     and not re.search(rf"`{n}(_total)?[`{{]", docs))
+    assert not missing
+    assert len(names) > 40  # the families of a worker with no data yet

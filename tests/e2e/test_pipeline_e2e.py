@@ -163,6 +163,10 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     # the JSON API agrees
     sales = json.loads(w.get("/api/v1/queues/sales"))
     assert sales["windows"]["15m"]["counts"]["answered"] == 2
+    # the window's counters under the names a person reads, durations in seconds (a1's busy 120 s, acw 13 s)
+    counts = sales["windows"]["15m"]["counts"]
+    assert (counts["agent_seconds.busy"], counts["agent_seconds.acw"]) == (120.0, 13.0)
+    assert not [name for name in counts if ":" in name or name.endswith("_ms")]
     assert sales["windows"]["15m"]["kpis"]["service_level_ratio"] == pytest.approx(1 / 3)
     assert sales["live"]["agents"]["available"] == 1
     listing = json.loads(w.get("/api/v1/queues"))
