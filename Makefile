@@ -24,6 +24,7 @@ dev: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app streams tests bench
+	$(VENV)/bin/ruff format --check app streams tests bench
 	$(VENV)/bin/mypy
 
 test: system-packages $(STAMP) lint

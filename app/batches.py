@@ -82,7 +82,7 @@ def batch_bytes(data: bytes, base_offset: int) -> bytes:
         offset, length = struct.unpack_from(">qi", view, pos)
         end = pos + 12 + length
         if offset == base_offset:
-            return bytes(view[pos:min(end, len(view))])
+            return bytes(view[pos : min(end, len(view))])
         pos = end
     return b""
 
@@ -105,10 +105,20 @@ def _unpack_records(self: Any) -> Iterator[Any]:
             start = max(self.next_fetch_offset, base)
             self.next_fetch_offset = end
             error = f"{type(exc).__name__}: {exc}"
-            log.error("%s[%d]: the record batch at offsets %d to %d cannot be decoded (%s); skipped and "
-                      "dead-lettered", self._tp.topic, self._tp.partition, start, end - 1, error)
-            callback(Undecodable(self._tp.topic, self._tp.partition, start, end,
-                                 batch_bytes(records.data, base), error))
+            log.error(
+                "%s[%d]: the record batch at offsets %d to %d cannot be decoded (%s); skipped and "
+                "dead-lettered",
+                self._tp.topic,
+                self._tp.partition,
+                start,
+                end - 1,
+                error,
+            )
+            callback(
+                Undecodable(
+                    self._tp.topic, self._tp.partition, start, end, batch_bytes(records.data, base), error
+                )
+            )
             # The generator that raised is finished; a new one goes on with the next batch of ``records``.
 
 

@@ -25,8 +25,18 @@ def tansu_binary() -> str:
 def broker_command(address: str, port: int) -> list[str]:
     """The command line of Tansu listening and advertised at ``address:port``, with memory storage."""
     url = f"tcp://{address}:{port}"
-    return [tansu_binary(), "broker", "--cluster-id", EMBEDDED_CLUSTER_ID, "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    return [
+        tansu_binary(),
+        "broker",
+        "--cluster-id",
+        EMBEDDED_CLUSTER_ID,
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
 
 
 def port_open(address: str, port: int) -> bool:
@@ -36,7 +46,9 @@ def port_open(address: str, port: int) -> bool:
         return s.connect_ex((address, port)) == 0
 
 
-def start_broker(address: str, port: int, log_path: Path | None = None, timeout_s: float = 20.0) -> subprocess.Popen:
+def start_broker(
+    address: str, port: int, log_path: Path | None = None, timeout_s: float = 20.0
+) -> subprocess.Popen:
     """Start Tansu bound to ``address:port`` and wait until it accepts connections.
 
     Raises:
@@ -46,8 +58,9 @@ def start_broker(address: str, port: int, log_path: Path | None = None, timeout_
         msg = f"port {port} on {address} is already in use; is another broker running?"
         raise RuntimeError(msg)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # handed to the child
-    proc = subprocess.Popen(broker_command(address, port), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        broker_command(address, port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

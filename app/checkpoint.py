@@ -168,13 +168,27 @@ class CheckpointedStage:
                         return False
                     applied += 1
             except Exception as exc:
-                log.critical("%s[%d]: offsets %d to %d were skipped by the consumer and cannot be read, stopping "
-                             "the worker: %r", topic, partition, expected, offset - 1, exc)
+                log.critical(
+                    "%s[%d]: offsets %d to %d were skipped by the consumer and cannot be read, stopping "
+                    "the worker: %r",
+                    topic,
+                    partition,
+                    expected,
+                    offset - 1,
+                    exc,
+                )
                 self.failed = exc
                 await self.on_fatal(exc)
                 return False
-            log.warning("%s[%d]: the consumer skipped offsets %d to %d; read %d messages of them from the broker "
-                        "and applied them first", topic, partition, expected, offset - 1, applied)
+            log.warning(
+                "%s[%d]: the consumer skipped offsets %d to %d; read %d messages of them from the broker "
+                "and applied them first",
+                topic,
+                partition,
+                expected,
+                offset - 1,
+                applied,
+            )
             self.processed += applied
             if self.undecodable:  # the range reader met an undecodable batch
                 await self.set_aside()
@@ -193,8 +207,15 @@ class CheckpointedStage:
                 ranges[batch.end] = min(ranges[batch.end], batch.start)
                 continue
             ranges[batch.end] = batch.start
-            await self.dead_letter(batch.raw, "undecodable_batch", batch.error, batch.topic, batch.partition,
-                                   batch.start, (("source_last_offset", str(batch.end - 1).encode()),))
+            await self.dead_letter(
+                batch.raw,
+                "undecodable_batch",
+                batch.error,
+                batch.topic,
+                batch.partition,
+                batch.start,
+                (("source_last_offset", str(batch.end - 1).encode()),),
+            )
 
     def past_skipped(self, partition: int, expected: int) -> int:
         """``expected`` moved past the undecodable batches that begin at it."""
@@ -209,8 +230,16 @@ class CheckpointedStage:
                     expected, moved = end, True
         return expected
 
-    async def dead_letter(self, value: bytes, reason: str, error: str, topic: str, partition: int, offset: int,
-                          extra: tuple[tuple[str, bytes], ...] = ()) -> None:
+    async def dead_letter(
+        self,
+        value: bytes,
+        reason: str,
+        error: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        extra: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         """Send ``value`` to calls.deadletter with the reason and where it came from.
 
         The send is confirmed at the next checkpoint, like the facts.
@@ -234,7 +263,10 @@ class CheckpointedStage:
         clock) or ``CHECKPOINT_MAX_MESSAGES`` of its messages wait to be acknowledged.
         """
         last = self.last_checkpoint.setdefault(partition, time.monotonic())
-        return time.monotonic() - last >= self.interval_s or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
+        return (
+            time.monotonic() - last >= self.interval_s
+            or len(self.unacked[partition]) >= CHECKPOINT_MAX_MESSAGES
+        )
 
     async def checkpoint_idle(self) -> None:
         """Checkpoint the idle partitions that are due; dead-letter the undecodable batches left.
@@ -284,11 +316,20 @@ class CheckpointedStage:
         self.last_checkpoint[partition] = time.monotonic()
         previous = self.inflight.get(partition)
         self.inflight[partition] = asyncio.ensure_future(
-            self._persist(partition, previous, pending, items, staged, events, ack, self.generation))
+            self._persist(partition, previous, pending, items, staged, events, ack, self.generation)
+        )
 
-    async def _persist(self, partition: int, previous: asyncio.Future | None, pending: list[Awaitable[Any]],
-                       items: list[tuple[bytes, bytes | None]], staged: Any, events: list[Any], ack: Ack,
-                       generation: int) -> None:
+    async def _persist(
+        self,
+        partition: int,
+        previous: asyncio.Future | None,
+        pending: list[Awaitable[Any]],
+        items: list[tuple[bytes, bytes | None]],
+        staged: Any,
+        events: list[Any],
+        ack: Ack,
+        generation: int,
+    ) -> None:
         if previous is not None:
             await previous
         try:

@@ -51,7 +51,9 @@ log = logging.getLogger("callpulse")
 def load_settings() -> Settings:
     """The settings from the environment; also sets up logging at their log level and logs their warnings."""
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for warning in settings.warnings:
         log.warning(warning)
     return settings
@@ -87,6 +89,7 @@ def main() -> None:
 
 # -- worker ------------------------------------------------------------------------------------------------------
 
+
 def make_worker(app: Any, log_level: str, loop: asyncio.AbstractEventLoop) -> Any:
     """The Faust worker that runs ``app``, logging at ``log_level`` (a CALLPULSE_LOG_LEVEL value)."""
     from faust.worker import Worker
@@ -119,8 +122,13 @@ def run_worker(*, settings: Settings) -> int:
     # main thread) to find some 650 unreachable objects: the working state is large and almost free of
     # cycles. Collect the young generation every 50,000 allocations instead of 700, and the old ones rarely.
     gc.set_threshold(50_000, 20, 100)
-    log.info("metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues", settings.web_host,
-             settings.web_port, settings.web_host, settings.web_port)
+    log.info(
+        "metrics on http://%s:%s/metrics, API on http://%s:%s/api/v1/queues",
+        settings.web_host,
+        settings.web_port,
+        settings.web_host,
+        settings.web_port,
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -136,6 +144,7 @@ def worker() -> None:
 
 
 # -- broker ------------------------------------------------------------------------------------------------------
+
 
 def run_broker(*, settings: Settings) -> int:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
@@ -169,6 +178,7 @@ def broker() -> None:
 
 
 # -- produce -----------------------------------------------------------------------------------------------------
+
 
 async def produce_lines(settings: Settings, lines: IO[bytes], batch: int) -> tuple[int, int, int]:
     """Send JSON Lines to calls.events, keyed by call bucket, ``batch`` events of one bucket per message.
@@ -210,15 +220,23 @@ def run_produce(*, settings: Settings, source: str, batch: int) -> int:
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    click.echo(f"produced {events} events in {messages} messages to {TOPIC_EVENTS}"
-               + (f"; {bad} lines were not JSON" if bad else ""), err=True)
+    click.echo(
+        f"produced {events} events in {messages} messages to {TOPIC_EVENTS}"
+        + (f"; {bad} lines were not JSON" if bad else ""),
+        err=True,
+    )
     return EXIT_OK
 
 
 @main.command()
 @click.argument("source", metavar="FILE|-")
-@click.option("--batch", type=click.IntRange(1, 10_000), default=100, show_default=True,
-              help="Events per message (one call bucket per message); 1 sends single-event messages.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Events per message (one call bucket per message); 1 sends single-event messages.",
+)
 @_guard
 def produce(source: str, batch: int) -> None:
     """Send canonical events from a JSON Lines file (or - for stdin) to calls.events."""
@@ -229,8 +247,10 @@ def produce(source: str, batch: int) -> None:
 
 # -- ingest ------------------------------------------------------------------------------------------------------
 
-def run_ingest_queue_log(*, settings: Settings, path: Path, follow: bool, speed: float, fmt: str | None,
-                         state: Path | None) -> int:
+
+def run_ingest_queue_log(
+    *, settings: Settings, path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None
+) -> int:
     """Read the queue_log at ``path`` into calls.events once, or follow it until SIGINT/SIGTERM; report.
 
     Following keeps its position in ``state``.
@@ -260,27 +280,57 @@ def ingest() -> None:
 
 @ingest.command("asterisk-queue-log")
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
-@click.option("--follow", is_flag=True, help="Keep reading as the file grows, across rotation and truncation.")
-@click.option("--speed", type=click.FloatRange(0), default=0, show_default=True,
-              help="Replay at this many times real time (0: as fast as the broker takes it).")
-@click.option("--format", "fmt", type=click.Choice(["native", "qm-csv"]), default=None,
-              help="native pipe format or the QueueMetrics CSV export (default: detected).")
-@click.option("--state", type=click.Path(path_type=Path), default=None,
-              help="With --follow: where the position is kept (default FILE.callpulse-state).")
+@click.option(
+    "--follow", is_flag=True, help="Keep reading as the file grows, across rotation and truncation."
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0),
+    default=0,
+    show_default=True,
+    help="Replay at this many times real time (0: as fast as the broker takes it).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["native", "qm-csv"]),
+    default=None,
+    help="native pipe format or the QueueMetrics CSV export (default: detected).",
+)
+@click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --follow: where the position is kept (default FILE.callpulse-state).",
+)
 @_guard
 def asterisk_queue_log(path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None) -> None:
     """Read an Asterisk queue_log (native or QueueMetrics CSV) into calls.events."""
     if not follow and not path.is_file():
         _fail(f"{path} is not a readable file.", EXIT_USAGE)
     state = state or path.with_name(path.name + ".callpulse-state")
-    sys.exit(run_ingest_queue_log(settings=load_settings(), path=path, follow=follow, speed=speed, fmt=fmt,
-                                  state=state))
+    sys.exit(
+        run_ingest_queue_log(
+            settings=load_settings(), path=path, follow=follow, speed=speed, fmt=fmt, state=state
+        )
+    )
 
 
 # -- simulate ----------------------------------------------------------------------------------------------------
 
-def simulation(*, profile: str | None, seed: int, start_ms: int, hours: float | None, calls_per_hour: float | None,
-               agents: int | None, aht: float | None, patience: float | None, scale: float = 1.0) -> Iterator[dict]:
+
+def simulation(
+    *,
+    profile: str | None,
+    seed: int,
+    start_ms: int,
+    hours: float | None,
+    calls_per_hour: float | None,
+    agents: int | None,
+    aht: float | None,
+    patience: float | None,
+    scale: float = 1.0,
+) -> Iterator[dict]:
     """The simulator's events: a profile, or the plain Erlang-A queue when its four parameters are given."""
     from streams.simulator import ErlangAConfig, ProfileSimulator, erlang_a, load_profile
 
@@ -291,7 +341,9 @@ def simulation(*, profile: str | None, seed: int, start_ms: int, hours: float | 
     return erlang_a(config, rng, start_ms, seed)
 
 
-async def send_events(settings: Settings, events: Iterator[dict], speed: float, stop: asyncio.Event | None = None) -> int:
+async def send_events(
+    settings: Settings, events: Iterator[dict], speed: float, stop: asyncio.Event | None = None
+) -> int:
     """Send events to calls.events, paced at ``speed`` times real time (0: as fast as possible)."""
     producer = await EventProducer.start(settings, 100 if not speed else 20)
     pacer = Pacer(speed)
@@ -342,25 +394,71 @@ def run_simulate(*, settings: Settings | None, out: Path | None, speed: float, e
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write JSON Lines here instead of producing to calls.events (no broker needed).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed: the same seed, the same events.")
-@click.option("--speed", type=click.FloatRange(0), default=None,
-              help="Times real time; 0 as fast as possible. Default: 1 to Kafka, 0 with --out.")
-@click.option("--profile", type=click.Choice(["bank", "lively"]), default=None,
-              help="Rich traffic calibrated on the Anonymous Bank data (bank), or steady daytime traffic (lively).")
-@click.option("--scale", type=click.FloatRange(0.001), default=1.0, show_default=True, help="Profile arrival-rate multiplier.")
-@click.option("--calls-per-hour", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: arrival rate.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write JSON Lines here instead of producing to calls.events (no broker needed).",
+)
+@click.option(
+    "--seed", type=int, default=1, show_default=True, help="Random seed: the same seed, the same events."
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0),
+    default=None,
+    help="Times real time; 0 as fast as possible. Default: 1 to Kafka, 0 with --out.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["bank", "lively"]),
+    default=None,
+    help="Rich traffic calibrated on the Anonymous Bank data (bank), or steady daytime traffic (lively).",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(0.001),
+    default=1.0,
+    show_default=True,
+    help="Profile arrival-rate multiplier.",
+)
+@click.option(
+    "--calls-per-hour", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: arrival rate."
+)
 @click.option("--agents", type=click.IntRange(1), default=None, help="Erlang-A: agents.")
-@click.option("--aht", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: mean handle time, seconds.")
-@click.option("--patience", type=click.FloatRange(0, min_open=True), default=None, help="Erlang-A: mean patience, seconds.")
-@click.option("--hours", type=click.FloatRange(0, min_open=True), default=None,
-              help="Simulated hours of arrivals (default: 24 with --out or Erlang-A, endless for a profile to Kafka).")
+@click.option(
+    "--aht",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Erlang-A: mean handle time, seconds.",
+)
+@click.option(
+    "--patience",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Erlang-A: mean patience, seconds.",
+)
+@click.option(
+    "--hours",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Simulated hours of arrivals (default: 24 with --out or Erlang-A, endless for a profile to Kafka).",
+)
 @click.option("--start", "start_at", default=None, help="Event time of the start, RFC 3339 (default: now).")
 @_guard
-def simulate(out: Path | None, seed: int, speed: float | None, profile: str | None, scale: float,
-             calls_per_hour: float | None, agents: int | None, aht: float | None, patience: float | None,
-             hours: float | None, start_at: str | None) -> None:
+def simulate(
+    out: Path | None,
+    seed: int,
+    speed: float | None,
+    profile: str | None,
+    scale: float,
+    calls_per_hour: float | None,
+    agents: int | None,
+    aht: float | None,
+    patience: float | None,
+    hours: float | None,
+    start_at: str | None,
+) -> None:
     """Simulate a contact center: a plain Erlang-A queue, or a calibrated profile."""
     erlang = (calls_per_hour, agents, aht, patience)
     if profile is None and None in erlang:
@@ -378,8 +476,17 @@ def simulate(out: Path | None, seed: int, speed: float | None, profile: str | No
             _fail(f"--start {exc.error}.", EXIT_USAGE)
     if hours is None and (out is not None or profile is None):
         hours = 24.0
-    events = simulation(profile=profile, seed=seed, start_ms=start_ms, hours=hours, calls_per_hour=calls_per_hour,
-                        agents=agents, aht=aht, patience=patience, scale=scale)
+    events = simulation(
+        profile=profile,
+        seed=seed,
+        start_ms=start_ms,
+        hours=hours,
+        calls_per_hour=calls_per_hour,
+        agents=agents,
+        aht=aht,
+        patience=patience,
+        scale=scale,
+    )
     if speed is None:
         speed = 0.0 if out is not None else 1.0
     settings = None if out is not None else load_settings()
@@ -387,6 +494,7 @@ def simulate(out: Path | None, seed: int, speed: float | None, profile: str | No
 
 
 # -- dev ---------------------------------------------------------------------------------------------------------
+
 
 #: Arrivals per hour of the ``lively`` profile at scale 1 (the sum of its queues' Monday peaks).
 def _lively_scale(calls_per_minute: float) -> float:
@@ -397,9 +505,17 @@ def _lively_scale(calls_per_minute: float) -> float:
 
 
 async def _dev_traffic(settings: Settings, stop: asyncio.Event, calls_per_minute: float) -> None:
-    events = simulation(profile="lively", seed=random.randrange(10**6), start_ms=int(time.time() * 1000), hours=None,
-                        calls_per_hour=None, agents=None, aht=None, patience=None,
-                        scale=_lively_scale(calls_per_minute))
+    events = simulation(
+        profile="lively",
+        seed=random.randrange(10**6),
+        start_ms=int(time.time() * 1000),
+        hours=None,
+        calls_per_hour=None,
+        agents=None,
+        aht=None,
+        patience=None,
+        scale=_lively_scale(calls_per_minute),
+    )
     await send_events(settings, events, 1.0, stop)
 
 
@@ -417,8 +533,10 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
     env = dict(os.environ, CALLPULSE_BROKER=f"kafka://{address}:{port}")
     worker_proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, start_new_session=True)
     base = f"http://{settings.web_host}:{settings.web_port}"
-    click.echo(f"\ncallpulse dev is running. Ctrl-C stops it.\n  metrics:  {base}/metrics\n"
-               f"  API:      {base}/api/v1/queues\n  broker:   kafka://{address}:{port}\n")
+    click.echo(
+        f"\ncallpulse dev is running. Ctrl-C stops it.\n  metrics:  {base}/metrics\n"
+        f"  API:      {base}/api/v1/queues\n  broker:   kafka://{address}:{port}\n"
+    )
     stop_event = asyncio.Event()
     loop = asyncio.new_event_loop()
     traffic = loop.create_task(_dev_traffic(settings, stop_event, calls_per_minute))
@@ -444,8 +562,13 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
 
 
 @main.command()
-@click.option("--calls-per-minute", type=click.FloatRange(0.1, 100_000), default=30, show_default=True,
-              help="Arrival rate of the generated traffic.")
+@click.option(
+    "--calls-per-minute",
+    type=click.FloatRange(0.1, 100_000),
+    default=30,
+    show_default=True,
+    help="Arrival rate of the generated traffic.",
+)
 @_guard
 def dev(calls_per_minute: float) -> None:
     """Run everything on this machine: embedded broker, a worker, and live traffic."""

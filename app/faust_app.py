@@ -75,8 +75,12 @@ def faust_options(settings: Settings, embedded: bool) -> dict[str, Any]:
     if credentials is not None:
         options["broker_credentials"] = credentials
     if embedded:
-        options.update(producer_max_batch_size=1, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
-                       broker_rebalance_timeout=20.0)
+        options.update(
+            producer_max_batch_size=1,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=20.0,
+        )
     return options
 
 
@@ -84,8 +88,12 @@ def _credentials(settings: Settings) -> Any:
     security = kafka_security(settings)
     protocol = security["security_protocol"]
     if protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
-                                     mechanism=settings.sasl_mechanism, ssl_context=security.get("ssl_context"))
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=security.get("ssl_context"),
+        )
     if protocol == "SSL":
         return faust.SSLCredentials(security["ssl_context"])
     return None
@@ -100,10 +108,20 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     partitions = settings.partitions
 
     def topic(name: str) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                         partitions=partitions)
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
 
-    events_topic, facts_topic, deadletter_topic = topic(TOPIC_EVENTS), topic(TOPIC_FACTS), topic(TOPIC_DEADLETTER)
+    events_topic, facts_topic, deadletter_topic = (
+        topic(TOPIC_EVENTS),
+        topic(TOPIC_FACTS),
+        topic(TOPIC_DEADLETTER),
+    )
     sessions, aggregates = store.tables(app, partitions)
 
     disable_created_metrics()  # no `*_created` twin of every counter
@@ -112,8 +130,9 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "callpulse_faust"))
     engine = KpiEngine(settings.kpi)
     interval = settings.checkpoint_interval
-    sessionizer = Sessionizer(sessions, facts_topic, deadletter_topic, settings.session, settings.validation,
-                              counters, interval)
+    sessionizer = Sessionizer(
+        sessions, facts_topic, deadletter_topic, settings.session, settings.validation, counters, interval
+    )
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash
     aggregator.deadletter_topic, aggregator.rejected = deadletter_topic, counters.rejected
@@ -157,8 +176,13 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         aggregator.reset()
         aggregator.load(actives)
 
-    http_api.register(app, settings=settings, registry=registry, engine=engine, aggregates=aggregates,
-                      facts_topic=facts_topic, now_ms=now_ms)
+    http_api.register(
+        app,
+        settings=settings,
+        registry=registry,
+        engine=engine,
+        aggregates=aggregates,
+        facts_topic=facts_topic,
+        now_ms=now_ms,
+    )
     return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)
-
-

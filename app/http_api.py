@@ -24,8 +24,16 @@ from streams.kpi import KpiEngine, read_key
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, *, settings: Settings, registry: CollectorRegistry, engine: KpiEngine,
-             aggregates: Any, facts_topic: Any, now_ms: Callable[[KpiEngine], int]) -> None:
+def register(
+    app: faust.App,
+    *,
+    settings: Settings,
+    registry: CollectorRegistry,
+    engine: KpiEngine,
+    aggregates: Any,
+    facts_topic: Any,
+    now_ms: Callable[[KpiEngine], int],
+) -> None:
     """Serve ``/metrics``, ``/api/v1/queues`` and ``/api/v1/queues/{queue}`` from ``app``'s web server."""
 
     def api_now() -> int:
@@ -89,13 +97,21 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
     out: dict[str, Any] = {state.kind: state.name}
     windows = {}
     for name, w in data["windows"].items():
-        windows[name] = {"start": _iso(w["start_ms"]), "end": _iso(w["end_ms"]), "kpis": w["kpis"],
-                         "counts": counters.readable(w["counts"])}
+        windows[name] = {
+            "start": _iso(w["start_ms"]),
+            "end": _iso(w["end_ms"]),
+            "kpis": w["kpis"],
+            "counts": counters.readable(w["counts"]),
+        }
     if state.kind == "queue":
         targets = engine.config.targets.for_queue(state.name)
         out["live"] = data["live"]
-        out["targets"] = {"sl_threshold_seconds": targets.sl_threshold_s, "short_abandon_seconds": targets.short_abandon_s,
-                          "service_level_goal": targets.sl_goal, "abandonment_goal": targets.abandon_goal}
+        out["targets"] = {
+            "sl_threshold_seconds": targets.sl_threshold_s,
+            "short_abandon_seconds": targets.short_abandon_s,
+            "service_level_goal": targets.sl_goal,
+            "abandonment_goal": targets.abandon_goal,
+        }
     out["windows"] = windows
     return out
 

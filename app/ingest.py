@@ -55,7 +55,9 @@ class IngestReport:
 class QueueLogIngest:
     """Reads one queue_log (a file path) into calls.events."""
 
-    def __init__(self, settings: Settings, path: Path, fmt: str | None, speed: float, state_path: Path | None) -> None:
+    def __init__(
+        self, settings: Settings, path: Path, fmt: str | None, speed: float, state_path: Path | None
+    ) -> None:
         self.settings = settings
         self.path = path
         self.fmt = fmt
@@ -121,8 +123,10 @@ class QueueLogIngest:
                 self.parser.restore(state.get("seen", {}))
             log.info("%s: resuming at line %d (byte %d)", self.path, self.line_no + 1, state["offset"])
         else:
-            log.warning("%s: the file changed while stopped (rotated or truncated); reading it from its start",
-                        self.path)
+            log.warning(
+                "%s: the file changed while stopped (rotated or truncated); reading it from its start",
+                self.path,
+            )
 
     def _save_state(self, f: BinaryIO) -> None:
         if self.state_path is None:
@@ -131,9 +135,13 @@ class QueueLogIngest:
         if position == getattr(self, "_saved", None):
             return
         self._saved = position
-        state = {"inode": os.fstat(f.fileno()).st_ino, "offset": f.tell(), "line": self.line_no,
-                 "format": self.parser.fmt if self.parser else self.fmt,
-                 "seen": self.parser.state() if self.parser else {}}
+        state = {
+            "inode": os.fstat(f.fileno()).st_ino,
+            "offset": f.tell(),
+            "line": self.line_no,
+            "format": self.parser.fmt if self.parser else self.fmt,
+            "seen": self.parser.state() if self.parser else {},
+        }
         tmp = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
         tmp.write_bytes(orjson.dumps(state))
         os.replace(tmp, self.state_path)

@@ -34,8 +34,12 @@ class BrokerUnavailable(RuntimeError):
 
 
 #: Every compression codec Kafka defines, and aiokafka's check that it can decode it.
-CODECS: dict[str, Callable[[], bool]] = {"gzip": codec.has_gzip, "snappy": codec.has_snappy, "lz4": codec.has_lz4,
-                                         "zstd": codec.has_zstd}
+CODECS: dict[str, Callable[[], bool]] = {
+    "gzip": codec.has_gzip,
+    "snappy": codec.has_snappy,
+    "lz4": codec.has_lz4,
+    "zstd": codec.has_zstd,
+}
 
 
 class CodecsMissing(RuntimeError):
@@ -49,8 +53,10 @@ def check_codecs() -> None:
     """
     missing = [name for name, available in CODECS.items() if not available()]
     if missing:
-        msg = (f"this installation cannot read Kafka's {', '.join(missing)} compression (aiokafka needs the "
-               f"cramjam package: pip install 'aiokafka[snappy,lz4,zstd]')")
+        msg = (
+            f"this installation cannot read Kafka's {', '.join(missing)} compression (aiokafka needs the "
+            f"cramjam package: pip install 'aiokafka[snappy,lz4,zstd]')"
+        )
         raise CodecsMissing(msg)
 
 
@@ -59,11 +65,23 @@ def compression_type(settings: Settings) -> str | None:
     return None if settings.compression == "none" else settings.compression
 
 
-def dead_letter_headers(reason: str, error: str, topic: str, partition: int, offset: int,
-                        extra: tuple[tuple[str, bytes], ...] = ()) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: str,
+    error: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    extra: tuple[tuple[str, bytes], ...] = (),
+) -> list[tuple[str, bytes]]:
     """The headers of a calls.deadletter record: why it was rejected and where it came from (docs/events.md)."""
-    return [("reason", reason.encode()), ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode()), ("error", error.replace("\n", " ").encode()), *extra]
+    return [
+        ("reason", reason.encode()),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+        ("error", error.replace("\n", " ").encode()),
+        *extra,
+    ]
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
@@ -71,8 +89,11 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
     protocol = settings.security_protocol
     out: dict[str, Any] = {"security_protocol": protocol}
     if protocol.startswith("SASL"):
-        out.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
-                   sasl_plain_password=settings.sasl_password)
+        out.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password,
+        )
     if protocol in ("SSL", "SASL_SSL"):
         out["ssl_context"] = ssl.create_default_context(cafile=settings.ssl_cafile)
     return out
@@ -139,7 +160,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             configs = {}
             if name == TOPIC_DEADLETTER:
                 configs = {"retention.ms": str(int(settings.deadletter_retention * 1000))}
-            wanted.append(NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs))
+            wanted.append(
+                NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+            )
         if wanted:
             try:
                 await admin.create_topics(wanted)
@@ -164,7 +187,12 @@ async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AI
     """
     if settings.compression != "none":
         check_codecs()
-    kwargs: dict[str, Any] = {"acks": "all", "linger_ms": 5, "compression_type": compression_type(settings), **extra}
+    kwargs: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "compression_type": compression_type(settings),
+        **extra,
+    }
     if embedded:
         kwargs["max_batch_size"] = 1
     producer = AIOKafkaProducer(**client_kwargs(settings), **kwargs)
@@ -172,8 +200,9 @@ async def start_producer(settings: Settings, embedded: bool, **extra: Any) -> AI
     return producer
 
 
-async def fetch_range(settings: Settings, topic: str, partition: int, start: int, end: int,
-                      timeout_s: float = 60.0) -> AsyncIterator[ConsumerRecord]:
+async def fetch_range(
+    settings: Settings, topic: str, partition: int, start: int, end: int, timeout_s: float = 60.0
+) -> AsyncIterator[ConsumerRecord]:
     """The records of one partition with ``start <= offset < end``, in order.
 
     They are read with a consumer of its own (no group). Offsets that do not exist (compaction, transaction
@@ -182,7 +211,9 @@ async def fetch_range(settings: Settings, topic: str, partition: int, start: int
     Raises:
         TimeoutError: the range was not read within ``timeout_s``.
     """
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)

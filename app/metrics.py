@@ -47,10 +47,22 @@ QUEUE_COUNTERS = {
     "callpulse_calls_offered": ("offered", "Stints that left the queue: answered + abandoned + exited (O)."),
     "callpulse_calls_answered": ("answered", "Calls answered from the queue (A), at answer time."),
     "callpulse_calls_abandoned": ("abandoned", "Callers who hung up while queued (Ab)."),
-    "callpulse_calls_short_abandoned": ("short_abandoned", "Abandons with a wait below the short-abandon threshold S (Ab_s)."),
-    "callpulse_calls_answered_within_sl": ("answered_within_sl", "Calls answered with a wait <= the SL threshold T."),
-    "callpulse_calls_abandoned_within_sl": ("abandoned_within_sl", "Abandons with a wait <= the SL threshold T."),
-    "callpulse_calls_transferred": ("transferred", "Answered stints that ended in a transfer, at transfer time."),
+    "callpulse_calls_short_abandoned": (
+        "short_abandoned",
+        "Abandons with a wait below the short-abandon threshold S (Ab_s).",
+    ),
+    "callpulse_calls_answered_within_sl": (
+        "answered_within_sl",
+        "Calls answered with a wait <= the SL threshold T.",
+    ),
+    "callpulse_calls_abandoned_within_sl": (
+        "abandoned_within_sl",
+        "Abandons with a wait <= the SL threshold T.",
+    ),
+    "callpulse_calls_transferred": (
+        "transferred",
+        "Answered stints that ended in a transfer, at transfer time.",
+    ),
     "callpulse_calls_completed": ("completed", "Handled stints (talk ended), at the end of talk or wrap-up."),
     "callpulse_calls_expired": ("expired", "Calls closed after CALLPULSE_CALL_TIMEOUT without an event."),
     "callpulse_agent_missed": ("agent_missed", "Times an agent was offered a call and did not answer."),
@@ -58,32 +70,62 @@ QUEUE_COUNTERS = {
 }
 CAMPAIGN_COUNTERS = {
     "callpulse_outbound_attempts": ("attempt", "Outbound dial attempts."),
-    "callpulse_outbound_connected": ("connected", "Outbound attempts answered (connected, machines included)."),
+    "callpulse_outbound_connected": (
+        "connected",
+        "Outbound attempts answered (connected, machines included).",
+    ),
     "callpulse_outbound_contacts": ("contact", "Outbound attempts that reached a live person (contact)."),
     "callpulse_outbound_conversions": ("conversion", "Outbound attempts with disposition success."),
 }
 #: Windowed gauges: metric name -> (kpi name, kind of key it applies to, help).
 WINDOW_GAUGES = {
     "callpulse_abandonment_ratio": ("abandonment_ratio", "queue", "(Ab - Ab_s) / (O - Ab_s) in the window."),
-    "callpulse_service_level_ratio": ("service_level_ratio", "queue", "A<=T / (A + Ab - Ab_s) in the window."),
-    "callpulse_average_speed_of_answer_seconds": ("average_speed_of_answer_seconds", "queue", "Mean wait of answered calls."),
-    "callpulse_average_abandon_wait_seconds": ("average_abandon_wait_seconds", "queue", "Mean wait of abandoned calls."),
-    "callpulse_longest_wait_seconds": ("longest_wait_seconds", "queue", "Longest wait of the stints that left the queue."),
-    "callpulse_average_handle_time_seconds": ("average_handle_time_seconds", "queue", "(talk + after-call work) / completed."),
+    "callpulse_service_level_ratio": (
+        "service_level_ratio",
+        "queue",
+        "A<=T / (A + Ab - Ab_s) in the window.",
+    ),
+    "callpulse_average_speed_of_answer_seconds": (
+        "average_speed_of_answer_seconds",
+        "queue",
+        "Mean wait of answered calls.",
+    ),
+    "callpulse_average_abandon_wait_seconds": (
+        "average_abandon_wait_seconds",
+        "queue",
+        "Mean wait of abandoned calls.",
+    ),
+    "callpulse_longest_wait_seconds": (
+        "longest_wait_seconds",
+        "queue",
+        "Longest wait of the stints that left the queue.",
+    ),
+    "callpulse_average_handle_time_seconds": (
+        "average_handle_time_seconds",
+        "queue",
+        "(talk + after-call work) / completed.",
+    ),
     "callpulse_average_hold_seconds": ("average_hold_seconds", "queue", "Hold time / completed."),
     "callpulse_transfer_ratio": ("transfer_ratio", "queue", "Transferred / answered."),
     "callpulse_csat_ratio": ("csat_ratio", "queue", "CSAT responses scoring 4-5 / CSAT responses."),
     "callpulse_dsat_ratio": ("dsat_ratio", "queue", "CSAT responses scoring 1-2 / CSAT responses."),
     "callpulse_nps_score": ("nps_score", "queue", "(promoters - detractors) / NPS responses, -1..1."),
     "callpulse_offered_calls": ("offered_calls", "queue", "Offered calls O in the window."),
-    "callpulse_occupancy_ratio": ("occupancy_ratio", "queue", "Agent time busy or in wrap-up / time available, busy or in wrap-up."),
+    "callpulse_occupancy_ratio": (
+        "occupancy_ratio",
+        "queue",
+        "Agent time busy or in wrap-up / time available, busy or in wrap-up.",
+    ),
     "callpulse_connection_ratio": ("connection_ratio", "campaign", "Connected / attempts."),
     "callpulse_contact_ratio": ("contact_ratio", "campaign", "Contacts / attempts."),
     "callpulse_conversion_ratio": ("conversion_ratio", "campaign", "Conversions (success) / attempts."),
 }
 LIVE_GAUGES = {
     "callpulse_calls_waiting": ("calls_waiting", "Calls waiting in the queue now."),
-    "callpulse_oldest_wait_seconds": ("oldest_wait_seconds", "Wait of the longest-waiting caller now (0 when none)."),
+    "callpulse_oldest_wait_seconds": (
+        "oldest_wait_seconds",
+        "Wait of the longest-waiting caller now (0 when none).",
+    ),
     "callpulse_calls_waiting_over_sl": ("calls_waiting_over_sl", "Callers already waiting longer than T."),
     "callpulse_calls_talking": ("calls_talking", "Calls connected to an agent now."),
     "callpulse_calls_on_hold": ("calls_on_hold", "Calls on hold now."),
@@ -100,7 +142,9 @@ EXIT_LABELS = EXIT_REASONS + IMPLICIT_EXIT_REASONS
 class PipelineCounters:
     """What the stages count about themselves (plain Prometheus counters)."""
 
-    def __init__(self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any, unexpected: Any) -> None:
+    def __init__(
+        self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any, unexpected: Any
+    ) -> None:
         self.events = events
         self.rejected = rejected
         self.duplicate = duplicate
@@ -112,18 +156,31 @@ class PipelineCounters:
 def make_counters(registry: CollectorRegistry) -> PipelineCounters:
     """The pipeline's own counters, every label value pre-created at 0."""
     events = Counter("callpulse_events", "Valid events received, by type.", ["type"], registry=registry)
-    rejected = Counter("callpulse_events_rejected", "Events or messages sent to calls.deadletter, by reason.",
-                       ["reason"], registry=registry)
+    rejected = Counter(
+        "callpulse_events_rejected",
+        "Events or messages sent to calls.deadletter, by reason.",
+        ["reason"],
+        registry=registry,
+    )
     for t in sorted(EVENT_TYPES):
         events.labels(t)
     for r in REJECTION_REASONS:
         rejected.labels(r)
-    duplicate = Counter("callpulse_events_duplicate", "Valid events ignored as duplicates.", registry=registry)
+    duplicate = Counter(
+        "callpulse_events_duplicate", "Valid events ignored as duplicates.", registry=registry
+    )
     late = Counter("callpulse_events_late", "Valid events rejected as late or too_old.", registry=registry)
-    retracted = Counter("callpulse_facts_retracted", "Facts retracted by the sessionizer (a correction follows).",
-                        registry=registry)
-    unexpected = Counter("callpulse_events_unexpected", "Call events that no transition of the call's state admits "
-                         "(ignored), by event type and call state.", ["type", "state"], registry=registry)
+    retracted = Counter(
+        "callpulse_facts_retracted",
+        "Facts retracted by the sessionizer (a correction follows).",
+        registry=registry,
+    )
+    unexpected = Counter(
+        "callpulse_events_unexpected",
+        "Call events that no transition of the call's state admits (ignored), by event type and call state.",
+        ["type", "state"],
+        registry=registry,
+    )
     for state, admitted in TRANSITIONS.items():
         for t in sorted(EVENT_TYPES - set(admitted) - {"dial", "agent_state"}):
             unexpected.labels(t, state.value)
@@ -134,8 +191,10 @@ def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:
     """The keys to export, the ones beyond ``max_keys`` per kind folded into ``q:_other`` / ``c:_other``."""
     out: list[KeyState] = []
     for prefix in ("q:", "c:"):
-        states = sorted((s for k, s in engine.keys.items() if k.startswith(prefix) and s.first),
-                        key=lambda s: (s.first, s.key))
+        states = sorted(
+            (s for k, s in engine.keys.items() if k.startswith(prefix) and s.first),
+            key=lambda s: (s.first, s.key),
+        )
         out.extend(states[:max_keys])
         if len(states) > max_keys:
             out.append(merge_states(states[max_keys:], prefix + OTHER))
@@ -145,8 +204,12 @@ def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:
 class KpiCollector(Collector):
     """Builds every business metric from the engine at scrape time."""
 
-    def __init__(self, engine_getter: Callable[[], KpiEngine | None], settings: Settings,
-                 now_ms: Callable[[KpiEngine], int]) -> None:
+    def __init__(
+        self,
+        engine_getter: Callable[[], KpiEngine | None],
+        settings: Settings,
+        now_ms: Callable[[KpiEngine], int],
+    ) -> None:
         self.engine_getter = engine_getter
         self.settings = settings
         self.now_ms = now_ms
@@ -177,20 +240,29 @@ class KpiCollector(Collector):
             for s in campaigns:
                 fam.add_metric([s.name], s.exported.get(total, 0))
             yield fam
-        fam = CounterMetricFamily("callpulse_calls_exited", "Flow-outs (left the queue without an agent), by reason.",
-                                  labels=["queue", "reason"])
+        fam = CounterMetricFamily(
+            "callpulse_calls_exited",
+            "Flow-outs (left the queue without an agent), by reason.",
+            labels=["queue", "reason"],
+        )
         for s in queues:
             for reason in EXIT_LABELS:
                 fam.add_metric([s.name, reason], s.exported.get(counters.exited(reason), 0))
         yield fam
-        fam = CounterMetricFamily("callpulse_calls_refused", "Calls that could not enter the queue, by reason.",
-                                  labels=["queue", "reason"])
+        fam = CounterMetricFamily(
+            "callpulse_calls_refused",
+            "Calls that could not enter the queue, by reason.",
+            labels=["queue", "reason"],
+        )
         for s in queues:
             for reason in REFUSED_REASONS:
                 fam.add_metric([s.name, reason], s.exported.get(counters.refused(reason), 0))
         yield fam
-        fam = CounterMetricFamily("callpulse_survey_responses", "Post-call survey responses by scale and band.",
-                                  labels=["queue", "scale", "band"])
+        fam = CounterMetricFamily(
+            "callpulse_survey_responses",
+            "Post-call survey responses by scale and band.",
+            labels=["queue", "scale", "band"],
+        )
         for s in queues:
             for scale, bands in SURVEY_BANDS.items():
                 for band, _, _ in bands:
@@ -198,14 +270,25 @@ class KpiCollector(Collector):
         yield fam
 
         wait_bounds = engine.config.wait_bounds_s
-        hist = HistogramMetricFamily("callpulse_queue_wait_seconds", "Queue wait of the stints that left the queue.",
-                                     labels=["queue", "outcome"])
+        hist = HistogramMetricFamily(
+            "callpulse_queue_wait_seconds",
+            "Queue wait of the stints that left the queue.",
+            labels=["queue", "outcome"],
+        )
         for s in queues:
             for outcome in counters.WAIT_OUTCOMES:
-                hist.add_metric([s.name, outcome], *_histogram(s, counters.wait_histogram(outcome), wait_bounds))
+                hist.add_metric(
+                    [s.name, outcome], *_histogram(s, counters.wait_histogram(outcome), wait_bounds)
+                )
         yield hist
-        for metric, hist_name, doc in (("callpulse_talk_seconds", counters.TALK_HISTOGRAM, "Talk time of completed calls (hold included)."),
-                                       ("callpulse_handle_seconds", counters.HANDLE_HISTOGRAM, "Handle time (talk + after-call work).")):
+        for metric, hist_name, doc in (
+            (
+                "callpulse_talk_seconds",
+                counters.TALK_HISTOGRAM,
+                "Talk time of completed calls (hold included).",
+            ),
+            ("callpulse_handle_seconds", counters.HANDLE_HISTOGRAM, "Handle time (talk + after-call work)."),
+        ):
             hist = HistogramMetricFamily(metric, doc, labels=["queue"])
             for s in queues:
                 hist.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
@@ -225,7 +308,9 @@ class KpiCollector(Collector):
             for s in queues:
                 gauge.add_metric([s.name], reads[s.key]["live"][field])
             yield gauge
-        gauge = GaugeMetricFamily("callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"])
+        gauge = GaugeMetricFamily(
+            "callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"]
+        )
         for s in queues:
             for agent_state in AGENT_MEMBER_STATES:
                 gauge.add_metric([s.name, agent_state], reads[s.key]["live"]["agents"][agent_state])
@@ -237,7 +322,9 @@ class KpiCollector(Collector):
             yield gauge
 
 
-def _histogram(state: KeyState, name: str, bounds_s: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+def _histogram(
+    state: KeyState, name: str, bounds_s: tuple[float, ...]
+) -> tuple[list[tuple[str, float]], float]:
     """Cumulative buckets and sum (seconds) of one exported histogram, from the never-decreasing values."""
     buckets: list[tuple[str, float]] = []
     for i, bound in enumerate(bounds_s):

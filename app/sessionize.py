@@ -33,9 +33,17 @@ FLUSH_S = 0.02
 class Sessionizer(CheckpointedStage):
     """calls.events -> calls.facts (+ calls.deadletter). State: one ``BucketState`` per message key."""
 
-    def __init__(self, table: Any, facts_topic: Any, deadletter_topic: Any, session: SessionConfig,
-                 validation: ValidationConfig, counters: PipelineCounters, interval_s: float,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+    def __init__(
+        self,
+        table: Any,
+        facts_topic: Any,
+        deadletter_topic: Any,
+        session: SessionConfig,
+        validation: ValidationConfig,
+        counters: PipelineCounters,
+        interval_s: float,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
         super().__init__(table, interval_s)
         self.facts_topic = facts_topic
         self.deadletter_topic = deadletter_topic
@@ -72,7 +80,11 @@ class Sessionizer(CheckpointedStage):
                 value = data.get(chunk_key(key, chunk, slot))
                 return orjson.loads(value) if value else None
 
-            bucket = BucketState.restore(orjson.loads(raw), self.session, load_chunk) if raw else BucketState(self.session)
+            bucket = (
+                BucketState.restore(orjson.loads(raw), self.session, load_chunk)
+                if raw
+                else BucketState(self.session)
+            )
             self.buckets[key] = bucket
         return bucket
 
@@ -107,7 +119,9 @@ class Sessionizer(CheckpointedStage):
         for fact_key, groups in buffer.items():
             if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
                 return
-            self.pending.append(await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups)))
+            self.pending.append(
+                await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups))
+            )
 
     def flush_due(self) -> bool:
         """Whether buffered facts have waited FLUSH_S."""
@@ -156,13 +170,20 @@ class Sessionizer(CheckpointedStage):
                     groups[fact.key].append(fact)
                 if applied.unexpected:
                     counters.unexpected.labels(ev.type, applied.unexpected).inc()
-                    log.debug("event %s (%s) of call %s does not fit its state %s: ignored", ev.event_id, ev.type,
-                              ev.call_id, applied.unexpected)
+                    log.debug(
+                        "event %s (%s) of call %s does not fit its state %s: ignored",
+                        ev.event_id,
+                        ev.type,
+                        ev.call_id,
+                        applied.unexpected,
+                    )
             elif applied.status == "duplicate":
                 counters.duplicate.inc()
             else:  # late, too_old
                 counters.late.inc()
-                await self._dead_letter(message, applied.status, applied.error, _element_bytes(message.value, ev.event_id))
+                await self._dead_letter(
+                    message, applied.status, applied.error, _element_bytes(message.value, ev.event_id)
+                )
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
         if generation != self.generation:  # revoked while a dead letter was sent: the message is replayed

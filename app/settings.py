@@ -47,7 +47,9 @@ def _number(minimum: float, maximum: float | None = None, integer: bool = False)
         except ValueError:
             raise SettingsError(f"{PREFIX}{name} must be {kind}, not {raw!r}.") from None
         if value != value or value < minimum or (maximum is not None and value > maximum):  # NaN included
-            bounds = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+            bounds = (
+                f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+            )
             raise SettingsError(f"{PREFIX}{name} must be {kind} {bounds}, not {raw!r}.")
         return value
 
@@ -73,7 +75,9 @@ def _broker(name: str, raw: str) -> str:
         url = part.strip()
         parsed = urlsplit(url if "://" in url else "kafka://" + url)
         if parsed.scheme != "kafka" or not parsed.hostname:
-            raise SettingsError(f"{PREFIX}{name} must be kafka://host:port (comma-separated for several), not {raw!r}.")
+            raise SettingsError(
+                f"{PREFIX}{name} must be kafka://host:port (comma-separated for several), not {raw!r}."
+            )
         try:
             parsed.port  # noqa: B018 - raises for a bad port
         except ValueError:
@@ -92,7 +96,9 @@ def _tz(name: str, raw: str) -> str:
     try:
         ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"{PREFIX}{name} must be an IANA time zone such as Europe/Paris, not {raw!r}.") from None
+        raise SettingsError(
+            f"{PREFIX}{name} must be an IANA time zone such as Europe/Paris, not {raw!r}."
+        ) from None
     return raw
 
 
@@ -119,7 +125,15 @@ def _existing_file(name: str, raw: str) -> str:
 
 def _bool_auto(name: str, raw: str) -> str:
     value = raw.strip().lower()
-    mapping = {"1": "true", "true": "true", "yes": "true", "0": "false", "false": "false", "no": "false", "auto": "auto"}
+    mapping = {
+        "1": "true",
+        "true": "true",
+        "yes": "true",
+        "0": "false",
+        "false": "false",
+        "no": "false",
+        "auto": "auto",
+    }
     if value not in mapping:
         raise SettingsError(f"{PREFIX}{name} must be auto, true or false, not {raw!r}.")
     return mapping[value]
@@ -137,40 +151,91 @@ class Spec:
 
 #: Every setting, in the order of docs/settings.md. Names are without the CALLPULSE_ prefix.
 SPECS: dict[str, Spec] = {
-    "BROKER": Spec(_broker, "kafka://localhost:9092", "Kafka bootstrap servers, kafka://host:port[,kafka://host:port]."),
+    "BROKER": Spec(
+        _broker, "kafka://localhost:9092", "Kafka bootstrap servers, kafka://host:port[,kafka://host:port]."
+    ),
     "PARTITIONS": Spec(_number(1, 10_000, integer=True), "8", "Partitions of the topics callpulse creates."),
-    "REPLICATION_FACTOR": Spec(_number(1, 10, integer=True), "1", "Replication factor of the topics callpulse creates."),
-    "COMPRESSION": Spec(_choice("none", "gzip", "snappy", "lz4", "zstd"), "none",
-                        "Compression of what callpulse produces (events, facts, dead letters, table changelogs)."),
-    "APP_ID": Spec(_text, "callpulse", "Faust application id: the consumer group and the prefix of changelog topics."),
-    "STORE": Spec(_store, "memory://", "Table store: memory:// (state rebuilt from changelogs at start) or rocksdb://."),
+    "REPLICATION_FACTOR": Spec(
+        _number(1, 10, integer=True), "1", "Replication factor of the topics callpulse creates."
+    ),
+    "COMPRESSION": Spec(
+        _choice("none", "gzip", "snappy", "lz4", "zstd"),
+        "none",
+        "Compression of what callpulse produces (events, facts, dead letters, table changelogs).",
+    ),
+    "APP_ID": Spec(
+        _text, "callpulse", "Faust application id: the consumer group and the prefix of changelog topics."
+    ),
+    "STORE": Spec(
+        _store, "memory://", "Table store: memory:// (state rebuilt from changelogs at start) or rocksdb://."
+    ),
     "DATADIR": Spec(_text, "data", "Directory for the RocksDB store and Faust's files."),
     "WEB_HOST": Spec(_host, "127.0.0.1", "Interface the metrics/API listener binds."),
     "WEB_PORT": Spec(_number(1, 65535, integer=True), "6066", "Port of the metrics/API listener."),
-    "ADVERTISED_URL": Spec(_text, None, "URL other workers use to reach this one's API (default http://WEB_HOST:WEB_PORT)."),
+    "ADVERTISED_URL": Spec(
+        _text, None, "URL other workers use to reach this one's API (default http://WEB_HOST:WEB_PORT)."
+    ),
     "TZ": Spec(_tz, "UTC", "Time zone of the 'today' window and of intervals."),
     "DAY_START": Spec(_number(0, 23, integer=True), "0", "Hour of the local day at which 'today' starts."),
     "INTERVAL": Spec(_choice("15", "30"), "15", "Length in minutes of the 'interval' window (15 or 30)."),
-    "CLOCK": Spec(_choice("wall", "event"), "wall", "'Now' of the windows: the wall clock, or the stream time (replays)."),
+    "CLOCK": Spec(
+        _choice("wall", "event"),
+        "wall",
+        "'Now' of the windows: the wall clock, or the stream time (replays).",
+    ),
     "GRACE": Spec(_number(0, 86_400), "120", "Seconds an event may arrive late and still be applied."),
-    "SL_THRESHOLD": Spec(_number(0, 86_400), "20", "Service-level threshold T in seconds (default for every queue)."),
-    "SHORT_ABANDON": Spec(_number(0, 86_400), "10", "Short-abandon threshold S in seconds (default for every queue)."),
+    "SL_THRESHOLD": Spec(
+        _number(0, 86_400), "20", "Service-level threshold T in seconds (default for every queue)."
+    ),
+    "SHORT_ABANDON": Spec(
+        _number(0, 86_400), "10", "Short-abandon threshold S in seconds (default for every queue)."
+    ),
     "SL_GOAL": Spec(_number(0, 1), "0.8", "Service-level goal, 0..1 (default for every queue)."),
     "ABANDON_GOAL": Spec(_number(0, 1), "0.05", "Abandonment goal, 0..1 (default for every queue)."),
     "QUEUES_FILE": Spec(_existing_file, None, "YAML or JSON file of per-queue thresholds and goals."),
-    "CONTACT_MIN_TALK": Spec(_number(0, 86_400), "30", "Outbound talk seconds that make a contact when no disposition says."),
-    "CALL_TIMEOUT": Spec(_number(1, 30 * 86_400), "14400", "Seconds without an event after which a call is closed as expired."),
-    "DEDUP_TTL": Spec(_number(0, 30 * 86_400), "86400", "Seconds a finished call's event ids are remembered for de-duplication."),
-    "MAX_QUEUES": Spec(_number(1, 100_000, integer=True), "200", "Queues (and campaigns) exported per worker; the rest fold into _other."),
-    "MAX_EVENT_BYTES": Spec(_number(256, 16 * 1024 * 1024, integer=True), "65536", "Largest accepted event, in bytes."),
-    "MAX_EVENT_AGE": Spec(_number(1, 365 * 86_400), "86400", "Events older than the stream time by more are rejected as too_old."),
-    "MAX_CLOCK_SKEW": Spec(_number(0, 86_400), "300", "Events newer than the wall clock by more are rejected as too_new."),
+    "CONTACT_MIN_TALK": Spec(
+        _number(0, 86_400), "30", "Outbound talk seconds that make a contact when no disposition says."
+    ),
+    "CALL_TIMEOUT": Spec(
+        _number(1, 30 * 86_400), "14400", "Seconds without an event after which a call is closed as expired."
+    ),
+    "DEDUP_TTL": Spec(
+        _number(0, 30 * 86_400),
+        "86400",
+        "Seconds a finished call's event ids are remembered for de-duplication.",
+    ),
+    "MAX_QUEUES": Spec(
+        _number(1, 100_000, integer=True),
+        "200",
+        "Queues (and campaigns) exported per worker; the rest fold into _other.",
+    ),
+    "MAX_EVENT_BYTES": Spec(
+        _number(256, 16 * 1024 * 1024, integer=True), "65536", "Largest accepted event, in bytes."
+    ),
+    "MAX_EVENT_AGE": Spec(
+        _number(1, 365 * 86_400),
+        "86400",
+        "Events older than the stream time by more are rejected as too_old.",
+    ),
+    "MAX_CLOCK_SKEW": Spec(
+        _number(0, 86_400), "300", "Events newer than the wall clock by more are rejected as too_new."
+    ),
     "CALLER_KEY": Spec(_text, None, "Secret key of the caller-number pseudonyms (HMAC-SHA256).", secret=True),
-    "DEADLETTER_RETENTION": Spec(_number(60, 365 * 86_400), "604800", "Retention of calls.deadletter in seconds (it holds raw caller numbers)."),
-    "CHECKPOINT_INTERVAL": Spec(_number(0.01, 60), "1", "Seconds between state checkpoints (changelog writes and offset acks)."),
-    "EMBEDDED_BROKER": Spec(_bool_auto, "auto", "Apply the embedded-broker workarounds: auto detects callpulse's own broker."),
+    "DEADLETTER_RETENTION": Spec(
+        _number(60, 365 * 86_400),
+        "604800",
+        "Retention of calls.deadletter in seconds (it holds raw caller numbers).",
+    ),
+    "CHECKPOINT_INTERVAL": Spec(
+        _number(0.01, 60), "1", "Seconds between state checkpoints (changelog writes and offset acks)."
+    ),
+    "EMBEDDED_BROKER": Spec(
+        _bool_auto, "auto", "Apply the embedded-broker workarounds: auto detects callpulse's own broker."
+    ),
     "LOG_LEVEL": Spec(_choice("debug", "info", "warning", "error"), "info", "Log level."),
-    "SECURITY_PROTOCOL": Spec(_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT", "Kafka security protocol."),
+    "SECURITY_PROTOCOL": Spec(
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT", "Kafka security protocol."
+    ),
     "SASL_MECHANISM": Spec(_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "PLAIN", "SASL mechanism."),
     "SASL_USERNAME": Spec(_text, None, "SASL user name."),
     "SASL_PASSWORD": Spec(_text, None, "SASL password.", secret=True),
@@ -247,22 +312,36 @@ class Settings:
             values[name] = None if raw is None else spec.parse(name, raw)
         warnings = []
         for key in sorted(env):
-            if key.startswith(PREFIX) and key[len(PREFIX):] not in SPECS:
-                close = difflib.get_close_matches(key[len(PREFIX):], SPECS, n=1)
+            if key.startswith(PREFIX) and key[len(PREFIX) :] not in SPECS:
+                close = difflib.get_close_matches(key[len(PREFIX) :], SPECS, n=1)
                 hint = f" (did you mean {PREFIX}{close[0]}?)" if close else ""
                 warnings.append(f"{key} is not a callpulse setting and is ignored{hint}.")
         if values["SASL_USERNAME"] and not values["SECURITY_PROTOCOL"].startswith("SASL"):
-            raise SettingsError(f"{PREFIX}SASL_USERNAME is set but {PREFIX}SECURITY_PROTOCOL is not SASL_PLAINTEXT or SASL_SSL.")
-        if values["SECURITY_PROTOCOL"].startswith("SASL") and not (values["SASL_USERNAME"] and values["SASL_PASSWORD"]):
-            raise SettingsError(f"{PREFIX}SECURITY_PROTOCOL {values['SECURITY_PROTOCOL']} needs {PREFIX}SASL_USERNAME and {PREFIX}SASL_PASSWORD.")
+            raise SettingsError(
+                f"{PREFIX}SASL_USERNAME is set but {PREFIX}SECURITY_PROTOCOL is not SASL_PLAINTEXT or SASL_SSL."
+            )
+        if values["SECURITY_PROTOCOL"].startswith("SASL") and not (
+            values["SASL_USERNAME"] and values["SASL_PASSWORD"]
+        ):
+            raise SettingsError(
+                f"{PREFIX}SECURITY_PROTOCOL {values['SECURITY_PROTOCOL']} needs {PREFIX}SASL_USERNAME and {PREFIX}SASL_PASSWORD."
+            )
         if values["CALLER_KEY"] is None:
             values["CALLER_KEY"] = secrets.token_hex(32)
-            warnings.append(f"{PREFIX}CALLER_KEY is not set: caller pseudonyms use a random key and change at every start.")
-        default = QueueTargets(values["SL_THRESHOLD"], values["SHORT_ABANDON"], values["SL_GOAL"], values["ABANDON_GOAL"])
+            warnings.append(
+                f"{PREFIX}CALLER_KEY is not set: caller pseudonyms use a random key and change at every start."
+            )
+        default = QueueTargets(
+            values["SL_THRESHOLD"], values["SHORT_ABANDON"], values["SL_GOAL"], values["ABANDON_GOAL"]
+        )
         targets = TargetsConfig(default, {})
         if values["QUEUES_FILE"]:
             targets = _load_queues_file(values["QUEUES_FILE"], default)
-        return cls(**{name.lower(): value for name, value in values.items()}, warnings=tuple(warnings), targets=targets)
+        return cls(
+            **{name.lower(): value for name, value in values.items()},
+            warnings=tuple(warnings),
+            targets=targets,
+        )
 
     # -- derived views for the core -------------------------------------------------------------------------
     @property
@@ -297,22 +376,32 @@ class Settings:
     @property
     def validation(self) -> ValidationConfig:
         """The event validation of the core: size limit, clock skew (in ms) and the caller-pseudonym key."""
-        return ValidationConfig(max_event_bytes=self.max_event_bytes, max_clock_skew_ms=round(self.max_clock_skew * 1000),
-                                caller_key=self.caller_key.encode("utf-8"))
+        return ValidationConfig(
+            max_event_bytes=self.max_event_bytes,
+            max_clock_skew_ms=round(self.max_clock_skew * 1000),
+            caller_key=self.caller_key.encode("utf-8"),
+        )
 
     @property
     def session(self) -> SessionConfig:
         """The sessionizer configuration of the core, its durations in ms."""
-        return SessionConfig(grace_ms=round(self.grace * 1000), call_timeout_ms=round(self.call_timeout * 1000),
-                             dedup_ttl_ms=round(self.dedup_ttl * 1000), max_event_age_ms=round(self.max_event_age * 1000),
-                             contact_min_talk_ms=round(self.contact_min_talk * 1000))
+        return SessionConfig(
+            grace_ms=round(self.grace * 1000),
+            call_timeout_ms=round(self.call_timeout * 1000),
+            dedup_ttl_ms=round(self.dedup_ttl * 1000),
+            max_event_age_ms=round(self.max_event_age * 1000),
+            contact_min_talk_ms=round(self.contact_min_talk * 1000),
+        )
 
     @property
     def kpi(self) -> KpiConfig:
         """The KPI engine configuration of the core: queue targets, windows, call timeout, dedup TTL (ms)."""
-        return KpiConfig(targets=self.targets,
-                         windows=WindowSpec(tz=self.tz, day_start_h=self.day_start, interval_min=int(self.interval)),
-                         call_timeout_ms=round(self.call_timeout * 1000), dedup_ttl_ms=round(self.dedup_ttl * 1000))
+        return KpiConfig(
+            targets=self.targets,
+            windows=WindowSpec(tz=self.tz, day_start_h=self.day_start, interval_min=int(self.interval)),
+            call_timeout_ms=round(self.call_timeout * 1000),
+            dedup_ttl_ms=round(self.dedup_ttl * 1000),
+        )
 
 
 def _load_queues_file(path: str, default: QueueTargets) -> TargetsConfig:

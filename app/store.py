@@ -38,14 +38,25 @@ AGGREGATES = "aggregates"
 
 def tables(app: Any, partitions: int) -> tuple[Any, Any]:
     """Declare the ``sessions`` and ``aggregates`` tables of the Faust app ``app``."""
-    sessions = app.Table(SESSIONS, key_type=bytes, value_type=bytes, partitions=partitions,
-                         help="Sessionizer state, one key per call bucket.")
-    aggregates = app.Table(AGGREGATES, key_type=bytes, value_type=bytes, partitions=partitions,
-                           help="KPI state: one key per queue/campaign and one per minute bucket.")
+    sessions = app.Table(
+        SESSIONS,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        help="Sessionizer state, one key per call bucket.",
+    )
+    aggregates = app.Table(
+        AGGREGATES,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        help="KPI state: one key per queue/campaign and one per minute bucket.",
+    )
     return sessions, aggregates
 
 
 # -- both tables -------------------------------------------------------------------------------------------
+
 
 def resume_key(partition: int) -> bytes:
     """Store key of a partition's resume point: the next offset to apply after its last checkpoint."""
@@ -64,6 +75,7 @@ def resume_offset(value: bytes | None) -> int:
 
 # -- sessions ----------------------------------------------------------------------------------------------
 
+
 def bucket_key(message_key: bytes | None, partition: int) -> bytes:
     """Store key of the sessionizer bucket of a calls.events message."""
     return message_key or b"_p%d" % partition
@@ -75,6 +87,7 @@ def chunk_key(bucket: bytes, chunk_ms: int, slot: int) -> bytes:
 
 
 # -- aggregates --------------------------------------------------------------------------------------------
+
 
 def state_key(key: str) -> bytes:
     """Store key of the state of a queue or campaign (``key``: its fact key)."""

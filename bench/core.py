@@ -42,7 +42,9 @@ START_MS = 1_767_258_000_000
 
 
 def messages_of(n: int, scale: float) -> list[tuple[bytes, bytes]]:
-    sim = ProfileSimulator(load_profile("lively"), random.Random(1), START_MS, hours=None, scale=scale, seed=1)
+    sim = ProfileSimulator(
+        load_profile("lively"), random.Random(1), START_MS, hours=None, scale=scale, seed=1
+    )
     buffers: dict[bytes, list[bytes]] = defaultdict(list)
     messages = []
     for e in itertools.islice(sim.run(), n):
@@ -80,8 +82,10 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
         t3 = time.perf_counter()
         t_parse, t_session, t_aggregate = t_parse + t1 - t0, t_session + t2 - t1, t_aggregate + t3 - t2
     elapsed = time.perf_counter() - t
-    print(f"core:   {n} events in {len(messages)} messages: {elapsed:.2f} s, {n / elapsed:,.0f} events/s "
-          f"(parse {t_parse:.2f} s, sessionize {t_session:.2f} s, aggregate {t_aggregate:.2f} s)")
+    print(
+        f"core:   {n} events in {len(messages)} messages: {elapsed:.2f} s, {n / elapsed:,.0f} events/s "
+        f"(parse {t_parse:.2f} s, sessionize {t_session:.2f} s, aggregate {t_aggregate:.2f} s)"
+    )
 
 
 class _Message:
@@ -102,8 +106,9 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
     from app.faust_app import build
     from app.settings import Settings
 
-    settings = Settings.from_env({"CALLPULSE_CALLER_KEY": "bench", "CALLPULSE_CLOCK": "event",
-                                  "CALLPULSE_DATADIR": tempfile.mkdtemp()})
+    settings = Settings.from_env(
+        {"CALLPULSE_CALLER_KEY": "bench", "CALLPULSE_CLOCK": "event", "CALLPULSE_DATADIR": tempfile.mkdtemp()}
+    )
     p = build(settings, embedded=False)
     p.app.loop = asyncio.get_running_loop()
     p.app.finalize()
@@ -144,14 +149,18 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
         t_sessionizer = await run(p.sessionizer, "calls.events", messages)
         t_aggregator = await run(p.aggregator, "calls.facts", sent)
     total = t_sessionizer + t_aggregator
-    print(f"shells: {n} events: {total:.2f} s, {n / total:,.0f} events/s (sessionizer {t_sessionizer:.2f} s, "
-          f"aggregator {t_aggregator:.2f} s for {len(sent)} facts messages)")
+    print(
+        f"shells: {n} events: {total:.2f} s, {n / total:,.0f} events/s (sessionizer {t_sessionizer:.2f} s, "
+        f"aggregator {t_aggregator:.2f} s for {len(sent)} facts messages)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("events", type=int, nargs="?", default=200_000)
-    parser.add_argument("--scale", type=float, default=150.0, help="times the lively profile's rate (bench/run.py: 150)")
+    parser.add_argument(
+        "--scale", type=float, default=150.0, help="times the lively profile's rate (bench/run.py: 150)"
+    )
     args = parser.parse_args()
     messages = messages_of(args.events, args.scale)
     core(messages, args.events)

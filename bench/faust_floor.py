@@ -39,9 +39,14 @@ def agent_main(broker_port: int, messages: int, take: int, out: str, datadir: st
     from app.settings import Settings
     from tests.e2e.conftest import free_port
 
-    settings = Settings.from_env({"CALLPULSE_BROKER": f"kafka://127.0.0.1:{broker_port}",
-                                  "CALLPULSE_WEB_PORT": str(free_port()),
-                                  "CALLPULSE_APP_ID": "floor", "CALLPULSE_DATADIR": datadir})
+    settings = Settings.from_env(
+        {
+            "CALLPULSE_BROKER": f"kafka://127.0.0.1:{broker_port}",
+            "CALLPULSE_WEB_PORT": str(free_port()),
+            "CALLPULSE_APP_ID": "floor",
+            "CALLPULSE_DATADIR": datadir,
+        }
+    )
     app = faust.App("floor", **faust_options(settings, embedded=True))
     short_fetch_wait()
     topic = app.topic(TOPIC, value_serializer="raw", key_serializer="raw", partitions=8)
@@ -73,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("messages", type=int, nargs="?", default=200_000)
     parser.add_argument("--take", type=int, default=1, help="batches of up to N messages (stream.take)")
-    parser.add_argument("--agent", nargs=4, help=argparse.SUPPRESS)  # internal: broker port, out file, datadir, take
+    parser.add_argument(
+        "--agent", nargs=4, help=argparse.SUPPRESS
+    )  # internal: broker port, out file, datadir, take
     args = parser.parse_args()
     if args.agent:
         port, out, datadir, take = args.agent
@@ -93,9 +100,21 @@ def main() -> None:
         events = list(itertools.islice(run.simulated(start_ms, seed=1).run(), args.messages))
         asyncio.run(run.produce(port, run.messages(events, 1)))
         out = work / "result.json"
-        proc = subprocess.Popen([sys.executable, __file__, str(args.messages), "--agent", str(port), str(out),
-                                 str(work / "data"), str(args.take)], env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdout=(work / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                str(args.messages),
+                "--agent",
+                str(port),
+                str(out),
+                str(work / "data"),
+                str(args.take),
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=(work / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 600
             while not out.exists():
@@ -109,8 +128,10 @@ def main() -> None:
         stop(broker)
     result = json.loads(out.read_text())
     mode = f"stream.take({args.take})" if args.take > 1 else "message by message"
-    print(f"bare Faust agent, {mode}: {result['messages']} messages in {result['seconds']:.2f} s, "
-          f"{result['messages'] / result['seconds']:,.0f} messages/s")
+    print(
+        f"bare Faust agent, {mode}: {result['messages']} messages in {result['seconds']:.2f} s, "
+        f"{result['messages'] / result['seconds']:,.0f} messages/s"
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ SCALE = 150.0  # lively x 150: about 21,600 calls an hour, more than 1,000 open 
 
 
 def simulated(start_ms: int, seed: int) -> ProfileSimulator:
-    return ProfileSimulator(load_profile("lively"), random.Random(seed), start_ms, hours=None, scale=SCALE, seed=seed)
+    return ProfileSimulator(
+        load_profile("lively"), random.Random(seed), start_ms, hours=None, scale=SCALE, seed=seed
+    )
 
 
 def concurrency(events: list[dict]) -> int:
@@ -142,7 +144,9 @@ async def unsettled(port: int) -> int:
     confirmed every facts message those events caused, so calls.facts' end offsets are final (the worker
     writes single-record batches, whose end offsets the embedded broker reports exactly).
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", group_id=APP_ID, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=f"127.0.0.1:{port}", group_id=APP_ID, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         behind = 0
@@ -173,9 +177,13 @@ def wait_settled(port: int, timeout: float = 3600) -> float:
 
 async def raw_loop(port: int, expected_messages: int) -> tuple[float, int]:
     """DESIGN 8's raw loop: getmany(max_records=10000), orjson.loads of each value, count the events."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                fetch_max_bytes=64 << 20)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=f"127.0.0.1:{port}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
     await consumer.start()
     consumer.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
     await consumer.seek_to_beginning()
@@ -201,14 +209,26 @@ class WorkerProc:
     def __init__(self, broker_port: int, work: Path, name: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
-        env.update(CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}", CALLPULSE_WEB_PORT=str(self.port),
-                   CALLPULSE_PARTITIONS=str(PARTITIONS), CALLPULSE_CALLER_KEY="bench", CALLPULSE_CLOCK="event",
-                   CALLPULSE_DATADIR=str(work / f"data-{name}"), CALLPULSE_LOG_LEVEL="warning",
-                   CALLPULSE_MAX_CLOCK_SKEW="86400", **WORKER_SETTINGS)
+        env.update(
+            CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}",
+            CALLPULSE_WEB_PORT=str(self.port),
+            CALLPULSE_PARTITIONS=str(PARTITIONS),
+            CALLPULSE_CALLER_KEY="bench",
+            CALLPULSE_CLOCK="event",
+            CALLPULSE_DATADIR=str(work / f"data-{name}"),
+            CALLPULSE_LOG_LEVEL="warning",
+            CALLPULSE_MAX_CLOCK_SKEW="86400",
+            **WORKER_SETTINGS,
+        )
         self.log = (work / f"worker-{name}.log").open("wb")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, cwd=work, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            env=env,
+            cwd=work,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def metrics(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
@@ -227,7 +247,9 @@ class WorkerProc:
 
     def probe_waiting(self) -> int:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/queues/_probe?local=1", timeout=10) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/api/v1/queues/_probe?local=1", timeout=10
+            ) as r:
                 return json.loads(r.read())["live"]["calls_waiting"]
         except OSError:
             return 0
@@ -235,7 +257,9 @@ class WorkerProc:
     def rss(self) -> tuple[int, int]:
         """(current RSS, peak RSS) in MiB."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
+        values = {
+            line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")
+        }
         return values["VmRSS"] // 1024, values["VmHWM"] // 1024
 
     def cpu_seconds(self) -> float:
@@ -251,8 +275,13 @@ class WorkerProc:
             self.proc.kill()
 
 
-def wait_counted(worker: WorkerProc, expected: int, broker: subprocess.Popen, timeout: float = 3600,
-                 on_first: Callable[[], None] | None = None) -> tuple[float, float, tuple[float, float, float]]:
+def wait_counted(
+    worker: WorkerProc,
+    expected: int,
+    broker: subprocess.Popen,
+    timeout: float = 3600,
+    on_first: Callable[[], None] | None = None,
+) -> tuple[float, float, tuple[float, float, float]]:
     """Events/s from the first event counted until ``expected`` are counted, seconds from the worker's start
     until then, and (monotonic time, count, worker CPU seconds) at the first count (``callpulse_events_total``:
     sessionized)."""
@@ -272,12 +301,16 @@ def wait_counted(worker: WorkerProc, expected: int, broker: subprocess.Popen, ti
         if now > deadline:
             raise SystemExit(f"timeout: {n} of {expected} events counted")
         if broker.poll() is not None:
-            raise SystemExit(f"the embedded broker stopped (exit status {broker.returncode}; its log is in "
-                             f"{worker.log.name}'s directory) with {n} of {expected} events counted")
+            raise SystemExit(
+                f"the embedded broker stopped (exit status {broker.returncode}; its log is in "
+                f"{worker.log.name}'s directory) with {n} of {expected} events counted"
+            )
         time.sleep(0.5)  # a scrape costs the worker a little: not too often
 
 
-async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seconds: float, batch: int) -> dict:
+async def steady_latency(
+    broker_port: int, worker: WorkerProc, rate: float, seconds: float, batch: int
+) -> dict:
     """Send simulated traffic at ``rate`` events/s plus a probe every 100 ms; return probe latencies."""
     producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{broker_port}", linger_ms=5)
     await producer.start()
@@ -314,11 +347,19 @@ async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seco
             buffers[key].append(orjson.dumps(event))
             if len(buffers[key]) >= batch:
                 items = buffers.pop(key)
-                await producer.send(TOPIC, value=items[0] if batch == 1 else b"[" + b",".join(items) + b"]", key=key)
+                await producer.send(
+                    TOPIC, value=items[0] if batch == 1 else b"[" + b",".join(items) + b"]", key=key
+                )
             sent += 1
         if time.monotonic() >= next_probe:
             n = len(sent_at)
-            probe = {"event_id": f"probe-{n}", "type": "queue", "ts": time.time(), "call_id": f"probe-{n}", "queue": "_probe"}
+            probe = {
+                "event_id": f"probe-{n}",
+                "type": "queue",
+                "ts": time.time(),
+                "call_id": f"probe-{n}",
+                "queue": "_probe",
+            }
             await producer.send_and_wait(TOPIC, value=orjson.dumps(probe), key=message_key(probe))
             sent_at.append(time.monotonic())
             next_probe += 0.1
@@ -327,9 +368,13 @@ async def steady_latency(broker_port: int, worker: WorkerProc, rate: float, seco
     latencies = sorted(o - s for o, s in zip(observed, sent_at, strict=False))
     if not latencies:
         raise SystemExit("no probe was counted: the worker did not keep up, or the probes were late")
-    return {"rate_events_per_second": round(sent / seconds), "probes": len(latencies),
-            "p50_seconds": round(statistics.median(latencies), 3),
-            "p99_seconds": round(latencies[int(len(latencies) * 0.99) - 1], 3), "max_seconds": round(latencies[-1], 3)}
+    return {
+        "rate_events_per_second": round(sent / seconds),
+        "probes": len(latencies),
+        "p50_seconds": round(statistics.median(latencies), 3),
+        "p99_seconds": round(latencies[int(len(latencies) * 0.99) - 1], 3),
+        "max_seconds": round(latencies[-1], 3),
+    }
 
 
 class Profiler:
@@ -342,9 +387,24 @@ class Profiler:
 
     def start(self) -> None:
         binary = Path(sys.executable).with_name("py-spy")
-        self.proc = subprocess.Popen([str(binary), "record", "--pid", str(self.pid), "--threads", "--nonblocking",
-                                      "--format", "raw", "--rate", str(self.RATE), "--output", str(self.out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                str(binary),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--threads",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                str(self.RATE),
+                "--output",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> str:
         """Stop sampling and return the summary by layer."""
@@ -354,8 +414,9 @@ class Profiler:
         return spy.summary(self.out.read_text())
 
 
-def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds: float,
-              profile_dir: Path | None = None) -> dict:
+def run_shape(
+    shape: str, batch: int, n_events: int, work: Path, latency_seconds: float, profile_dir: Path | None = None
+) -> dict:
     broker_port = free_port()
     broker = start_broker("127.0.0.1", broker_port, log_path=work / f"broker-{shape}.log")
     try:
@@ -371,12 +432,17 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         profiler = Profiler(worker.proc.pid, profile_dir / f"profile-{shape}.txt") if profile_dir else None
         try:
             on_first = profiler.start if profiler else None
-            sessionized_rate, _, (first_t, first_n, first_cpu) = wait_counted(worker, len(events), broker, on_first=on_first)
+            sessionized_rate, _, (first_t, first_n, first_cpu) = wait_counted(
+                worker, len(events), broker, on_first=on_first
+            )
             settled = wait_settled(broker_port)
             cpu_share = (worker.cpu_seconds() - first_cpu) / (time.monotonic() - first_t)
             if profiler:
-                print(f"profile of the worker from its first event counted until settled ({profiler.out}):\n"
-                      f"{profiler.stop()}", flush=True)
+                print(
+                    f"profile of the worker from its first event counted until settled ({profiler.out}):\n"
+                    f"{profiler.stop()}",
+                    flush=True,
+                )
             rate, total_s = (len(events) - first_n) / (settled - first_t), settled - worker.started
             rss_now, rss_peak = worker.rss()
             latency = asyncio.run(steady_latency(broker_port, worker, 10_000, latency_seconds, batch))
@@ -387,13 +453,20 @@ def run_shape(shape: str, batch: int, n_events: int, work: Path, latency_seconds
         stop(broker)
     raw_rate = raw_events / raw_s
     return {
-        "shape": shape, "events": len(events), "messages": len(msgs), "concurrent_calls_peak": concurrency(events),
+        "shape": shape,
+        "events": len(events),
+        "messages": len(msgs),
+        "concurrent_calls_peak": concurrency(events),
         "produce_seconds": round(produce_s, 2),
         "raw_loop_events_per_second": round(raw_rate),
-        "worker_events_per_second": round(rate), "worker_seconds_from_start": round(total_s, 2),
+        "worker_events_per_second": round(rate),
+        "worker_seconds_from_start": round(total_s, 2),
         "sessionizer_events_per_second": round(sessionized_rate),
-        "ratio_to_raw": round(rate / raw_rate, 4), "worker_cpu_cores": round(cpu_share, 2),
-        "latency_at_10k": latency, "rss_mib_after_run": rss_now, "rss_mib_peak": rss_peak,
+        "ratio_to_raw": round(rate / raw_rate, 4),
+        "worker_cpu_cores": round(cpu_share, 2),
+        "latency_at_10k": latency,
+        "rss_mib_after_run": rss_now,
+        "rss_mib_peak": rss_peak,
     }
 
 
@@ -437,21 +510,35 @@ def memory_run(n_calls: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events-arrays", type=int, default=1_000_000, help="events for the 100-event arrays run")
+    parser.add_argument(
+        "--events-arrays", type=int, default=1_000_000, help="events for the 100-event arrays run"
+    )
     parser.add_argument("--events-single", type=int, default=200_000, help="events for the single-event run")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--memory-calls", type=int, default=0, help="also measure RSS over this many calls (0: no)")
+    parser.add_argument(
+        "--memory-calls", type=int, default=0, help="also measure RSS over this many calls (0: no)"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "bench.json"))
-    parser.add_argument("--profile", action="store_true",
-                        help="sample the worker with py-spy while it processes the backlog (it costs the worker a "
-                        "few per cent) and print where its time goes; raw profiles beside --out")
-    parser.add_argument("--compression", choices=("none", "gzip", "snappy", "lz4", "zstd"), default="none",
-                        help="CALLPULSE_COMPRESSION of the worker: its facts, dead letters and changelog writes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the worker with py-spy while it processes the backlog (it costs the worker a "
+        "few per cent) and print where its time goes; raw profiles beside --out",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "gzip", "snappy", "lz4", "zstd"),
+        default="none",
+        help="CALLPULSE_COMPRESSION of the worker: its facts, dead letters and changelog writes",
+    )
     args = parser.parse_args()
     WORKER_SETTINGS["CALLPULSE_COMPRESSION"] = args.compression
     work = Path(tempfile.mkdtemp(prefix="callpulse-bench-"))
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-               "worker_compression": args.compression, "runs": []}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "worker_compression": args.compression,
+        "runs": [],
+    }
     for shape, batch, n in (("arrays-100", 100, args.events_arrays), ("single", 1, args.events_single)):
         if n:
             print(f"{shape}: {n} events...", flush=True)
@@ -463,14 +550,18 @@ def main() -> None:
         print(f"memory: {args.memory_calls} calls...", flush=True)
         results["memory"] = memory_run(args.memory_calls, work)
     print()
-    print(f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}{'CPU':>6}"
-          f"{'sessionizer':>13}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}")
+    print(
+        f"{'shape':<12}{'events':>10}{'open calls':>11}{'raw ev/s':>11}{'worker ev/s':>13}{'ratio':>8}{'CPU':>6}"
+        f"{'sessionizer':>13}{'p50 s':>8}{'p99 s':>8}{'RSS MiB':>9}"
+    )
     for r in results["runs"]:
         lat = r["latency_at_10k"]
-        print(f"{r['shape']:<12}{r['events']:>10}{r['concurrent_calls_peak']:>11}{r['raw_loop_events_per_second']:>11}"
-              f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{r['worker_cpu_cores']:>6}"
-              f"{r['sessionizer_events_per_second']:>13}"
-              f"{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}{r['rss_mib_peak']:>9}")
+        print(
+            f"{r['shape']:<12}{r['events']:>10}{r['concurrent_calls_peak']:>11}{r['raw_loop_events_per_second']:>11}"
+            f"{r['worker_events_per_second']:>13}{r['ratio_to_raw']:>8}{r['worker_cpu_cores']:>6}"
+            f"{r['sessionizer_events_per_second']:>13}"
+            f"{lat['p50_seconds']:>8}{lat['p99_seconds']:>8}{r['rss_mib_peak']:>9}"
+        )
     if "memory" in results:
         print("RSS by calls processed:", results["memory"]["rss_mib_by_calls"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

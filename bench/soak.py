@@ -37,8 +37,15 @@ from tests.e2e.test_pipeline_e2e import load_calls, write_jsonl
 def expected_counts(calls: int) -> dict[str, int]:
     """Per queue: calls/3 entered and offered; of each shape calls/12 (see the module docstring)."""
     shape = calls // 12
-    return {"entered": calls // 3, "offered": calls // 3, "answered": 2 * shape, "answered_within_sl": shape,
-            "abandoned": shape, "short_abandoned": shape, "abandoned_within_sl": shape}
+    return {
+        "entered": calls // 3,
+        "offered": calls // 3,
+        "answered": 2 * shape,
+        "answered_within_sl": shape,
+        "abandoned": shape,
+        "short_abandoned": shape,
+        "abandoned_within_sl": shape,
+    }
 
 
 def entered(worker: Worker) -> float:
@@ -47,8 +54,10 @@ def entered(worker: Worker) -> float:
 
 def skips_repaired(directory: Path) -> int:
     """How often the workers of a round found offsets skipped by the consumer and read them themselves."""
-    return sum(log.read_text(errors="replace").count("the consumer skipped offsets")
-               for log in directory.glob("worker-*.log"))
+    return sum(
+        log.read_text(errors="replace").count("the consumer skipped offsets")
+        for log in directory.glob("worker-*.log")
+    )
 
 
 def one_round(directory: Path, calls: int, kills: int, max_delay: float, rnd: random.Random) -> list[tuple]:
@@ -56,7 +65,9 @@ def one_round(directory: Path, calls: int, kills: int, max_delay: float, rnd: ra
     broker = Broker(directory)
     worker = Worker(broker, directory, CALLPULSE_CLOCK="event")
     try:
-        result = run_cli(broker, "produce", "--batch", "1", str(write_jsonl(directory / "load.jsonl", load_calls(calls))))
+        result = run_cli(
+            broker, "produce", "--batch", "1", str(write_jsonl(directory / "load.jsonl", load_calls(calls)))
+        )
         if result.returncode != 0:
             raise RuntimeError(result.stderr.decode())
         seen = 0.0
@@ -74,13 +85,18 @@ def one_round(directory: Path, calls: int, kills: int, max_delay: float, rnd: ra
         expected = expected_counts(calls)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if all(worker.value("callpulse_calls_offered_total", queue=q) == expected["offered"] for q in "abc"):
+            if all(
+                worker.value("callpulse_calls_offered_total", queue=q) == expected["offered"] for q in "abc"
+            ):
                 break
             time.sleep(0.5)
         time.sleep(3)  # anything counted twice would show now
-        return [(q, name, worker.value(f"callpulse_calls_{name}_total", queue=q), value)
-                for q in "abc" for name, value in expected.items()
-                if worker.value(f"callpulse_calls_{name}_total", queue=q) != value]
+        return [
+            (q, name, worker.value(f"callpulse_calls_{name}_total", queue=q), value)
+            for q in "abc"
+            for name, value in expected.items()
+            if worker.value(f"callpulse_calls_{name}_total", queue=q) != value
+        ]
     finally:
         worker.stop()
         stop(broker.proc)
@@ -91,11 +107,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--kills", type=int, default=6, help="kills per round")
     parser.add_argument("--calls", type=int, default=12_000, help="calls per round (a multiple of 12)")
-    parser.add_argument("--max-delay", type=float, default=1.0, help="seconds a worker may run after its counters move")
+    parser.add_argument(
+        "--max-delay", type=float, default=1.0, help="seconds a worker may run after its counters move"
+    )
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep", type=Path, default=Path("bench/results/soak"), help="where failed rounds are kept")
+    parser.add_argument(
+        "--keep", type=Path, default=Path("bench/results/soak"), help="where failed rounds are kept"
+    )
     args = parser.parse_args()
-    args.keep = args.keep.resolve()  # the workers run in the round's directory: a relative path would be theirs
+    args.keep = (
+        args.keep.resolve()
+    )  # the workers run in the round's directory: a relative path would be theirs
     if args.calls <= 0 or args.calls % 12:
         parser.error("--calls must be a positive multiple of 12")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -108,9 +130,12 @@ def main() -> int:
         directory.mkdir(parents=True)
         wrong = one_round(directory, args.calls, args.kills, args.max_delay, rnd)
         skips = skips_repaired(directory)
-        print(f"round {n}: " + ("exact" if not wrong else f"WRONG {wrong} (kept in {directory})")
-              + f"; offsets skipped by the consumer and read from the broker: {skips} time{'s' * (skips != 1)}",
-              flush=True)
+        print(
+            f"round {n}: "
+            + ("exact" if not wrong else f"WRONG {wrong} (kept in {directory})")
+            + f"; offsets skipped by the consumer and read from the broker: {skips} time{'s' * (skips != 1)}",
+            flush=True,
+        )
         if wrong:
             failed += 1
         else:

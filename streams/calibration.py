@@ -22,7 +22,14 @@ from typing import Any
 import orjson
 
 #: Service type of the data -> queue name in the profile.
-QUEUES = {"PS": "retail", "PE": "english", "IN": "internet", "NE": "stocks", "NW": "new_customers", "TT": "tech"}
+QUEUES = {
+    "PS": "retail",
+    "PE": "english",
+    "IN": "internet",
+    "NE": "stocks",
+    "NW": "new_customers",
+    "TT": "tech",
+}
 #: Quantile levels kept for every distribution.
 LEVELS = [i / 20 for i in range(21)]
 
@@ -92,16 +99,23 @@ def calibrate(lines: Iterable[str]) -> dict[str, Any]:
             patience[queue].append((float(f[col["q_time"]]), outcome == "HANG"))
         elif outcome == "HANG":
             ivr_hangups[queue] += 1
-    per_weekday = [sum(1 for d in days if date(1900 + int(d[:2]), int(d[2:4]), int(d[4:6])).weekday() == w)
-                   for w in range(7)]
-    profile: dict[str, Any] = {"source": f"Anonymous Bank call center, {len(days)} days of February 1999", "queues": {}}
+    per_weekday = [
+        sum(1 for d in days if date(1900 + int(d[:2]), int(d[2:4]), int(d[4:6])).weekday() == w)
+        for w in range(7)
+    ]
+    profile: dict[str, Any] = {
+        "source": f"Anonymous Bank call center, {len(days)} days of February 1999",
+        "queues": {},
+    }
     for queue in QUEUES.values():
         if not calls[queue]:
             continue
         profile["queues"][queue] = {
             "calls": calls[queue],
-            "arrivals_per_hour": [[round(c / per_weekday[w], 4) if per_weekday[w] else 0.0 for c in arrivals[queue][w]]
-                                  for w in range(7)],
+            "arrivals_per_hour": [
+                [round(c / per_weekday[w], 4) if per_weekday[w] else 0.0 for c in arrivals[queue][w]]
+                for w in range(7)
+            ],
             "ivr_hangup_share": round(ivr_hangups[queue] / calls[queue], 4),
             "ivr_s": _quantiles(vru[queue]),
             "service_s": _quantiles([s for s in service[queue] if s > 0]),

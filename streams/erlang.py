@@ -25,7 +25,9 @@ class ErlangA:
     utilisation: float
 
 
-def erlang_a(calls_per_hour: float, agents: int, aht_s: float, patience_s: float, tail: float = 1e-15) -> ErlangA:
+def erlang_a(
+    calls_per_hour: float, agents: int, aht_s: float, patience_s: float, tail: float = 1e-15
+) -> ErlangA:
     """Stationary Erlang-A values; the chain is truncated where its terms fall below ``tail`` of the mass."""
     lam = calls_per_hour / 3600.0
     mu = 1.0 / aht_s
@@ -43,4 +45,6 @@ def erlang_a(calls_per_hour: float, agents: int, aht_s: float, patience_s: float
     p_wait = sum(pi[agents:])
     queue = sum((k - agents) * p for k, p in enumerate(pi) if k > agents)
     busy = sum(min(k, agents) * p for k, p in enumerate(pi))
-    return ErlangA(p_wait=p_wait, p_abandon=queue * theta / lam, mean_wait_s=queue / lam, utilisation=busy / agents)
+    return ErlangA(
+        p_wait=p_wait, p_abandon=queue * theta / lam, mean_wait_s=queue / lam, utilisation=busy / agents
+    )

@@ -6,10 +6,25 @@ import zlib
 from typing import NamedTuple
 
 #: Every event type of the input contract (DESIGN 2).
-EVENT_TYPES: frozenset[str] = frozenset((
-    "ring", "queue", "answer", "agent_missed", "hold", "unhold", "transfer", "exit", "refused", "abandon", "hangup",
-    "wrapup", "dial", "survey", "agent_state",
-))
+EVENT_TYPES: frozenset[str] = frozenset(
+    (
+        "ring",
+        "queue",
+        "answer",
+        "agent_missed",
+        "hold",
+        "unhold",
+        "transfer",
+        "exit",
+        "refused",
+        "abandon",
+        "hangup",
+        "wrapup",
+        "dial",
+        "survey",
+        "agent_state",
+    )
+)
 
 #: Order of events with equal timestamps (DESIGN 2). ``dial`` starts an outbound call, so it ranks with
 #: ``ring``; ``agent_state`` has no call and ranks on its own.

@@ -34,8 +34,19 @@ from typing import Any, NamedTuple
 
 #: Fact kinds that count calls or outcomes (as opposed to live state).
 COUNT_KINDS = (
-    "entered", "answered", "abandoned", "exited", "refused", "agent_missed", "completed", "expired",
-    "survey", "attempt", "connected", "contact", "conversion",
+    "entered",
+    "answered",
+    "abandoned",
+    "exited",
+    "refused",
+    "agent_missed",
+    "completed",
+    "expired",
+    "survey",
+    "attempt",
+    "connected",
+    "contact",
+    "conversion",
 )
 FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_time")
 #: Fact kinds that are upserts of a live value rather than counts (see the module docstring).
@@ -87,7 +98,9 @@ _new = tuple.__new__
 # Constructors of the most frequent facts (every field given: a third of the cost of keyword arguments).
 def live_fact(key: str, ts_ms: int, call: str, status: str, since_ms: int) -> Fact:
     """A call's live status in a queue (``live``)."""
-    return _new(Fact, ("live", key, ts_ms, "live:" + call, call, 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, "", 1))
+    return _new(
+        Fact, ("live", key, ts_ms, "live:" + call, call, 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, "", 1)
+    )
 
 
 def agent_fact(kind: str, key: str, ts_ms: int, fid: str, agent: str, status: str, since_ms: int) -> Fact:
@@ -189,8 +202,15 @@ WireFact = PlainWire | WaitWire | ExitedWire | RefusedWire | CompletedWire | Sur
 
 #: The wire record of each fact kind (kinds not named here: ``PlainWire``).
 WIRE_RECORDS: dict[str, type[WireFact]] = {
-    "answered": WaitWire, "abandoned": WaitWire, "exited": ExitedWire, "refused": RefusedWire,
-    "completed": CompletedWire, "survey": SurveyWire, "live": LiveWire, "agent": AgentWire, "agent_time": AgentWire,
+    "answered": WaitWire,
+    "abandoned": WaitWire,
+    "exited": ExitedWire,
+    "refused": RefusedWire,
+    "completed": CompletedWire,
+    "survey": SurveyWire,
+    "live": LiveWire,
+    "agent": AgentWire,
+    "agent_time": AgentWire,
 }
 _TO_WIRE = {kind: attrgetter(*record._fields) for kind, record in WIRE_RECORDS.items()}
 _PLAIN = attrgetter(*PlainWire._fields)
@@ -240,7 +260,10 @@ def diff(old: list[Fact], new: list[Fact]) -> list[Fact]:
     new_set = set(new_tail)
     added = [f for f in new_tail if f not in old_set]
     replaced = {live_identity(f) for f in added if f.kind in LIVE_KINDS}
-    out = [f.retraction() for f in old_tail
-           if f not in new_set and not (f.kind in LIVE_KINDS and live_identity(f) in replaced)]
+    out = [
+        f.retraction()
+        for f in old_tail
+        if f not in new_set and not (f.kind in LIVE_KINDS and live_identity(f) in replaced)
+    ]
     out.extend(added)
     return out

@@ -117,8 +117,25 @@ def _hist_new(n_bounds: int) -> Hist:
 class KeyState:
     """Everything the engine keeps for one queue or campaign."""
 
-    __slots__ = ("key", "hw", "wm", "first", "applied", "live", "agents", "totals", "hist", "hwm", "exported", "minutes",
-                 "spans", "dirty_minutes", "deleted_minutes", "touch_seq", "touched")
+    __slots__ = (
+        "key",
+        "hw",
+        "wm",
+        "first",
+        "applied",
+        "live",
+        "agents",
+        "totals",
+        "hist",
+        "hwm",
+        "exported",
+        "minutes",
+        "spans",
+        "dirty_minutes",
+        "deleted_minutes",
+        "touch_seq",
+        "touched",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -158,8 +175,18 @@ class KeyState:
 
     def snapshot(self) -> dict[str, Any]:
         """The key's state without its minutes (those are persisted one key per minute)."""
-        return {"hw": self.hw, "wm": self.wm, "first": self.first, "applied": self.applied, "live": self.live, "agents": self.agents,
-                "totals": self.totals, "hist": self.hist, "hwm": self.hwm, "spans": self.spans}
+        return {
+            "hw": self.hw,
+            "wm": self.wm,
+            "first": self.first,
+            "applied": self.applied,
+            "live": self.live,
+            "agents": self.agents,
+            "totals": self.totals,
+            "hist": self.hist,
+            "hwm": self.hwm,
+            "spans": self.spans,
+        }
 
     @classmethod
     def restore(cls, key: str, data: dict[str, Any], minutes: dict[int, Minute]) -> KeyState:
@@ -276,8 +303,14 @@ class KpiEngine:
             self._observe(state, _WAIT_HISTOGRAM[kind], self.wait_bounds_ms, w, s)
         elif type(f) is CompletedWire:
             talk, acw = f.talk_ms, f.acw_ms
-            counts = [("completed", 1), ("talk_ms", talk), ("hold_ms", f.hold_ms), ("holds", f.holds), ("acw_ms", acw),
-                      ("transferred", f.transferred)]
+            counts = [
+                ("completed", 1),
+                ("talk_ms", talk),
+                ("hold_ms", f.hold_ms),
+                ("holds", f.holds),
+                ("acw_ms", acw),
+                ("transferred", f.transferred),
+            ]
             self._observe(state, counters.TALK_HISTOGRAM, self.talk_bounds_ms, talk, s)
             self._observe(state, counters.HANDLE_HISTOGRAM, self.talk_bounds_ms, talk + acw, s)
         elif type(f) is RefusedWire:
@@ -508,6 +541,8 @@ def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | No
         "conversion_ratio": _ratio(c.get("conversion", 0), attempts),
         "csat_ratio": _ratio(c.get(counters.survey("csat", "positive"), 0), csat),
         "dsat_ratio": _ratio(c.get(counters.survey("csat", "negative"), 0), csat),
-        "nps_score": _ratio(c.get(counters.survey("nps", "promoter"), 0) - c.get(counters.survey("nps", "detractor"), 0), nps),
+        "nps_score": _ratio(
+            c.get(counters.survey("nps", "promoter"), 0) - c.get(counters.survey("nps", "detractor"), 0), nps
+        ),
         "occupancy_ratio": _ratio(on_calls, staffed),
     }

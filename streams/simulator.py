@@ -45,7 +45,13 @@ class ErlangAConfig:
     queue: str = "erlang"
 
     def __post_init__(self) -> None:
-        if self.calls_per_hour <= 0 or self.agents < 1 or self.aht_s <= 0 or self.patience_s <= 0 or self.hours <= 0:
+        if (
+            self.calls_per_hour <= 0
+            or self.agents < 1
+            or self.aht_s <= 0
+            or self.patience_s <= 0
+            or self.hours <= 0
+        ):
             msg = "calls per hour, agents, AHT, patience and hours must all be positive"
             raise ValueError(msg)
 
@@ -79,7 +85,9 @@ def _exp_ms(rng: random.Random, mean_s: float) -> int:
     return round(rng.expovariate(1 / mean_s) * 1000)
 
 
-def erlang_a(config: ErlangAConfig, rng: random.Random, start_ms: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+def erlang_a(
+    config: ErlangAConfig, rng: random.Random, start_ms: int, seed: int = 0
+) -> Iterator[dict[str, Any]]:
     """Events of an Erlang-A queue: arrivals for ``config.hours``, then every call runs to its end."""
     clock = _Clock(start_ms, f"sim{seed}")
     horizon = round(config.hours * 3600_000)
@@ -135,7 +143,9 @@ def load_profile(name: str) -> dict[str, Any]:
     if name not in PROFILES:
         msg = f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}"
         raise ValueError(msg)
-    data: dict[str, Any] = orjson.loads(resources.files("streams.profiles").joinpath("bank.json").read_bytes())
+    data: dict[str, Any] = orjson.loads(
+        resources.files("streams.profiles").joinpath("bank.json").read_bytes()
+    )
     data["name"] = name
     return data
 
@@ -176,8 +186,15 @@ class ProfileSimulator:
     OUTBOUND_AGENTS = 4
     OUTBOUND_HOURS = range(7, 19)
 
-    def __init__(self, profile: dict[str, Any], rng: random.Random, start_ms: int, hours: float | None, scale: float = 1.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        profile: dict[str, Any],
+        rng: random.Random,
+        start_ms: int,
+        hours: float | None,
+        scale: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         self.profile = profile
         self.rng = rng
         self.start_ms = start_ms
@@ -269,7 +286,9 @@ class ProfileSimulator:
 
     def _log_off(self, agent: _Agent, t: int) -> None:
         agent.logged_in = agent.leaving = False
-        self.clock.emit(t, {"type": "agent_state", "agent": agent.ident, "state": "offline", "queue": agent.queue})
+        self.clock.emit(
+            t, {"type": "agent_state", "agent": agent.ident, "state": "offline", "queue": agent.queue}
+        )
 
     def _arrive(self, t: int, queue: object) -> None:
         q = str(queue)
@@ -323,7 +342,10 @@ class ProfileSimulator:
         if rng.random() < self.P_HOLD and talk > 20_000:
             start = t + round(talk * rng.uniform(0.2, 0.6))
             clock.emit(start, {"type": "hold", "call_id": call})
-            clock.emit(min(start + round(rng.uniform(10_000, 60_000)), t + talk - 1000), {"type": "unhold", "call_id": call})
+            clock.emit(
+                min(start + round(rng.uniform(10_000, 60_000)), t + talk - 1000),
+                {"type": "unhold", "call_id": call},
+            )
         if rng.random() < self.P_TRANSFER:
             target = "tech" if q != "tech" and "tech" in self.queues else "retail"
             clock.emit(t + talk, {"type": "transfer", "call_id": call, "target": target})
@@ -381,5 +403,7 @@ class ProfileSimulator:
             disposition = "voicemail" if u < 0.35 else "success" if u < 0.35 + 0.65 * 0.25 else "contact"
         else:
             disposition = rng.choices(["no_answer", "busy", "failed"], weights=(7, 2, 1))[0]
-        clock.emit(end, {"type": "hangup", "call_id": call, "direction": "outbound", "disposition": disposition})
+        clock.emit(
+            end, {"type": "hangup", "call_id": call, "direction": "outbound", "disposition": disposition}
+        )
         clock.at(end + round(rng.uniform(5_000, 20_000)), "dial", dialer)

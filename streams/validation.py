@@ -73,7 +73,11 @@ def parse_timestamp(value: object) -> int:
         raise EventValidationError("wrong_type", "field ts must be an RFC 3339 string or epoch seconds")
     if isinstance(value, int | float):
         if not math.isfinite(value) or not MIN_EPOCH_S < value < MAX_EPOCH_S:
-            hint = " (milliseconds? ts is epoch seconds)" if isinstance(value, int | float) and value > MAX_EPOCH_S else ""
+            hint = (
+                " (milliseconds? ts is epoch seconds)"
+                if isinstance(value, int | float) and value > MAX_EPOCH_S
+                else ""
+            )
             raise EventValidationError("bad_timestamp", f"ts={value!r} is outside 1970..2100{hint}")
         if isinstance(value, int):
             return value * 1000
@@ -83,7 +87,9 @@ def parse_timestamp(value: object) -> int:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise EventValidationError("bad_timestamp", f"ts={value!r} is not an RFC 3339 timestamp") from None
+            raise EventValidationError(
+                "bad_timestamp", f"ts={value!r} is not an RFC 3339 timestamp"
+            ) from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise EventValidationError("bad_timestamp", f"ts={value!r} has no UTC offset")
         seconds = parsed.timestamp()
@@ -113,7 +119,9 @@ def _req_str(obj: dict[str, Any], name: str, why: str) -> str:
 
 def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
     if value is not None and value not in allowed:
-        raise EventValidationError("wrong_type", f"field {name}={value!r} must be one of {', '.join(allowed)}")
+        raise EventValidationError(
+            "wrong_type", f"field {name}={value!r} must be one of {', '.join(allowed)}"
+        )
     return value
 
 
@@ -128,7 +136,9 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
         EventValidationError: with the rejection reason and a one-line error naming the field.
     """
     if not isinstance(obj, dict):
-        raise EventValidationError("not_an_object", f"an event must be a JSON object, not {type(obj).__name__}")
+        raise EventValidationError(
+            "not_an_object", f"an event must be a JSON object, not {type(obj).__name__}"
+        )
     event_id = obj.get("event_id")
     if event_id is None:
         raise EventValidationError("missing_field", "field event_id is required")
@@ -146,14 +156,22 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
     ts_ms = parse_timestamp(obj["ts"])
     if ts_ms > now_ms + config.max_clock_skew_ms:
         raise EventValidationError(
-            "too_new", f"ts is {(ts_ms - now_ms) / 1000:.0f} s ahead of the wall clock (max_clock_skew_s="
-            f"{config.max_clock_skew_ms // 1000})"
+            "too_new",
+            f"ts is {(ts_ms - now_ms) / 1000:.0f} s ahead of the wall clock (max_clock_skew_s="
+            f"{config.max_clock_skew_ms // 1000})",
         )
 
     get = obj.get
     queue, agent, campaign, target, tenant, reason, direction, disposition = (
-        get("queue"), get("agent"), get("campaign"), get("target"), get("tenant"), get("reason"), get("direction"),
-        get("disposition"))
+        get("queue"),
+        get("agent"),
+        get("campaign"),
+        get("target"),
+        get("tenant"),
+        get("reason"),
+        get("direction"),
+        get("disposition"),
+    )
     # One pass for the common case (every optional string present is a non-empty string); the per-field
     # checks run only to name the offending field.
     for value in (queue, agent, campaign, target, tenant, reason, direction, disposition):
@@ -195,18 +213,45 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
             raw_score = obj.get("score")
             if raw_score is None:
                 raise EventValidationError("missing_field", "field score is required for survey")
-            if isinstance(raw_score, bool) or not isinstance(raw_score, int | float) or raw_score != int(raw_score):
+            if (
+                isinstance(raw_score, bool)
+                or not isinstance(raw_score, int | float)
+                or raw_score != int(raw_score)
+            ):
                 raise EventValidationError("wrong_type", "field score must be a whole number")
             score = int(raw_score)
             low, high = SURVEY_SCALES[scale]  # type: ignore[index]
             if not low <= score <= high:
-                raise EventValidationError("wrong_type", f"field score={score} must lie in {low}..{high} for {scale}")
+                raise EventValidationError(
+                    "wrong_type", f"field score={score} must lie in {low}..{high} for {scale}"
+                )
     # Every field, in CallEvent's order (tuple.__new__ skips the keyword handling: a sixth of the validation)
-    return _new_event(CallEvent, (event_id, etype, ts_ms, call_id, queue, agent, direction == "outbound" or etype == "dial",
-                                  caller, campaign, reason, disposition, target, score, scale, state, tenant))
+    return _new_event(
+        CallEvent,
+        (
+            event_id,
+            etype,
+            ts_ms,
+            call_id,
+            queue,
+            agent,
+            direction == "outbound" or etype == "dial",
+            caller,
+            campaign,
+            reason,
+            disposition,
+            target,
+            score,
+            scale,
+            state,
+            tenant,
+        ),
+    )
 
 
-def parse_message(raw: bytes, config: ValidationConfig, now_ms: int) -> tuple[list[CallEvent], list[Rejection]]:
+def parse_message(
+    raw: bytes, config: ValidationConfig, now_ms: int
+) -> tuple[list[CallEvent], list[Rejection]]:
     """Split one Kafka message value into valid events and rejections.
 
     A rejection's ``raw`` is the whole message when it cannot be split into events, else the array element
@@ -219,11 +264,15 @@ def parse_message(raw: bytes, config: ValidationConfig, now_ms: int) -> tuple[li
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if len(raw) > limit:
-            return [], [Rejection("too_large", f"message of {len(raw)} bytes exceeds max_event_bytes={limit}", raw)]
+            return [], [
+                Rejection("too_large", f"message of {len(raw)} bytes exceeds max_event_bytes={limit}", raw)
+            ]
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            return [], [Rejection("not_utf8", f"message is not UTF-8 ({uexc.reason} at byte {uexc.start})", raw)]
+            return [], [
+                Rejection("not_utf8", f"message is not UTF-8 ({uexc.reason} at byte {uexc.start})", raw)
+            ]
         return [], [Rejection("invalid_json", f"message is not JSON ({str(exc).splitlines()[0]})", raw)]
     events: list[CallEvent] = []
     rejections: list[Rejection] = []
@@ -234,8 +283,13 @@ def parse_message(raw: bytes, config: ValidationConfig, now_ms: int) -> tuple[li
             if check_size:
                 element_raw = orjson.dumps(element)
                 if len(element_raw) > limit:
-                    rejections.append(Rejection(
-                        "too_large", f"event of {len(element_raw)} bytes exceeds max_event_bytes={limit}", element_raw))
+                    rejections.append(
+                        Rejection(
+                            "too_large",
+                            f"event of {len(element_raw)} bytes exceeds max_event_bytes={limit}",
+                            element_raw,
+                        )
+                    )
                     continue
             try:
                 events.append(validate_event(element, config, now_ms))
@@ -245,7 +299,11 @@ def parse_message(raw: bytes, config: ValidationConfig, now_ms: int) -> tuple[li
     if len(raw) > limit:
         return [], [Rejection("too_large", f"event of {len(raw)} bytes exceeds max_event_bytes={limit}", raw)]
     if not isinstance(value, dict):
-        return [], [Rejection("not_an_object", f"message must be a JSON object or array, not {type(value).__name__}", raw)]
+        return [], [
+            Rejection(
+                "not_an_object", f"message must be a JSON object or array, not {type(value).__name__}", raw
+            )
+        ]
     try:
         events.append(validate_event(value, config, now_ms))
     except EventValidationError as exc:

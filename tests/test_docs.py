@@ -6,8 +6,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md")), REPO / "deploy" / "README.md",
-         REPO / "grafana" / "README.md"]
+PAGES = [
+    REPO / "README.md",
+    *sorted(DOCS.glob("*.md")),
+    REPO / "deploy" / "README.md",
+    REPO / "grafana" / "README.md",
+]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 
@@ -54,14 +58,17 @@ def test_every_relative_link_leads_to_a_file_and_a_heading():
 def test_a_broken_link_or_anchor_is_found(tmp_path):
     (tmp_path / "other.md").write_text("# Other page\n\n## Known: heading_1\n\n```sh\n# not a heading\n```\n")
     page = tmp_path / "page.md"
-    page.write_text("# Page\n\n[ok](other.md#known-heading_1) [ok](#page) [url](https://example.com/x.md#y)\n"
-                    "`[code](nowhere.md)` [gone](missing.md) [bad](other.md#not-a-heading) [bad](#nope)\n")
+    page.write_text(
+        "# Page\n\n[ok](other.md#known-heading_1) [ok](#page) [url](https://example.com/x.md#y)\n"
+        "`[code](nowhere.md)` [gone](missing.md) [bad](other.md#not-a-heading) [bad](#nope)\n"
+    )
     assert [b.split(":")[0] for b in broken_links(page)] == ["missing.md", "other.md#not-a-heading", "#nope"]
 
 
 def test_github_anchors():
-    assert heading_anchors("# Input: the canonical event\n## Asterisk queue_log\n## Asterisk queue_log\n") == {
-        "input-the-canonical-event", "asterisk-queue_log", "asterisk-queue_log-1"}
+    assert heading_anchors(
+        "# Input: the canonical event\n## Asterisk queue_log\n## Asterisk queue_log\n"
+    ) == {"input-the-canonical-event", "asterisk-queue_log", "asterisk-queue_log-1"}
 
 
 def test_the_readme_lists_every_docs_page():

@@ -26,22 +26,59 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Verbs that are counted and skipped: markers, and member settings that change no KPI.
-SKIPPED_VERBS = frozenset({"QUEUESTART", "CONFIGRELOAD", "AGENTDUMP", "SYSCOMPAT", "PENALTY", "RINGINUSE", "DID",
-                           "INFO", "DIVERT_CA_RATIO", "DIVERT_HOLDTIME"})
-EXIT_VERBS = {"EXITWITHTIMEOUT": "timeout", "EXITWITHKEY": "key", "EXITEMPTY": "empty", "LEAVEEMPTY": "empty",
-              "WITHDRAW": "withdraw"}
+SKIPPED_VERBS = frozenset(
+    {
+        "QUEUESTART",
+        "CONFIGRELOAD",
+        "AGENTDUMP",
+        "SYSCOMPAT",
+        "PENALTY",
+        "RINGINUSE",
+        "DID",
+        "INFO",
+        "DIVERT_CA_RATIO",
+        "DIVERT_HOLDTIME",
+    }
+)
+EXIT_VERBS = {
+    "EXITWITHTIMEOUT": "timeout",
+    "EXITWITHKEY": "key",
+    "EXITEMPTY": "empty",
+    "LEAVEEMPTY": "empty",
+    "WITHDRAW": "withdraw",
+}
 REFUSED_VERBS = {"FULL": "full", "JOINEMPTY": "joinempty", "CLOSED": "closed"}
 TRANSFER_VERBS = frozenset({"TRANSFER", "BLINDTRANSFER", "ATTENDEDTRANSFER"})
 OUTBOUND_HANGUP = {"OUTCANCEL": "no_answer", "OUTCHANUNAVAIL": "failed", "OUTCONGESTION": "failed"}
 #: agent verb -> (state, whether the queue field applies)
 AGENT_VERBS = {
-    "ADDMEMBER": ("available", True), "REMOVEMEMBER": ("offline", True), "PAUSE": ("paused", True),
-    "UNPAUSE": ("available", True), "PAUSEALL": ("paused", False), "UNPAUSEALL": ("available", False),
-    "AGENTLOGIN": ("available", False), "AGENTCALLBACKLOGIN": ("available", False),
-    "AGENTLOGOFF": ("offline", False), "AGENTCALLBACKLOGOFF": ("offline", False),
+    "ADDMEMBER": ("available", True),
+    "REMOVEMEMBER": ("offline", True),
+    "PAUSE": ("paused", True),
+    "UNPAUSE": ("available", True),
+    "PAUSEALL": ("paused", False),
+    "UNPAUSEALL": ("available", False),
+    "AGENTLOGIN": ("available", False),
+    "AGENTCALLBACKLOGIN": ("available", False),
+    "AGENTLOGOFF": ("offline", False),
+    "AGENTCALLBACKLOGOFF": ("offline", False),
 }
-QM_COLUMNS = ("uid", "date_time", "callid", "queue_name", "type", "event", "param1", "param2", "param3", "entpos",
-              "expos", "htime", "ttime", "time")
+QM_COLUMNS = (
+    "uid",
+    "date_time",
+    "callid",
+    "queue_name",
+    "type",
+    "event",
+    "param1",
+    "param2",
+    "param3",
+    "entpos",
+    "expos",
+    "htime",
+    "ttime",
+    "time",
+)
 NO_VALUE = ("", "NONE")
 
 
@@ -126,16 +163,31 @@ class QueueLogParser:
         if len(fields) != len(QM_COLUMNS):
             raise BadLine(f"{len(fields)} columns, the QueueMetrics export has {len(QM_COLUMNS)}")
         v = dict(zip(QM_COLUMNS, fields, strict=True))
-        return Row(ts=_int(v["date_time"], "date_time"), callid=v["callid"], queue=v["queue_name"], agent=v["type"],
-                   verb=v["event"].strip(), data=[v["param1"], v["param2"], v["param3"]], uid=v["uid"],
-                   ttime=_int(v["ttime"] or "0", "ttime"))
+        return Row(
+            ts=_int(v["date_time"], "date_time"),
+            callid=v["callid"],
+            queue=v["queue_name"],
+            agent=v["type"],
+            verb=v["event"].strip(),
+            data=[v["param1"], v["param2"], v["param3"]],
+            uid=v["uid"],
+            ttime=_int(v["ttime"] or "0", "ttime"),
+        )
 
     def _native_row(self, text: str) -> Row:
         fields = text.split("|")
         if len(fields) < 5:
-            raise BadLine(f"{len(fields)} fields, a queue_log line has at least 5 (epoch|callid|queue|agent|EVENT)")
-        return Row(ts=_int(fields[0], "epoch"), callid=fields[1], queue=fields[2], agent=fields[3],
-                   verb=fields[4].strip(), data=fields[5:])
+            raise BadLine(
+                f"{len(fields)} fields, a queue_log line has at least 5 (epoch|callid|queue|agent|EVENT)"
+            )
+        return Row(
+            ts=_int(fields[0], "epoch"),
+            callid=fields[1],
+            queue=fields[2],
+            agent=fields[3],
+            verb=fields[4].strip(),
+            data=fields[5:],
+        )
 
     def _native_id(self, ts: int, text: str) -> str:
         digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]  # an id, not security
@@ -171,7 +223,12 @@ class QueueLogParser:
             agent_state, with_queue = AGENT_VERBS[verb]
             if verb == "ADDMEMBER" and row.data[:1] == ["PAUSED"]:
                 agent_state = "paused"
-            add("agent_state", agent=agent_id(row.agent), state=agent_state, queue=queue if with_queue else None)
+            add(
+                "agent_state",
+                agent=agent_id(row.agent),
+                state=agent_state,
+                queue=queue if with_queue else None,
+            )
             return out
         if verb in SKIPPED_VERBS or not _known(verb):
             self.skipped[verb] += 1
@@ -218,9 +275,25 @@ class QueueLogParser:
         return out
 
 
-_MAPPED = frozenset({"ENTERQUEUE", "CONNECT", "COMPLETECALLER", "COMPLETEAGENT", "ABANDON", "RINGNOANSWER",
-                     "RINGCANCELED", "OUTDIAL", "OUTANSWER", "OUTTRANSFER"} | set(EXIT_VERBS) | set(REFUSED_VERBS)
-                    | TRANSFER_VERBS | set(OUTBOUND_HANGUP) | set(AGENT_VERBS))
+_MAPPED = frozenset(
+    {
+        "ENTERQUEUE",
+        "CONNECT",
+        "COMPLETECALLER",
+        "COMPLETEAGENT",
+        "ABANDON",
+        "RINGNOANSWER",
+        "RINGCANCELED",
+        "OUTDIAL",
+        "OUTANSWER",
+        "OUTTRANSFER",
+    }
+    | set(EXIT_VERBS)
+    | set(REFUSED_VERBS)
+    | TRANSFER_VERBS
+    | set(OUTBOUND_HANGUP)
+    | set(AGENT_VERBS)
+)
 
 
 def _known(verb: str) -> bool:

@@ -27,8 +27,15 @@ class AgentEvent(NamedTuple):
         return (self.ts_ms, self.event_id)
 
 
-def agent_step(state: str, qs: dict[str, int], ts: int, new_state: str, queue: str | None,
-               agent: str, out: list[Fact] | None) -> str:
+def agent_step(
+    state: str,
+    qs: dict[str, int],
+    ts: int,
+    new_state: str,
+    queue: str | None,
+    agent: str,
+    out: list[Fact] | None,
+) -> str:
     """Apply one agent_state event to (state, queue -> interval start); append closed intervals to ``out``."""
     if queue is not None:
         if new_state == "offline":
@@ -59,7 +66,9 @@ def _close_all(agent: str, state: str, qs: dict[str, int], ts: int, out: list[Fa
 
 
 def _interval(agent: str, queue: str, state: str, since: int, until: int) -> Fact:
-    return agent_fact("agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent, state, since)
+    return agent_fact(
+        "agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent, state, since
+    )
 
 
 @dataclass(slots=True)
@@ -82,8 +91,10 @@ class AgentWalk:
 
 def open_facts(agent: str, state: str, qs: dict[str, int]) -> list[Fact]:
     """The agent's open state in each queue it serves."""
-    return [agent_fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent, state, since)
-            for q, since in qs.items()]
+    return [
+        agent_fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent, state, since)
+        for q, since in qs.items()
+    ]
 
 
 def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[AgentEvent]) -> list[Fact]:
@@ -100,8 +111,13 @@ class AgentSession:
 
     __slots__ = ("state", "queues", "pending", "seen", "walked")
 
-    def __init__(self, state: str = "offline", queues: dict[str, int] | None = None,
-                 pending: list[AgentEvent] | None = None, seen: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        state: str = "offline",
+        queues: dict[str, int] | None = None,
+        pending: list[AgentEvent] | None = None,
+        seen: dict[str, int] | None = None,
+    ) -> None:
         #: The base: the state of every event folded so far, and since when the agent is in each queue.
         self.state = state
         self.queues: dict[str, int] = queues or {}
@@ -130,7 +146,9 @@ class AgentSession:
             walk = self._walk(agent)
             old_open, n = walk.open, len(walk.closed)
             self.pending.append(item)
-            walk.state = agent_step(walk.state, walk.queues, item.ts_ms, item.state, item.queue, agent, walk.closed)
+            walk.state = agent_step(
+                walk.state, walk.queues, item.ts_ms, item.state, item.queue, agent, walk.closed
+            )
             walk.open = open_facts(agent, walk.state, walk.queues)
             # The open state of a queue the agent is still in is replaced by its new one (an upsert).
             still_in = {f.key for f in walk.open}

@@ -33,7 +33,13 @@ class SessionConfig:
     contact_min_talk_ms: int = 30_000
 
     def __post_init__(self) -> None:
-        for name in ("grace_ms", "call_timeout_ms", "dedup_ttl_ms", "max_event_age_ms", "contact_min_talk_ms"):
+        for name in (
+            "grace_ms",
+            "call_timeout_ms",
+            "dedup_ttl_ms",
+            "max_event_age_ms",
+            "contact_min_talk_ms",
+        ):
             if getattr(self, name) < 0:
                 msg = f"{name} must be >= 0"
                 raise ValueError(msg)
@@ -47,7 +53,6 @@ class Applied(NamedTuple):
     error: str = ""
     #: The call state in which no transition admitted the event ("" when one did).
     unexpected: str = ""
-
 
 
 class BucketState:
@@ -79,7 +84,9 @@ class BucketState:
         assert call_id is not None
         session = self.calls.get(call_id)
         tomb = self.tombstones.by_call.get(call_id)
-        if (session is not None and event.event_id in session.eids) or (tomb is not None and tomb.holds(event.event_id)):
+        if (session is not None and event.event_id in session.eids) or (
+            tomb is not None and tomb.holds(event.event_id)
+        ):
             return Applied("duplicate", [])
         late = self._admit(event.ts_ms)
         if late is not None:
@@ -104,8 +111,9 @@ class BucketState:
         insert_sorted(session.events, ev)
         session.derivation = None
         derivation = session.derived(call_id, min_talk)
-        return Applied("ok", diff(before.facts, derivation.facts), "",
-                       _unexpected_in(derivation.unexpected, ev.event_id))
+        return Applied(
+            "ok", diff(before.facts, derivation.facts), "", _unexpected_in(derivation.unexpected, ev.event_id)
+        )
 
     def _admit(self, ts: int) -> Applied | None:
         """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved."""
@@ -120,11 +128,19 @@ class BucketState:
         if wm is None:
             return None
         if ts < wm - self.config.max_event_age_ms:
-            return Applied("too_old", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
-                                          f"(max_event_age_s={self.config.max_event_age_ms // 1000})")
+            return Applied(
+                "too_old",
+                [],
+                f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                f"(max_event_age_s={self.config.max_event_age_ms // 1000})",
+            )
         if ts < wm - self.config.grace_ms:
-            return Applied("late", [], f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
-                                       f"(grace_s={self.config.grace_ms // 1000})")
+            return Applied(
+                "late",
+                [],
+                f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
+                f"(grace_s={self.config.grace_ms // 1000})",
+            )
         return None
 
     def _advance(self, ts: int) -> None:
@@ -148,14 +164,33 @@ class BucketState:
         if event.type == "survey":
             if not tomb.survey_key:
                 return []
-            return [Fact("survey", tomb.survey_key, event.ts_ms, "survey:" + event.event_id, event.call_id or "",
-                         scale=event.scale or "", score=event.score or 0)]
+            return [
+                Fact(
+                    "survey",
+                    tomb.survey_key,
+                    event.ts_ms,
+                    "survey:" + event.event_id,
+                    event.call_id or "",
+                    scale=event.scale or "",
+                    score=event.score or 0,
+                )
+            ]
         co = tomb.open_completed
         if co is None:
             return []
         tomb.open_completed = None
-        amended = Fact("completed", co.key, event.ts_ms, co.fid, co.call, talk_ms=co.talk_ms, hold_ms=co.hold_ms,
-                       holds=co.holds, acw_ms=event.ts_ms - co.ts_ms, transferred=co.transferred)
+        amended = Fact(
+            "completed",
+            co.key,
+            event.ts_ms,
+            co.fid,
+            co.call,
+            talk_ms=co.talk_ms,
+            hold_ms=co.hold_ms,
+            holds=co.holds,
+            acw_ms=event.ts_ms - co.ts_ms,
+            transferred=co.transferred,
+        )
         return [co.retraction(), amended]
 
     def _apply_agent(self, event: CallEvent) -> Applied:
@@ -169,7 +204,9 @@ class BucketState:
         if session is None:
             session = self.agents[agent] = AgentSession()
         session.seen[event.event_id] = event.ts_ms
-        return Applied("ok", session.add(agent, AgentEvent(event.ts_ms, event.event_id, event.state or "", event.queue)))
+        return Applied(
+            "ok", session.add(agent, AgentEvent(event.ts_ms, event.event_id, event.state or "", event.queue))
+        )
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def sweep(self) -> list[Fact]:
@@ -191,16 +228,22 @@ class BucketState:
             derivation = session.derived(call_id, min_talk)
             if not derivation.ended and wm - session.last_ts >= cfg.call_timeout_ms:
                 old = derivation.facts
-                expire = StoredEvent(session.last_ts + cfg.call_timeout_ms, "expire", "~expire:" + call_id, None, None,
-                                     None, 0)
+                expire = StoredEvent(
+                    session.last_ts + cfg.call_timeout_ms, "expire", "~expire:" + call_id, None, None, None, 0
+                )
                 insert_sorted(session.events, expire)
                 session.eids.add(expire.event_id)
                 session.derivation = None
                 derivation = session.derived(call_id, min_talk)
                 facts.extend(diff(old, derivation.facts))
             if derivation.ended and session.last_ts < final_before:
-                self.tombstones.finalize(call_id, session.last_ts, SEP.join(ev.event_id for ev in session.events),
-                                         derivation.survey_key, derivation.open_completed)
+                self.tombstones.finalize(
+                    call_id,
+                    session.last_ts,
+                    SEP.join(ev.event_id for ev in session.events),
+                    derivation.survey_key,
+                    derivation.open_completed,
+                )
                 del self.calls[call_id]
             else:
                 last = session.last_ts
@@ -241,13 +284,19 @@ class BucketState:
         }
 
     @classmethod
-    def restore(cls, data: dict[str, Any], config: SessionConfig,
-                load_chunk: Callable[[int, int], dict[str, list[object]] | None] = lambda _c, _s: None) -> BucketState:
+    def restore(
+        cls,
+        data: dict[str, Any],
+        config: SessionConfig,
+        load_chunk: Callable[[int, int], dict[str, list[object]] | None] = lambda _c, _s: None,
+    ) -> BucketState:
         """Rebuild a bucket from ``snapshot()`` output and its chunks (``load_chunk(chunk, slot)`` reads one)."""
         bucket = cls(config)
         bucket.hw = data["hw"]
         bucket.wm = data["wm"]
-        bucket.calls = {c: CallSession([StoredEvent.from_wire(ev) for ev in evs]) for c, evs in data["calls"].items()}
+        bucket.calls = {
+            c: CallSession([StoredEvent.from_wire(ev) for ev in evs]) for c, evs in data["calls"].items()
+        }
         bucket.tombstones = Tombstones.restore(data["chunks"], load_chunk)
         bucket.agents = {a: AgentSession.from_wire(s) for a, s in data["agents"].items()}
         return bucket

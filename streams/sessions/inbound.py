@@ -87,16 +87,35 @@ class InboundWalk:
         self.facts.append(Fact("entered", queue_key(queue), ts, "entered:" + eid, self.call_id))
 
     def _leave_queue(self, kind: str, ts: int, eid: str, reason: str = "") -> None:
-        self.facts.append(Fact(kind, queue_key(self.q), ts, f"{kind}:{eid}", self.call_id, wait_ms=ts - self.enq,
-                               reason=reason))
+        self.facts.append(
+            Fact(
+                kind,
+                queue_key(self.q),
+                ts,
+                f"{kind}:{eid}",
+                self.call_id,
+                wait_ms=ts - self.enq,
+                reason=reason,
+            )
+        )
 
     def _complete(self, ts: int, eid: str, transferred: int) -> None:
         if self.state == HELD:
             self.hold_ms += ts - self.hold_start
         if self.ans_q:
-            self.facts.append(Fact("completed", queue_key(self.ans_q), ts, "completed:" + eid, self.call_id,
-                                   talk_ms=ts - self.ans, hold_ms=self.hold_ms, holds=self.holds,
-                                   transferred=transferred))
+            self.facts.append(
+                Fact(
+                    "completed",
+                    queue_key(self.ans_q),
+                    ts,
+                    "completed:" + eid,
+                    self.call_id,
+                    talk_ms=ts - self.ans,
+                    hold_ms=self.hold_ms,
+                    holds=self.holds,
+                    transferred=transferred,
+                )
+            )
             self.pending_co = len(self.facts) - 1
         self.hold_ms = self.holds = 0
 
@@ -125,8 +144,9 @@ class InboundWalk:
         """An agent was offered the call and did not take it (in its queue, or the last one)."""
         mq = ev.queue or self.q or self.last_q
         if mq:
-            self.facts.append(Fact("agent_missed", queue_key(mq), ev.ts_ms, "agent_missed:" + ev.event_id,
-                                   self.call_id))
+            self.facts.append(
+                Fact("agent_missed", queue_key(mq), ev.ts_ms, "agent_missed:" + ev.event_id, self.call_id)
+            )
 
     def answer_from_queue(self, ev: StoredEvent) -> None:
         """An agent answered the waiting caller: the stint ends as answered."""
@@ -165,8 +185,16 @@ class InboundWalk:
 
     def refuse(self, ev: StoredEvent) -> None:
         """The queue would not take the call (full, join-empty, closed): refused, not offered."""
-        self.facts.append(Fact("refused", queue_key(ev.queue or ""), ev.ts_ms, "refused:" + ev.event_id,
-                               self.call_id, reason=ev.detail or ""))
+        self.facts.append(
+            Fact(
+                "refused",
+                queue_key(ev.queue or ""),
+                ev.ts_ms,
+                "refused:" + ev.event_id,
+                self.call_id,
+                reason=ev.detail or "",
+            )
+        )
         self.last_q = ev.queue or ""
         self.state = LEFT
 
@@ -188,17 +216,35 @@ class InboundWalk:
         """After-call work ended: it amends the last completion, if no wrap-up has yet."""
         if self.pending_co >= 0:
             co = self.facts[self.pending_co]
-            self.facts[self.pending_co] = Fact("completed", co.key, ev.ts_ms, co.fid, self.call_id, talk_ms=co.talk_ms,
-                                               hold_ms=co.hold_ms, holds=co.holds, acw_ms=ev.ts_ms - co.ts_ms,
-                                               transferred=co.transferred)
+            self.facts[self.pending_co] = Fact(
+                "completed",
+                co.key,
+                ev.ts_ms,
+                co.fid,
+                self.call_id,
+                talk_ms=co.talk_ms,
+                hold_ms=co.hold_ms,
+                holds=co.holds,
+                acw_ms=ev.ts_ms - co.ts_ms,
+                transferred=co.transferred,
+            )
             self.pending_co = -1
 
     def survey(self, ev: StoredEvent) -> None:
         """A survey response, for the queue that answered the call (or the last one it was in)."""
         sq = self.ans_q or self.q or self.last_q or ev.queue
         if sq:
-            self.facts.append(Fact("survey", queue_key(sq), ev.ts_ms, "survey:" + ev.event_id, self.call_id,
-                                   scale=ev.detail or "", score=int(ev.extra or 0)))
+            self.facts.append(
+                Fact(
+                    "survey",
+                    queue_key(sq),
+                    ev.ts_ms,
+                    "survey:" + ev.event_id,
+                    self.call_id,
+                    scale=ev.detail or "",
+                    score=int(ev.extra or 0),
+                )
+            )
 
     def expire(self, ev: StoredEvent) -> None:
         """No event for CALLPULSE_CALL_TIMEOUT: the call ends.
@@ -209,7 +255,9 @@ class InboundWalk:
         state = self.state
         xq = self.q if state == QUEUED else self.ans_q if state in (CONNECTED, HELD) else ""
         if xq:
-            self.facts.append(Fact("expired", queue_key(xq), ev.ts_ms, "expired:" + ev.event_id, self.call_id))
+            self.facts.append(
+                Fact("expired", queue_key(xq), ev.ts_ms, "expired:" + ev.event_id, self.call_id)
+            )
         self.state = ENDED
 
     # -- incremental derivation ----------------------------------------------------------------------------
@@ -230,7 +278,11 @@ class InboundWalk:
         co_new = self.facts[co_i] if co_old is not None else None
         if co_old is not None and co_new != co_old:
             changes.append(co_old.retraction())
-        if old_live is not None and old_live != new_live and (new_live is None or new_live.key != old_live.key):
+        if (
+            old_live is not None
+            and old_live != new_live
+            and (new_live is None or new_live.key != old_live.key)
+        ):
             changes.append(old_live.retraction())  # not when the new live value replaces it (an upsert)
         if co_new is not None and co_new != co_old:
             changes.append(co_new)
@@ -251,7 +303,9 @@ class InboundWalk:
             facts.append(live_fact(queue_key(self.ans_q), self.hold_start, call_id, "held", self.hold_start))
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
-        return Derivation(facts, state == ENDED, queue_key(sq) if sq else "", open_co, self, list(self.unexpected))
+        return Derivation(
+            facts, state == ENDED, queue_key(sq) if sq else "", open_co, self, list(self.unexpected)
+        )
 
 
 Action = Callable[[InboundWalk, StoredEvent], None]

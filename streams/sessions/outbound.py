@@ -21,8 +21,11 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
     Outcomes are not paired with attempts by order: redials within one second sort all dials first
     (equal timestamps), and the counts must not depend on that.
     """
-    campaign = next((ev.detail for ev in events if ev.type == "dial"), None) or next(
-        (ev.extra for ev in events if ev.type != "survey" and ev.extra), None) or "default"
+    campaign = (
+        next((ev.detail for ev in events if ev.type == "dial"), None)
+        or next((ev.extra for ev in events if ev.type != "survey" and ev.extra), None)
+        or "default"
+    )
     key = campaign_key(str(campaign))
     facts: list[Fact] = []
     dials = answers = hangups = 0

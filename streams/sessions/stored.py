@@ -26,8 +26,15 @@ from typing import NamedTuple
 from streams.events import TYPE_RANK, CallEvent
 
 #: Event types whose ``detail`` is a field of the canonical event other than the campaign.
-_DETAIL_FIELD = {"answer": "agent", "agent_missed": "agent", "exit": "reason", "refused": "reason",
-                 "hangup": "disposition", "transfer": "target", "dial": "campaign"}
+_DETAIL_FIELD = {
+    "answer": "agent",
+    "agent_missed": "agent",
+    "exit": "reason",
+    "refused": "reason",
+    "hangup": "disposition",
+    "transfer": "target",
+    "dial": "campaign",
+}
 
 
 class StoredEvent(NamedTuple):
@@ -47,10 +54,20 @@ class StoredEvent(NamedTuple):
         """The stored form of a validated call event."""
         t = event.type
         if t == "survey":
-            return cls(event.ts_ms, t, event.event_id, event.queue, event.scale, event.score, 1 if event.outbound else 0)
+            return cls(
+                event.ts_ms,
+                t,
+                event.event_id,
+                event.queue,
+                event.scale,
+                event.score,
+                1 if event.outbound else 0,
+            )
         field = _DETAIL_FIELD.get(t)
         detail = getattr(event, field) if field is not None else None
-        return cls(event.ts_ms, t, event.event_id, event.queue, detail, event.campaign, 1 if event.outbound else 0)
+        return cls(
+            event.ts_ms, t, event.event_id, event.queue, detail, event.campaign, 1 if event.outbound else 0
+        )
 
     @classmethod
     def from_wire(cls, data: list[object] | tuple[object, ...]) -> StoredEvent:

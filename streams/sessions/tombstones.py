@@ -105,7 +105,9 @@ class Tombstones:
         self.dirty.add(tomb.chunk)
         self.deleted.discard(tomb.chunk)
 
-    def finalize(self, call_id: str, last_ts: int, eids: str, survey_key: str, open_completed: Fact | None) -> None:
+    def finalize(
+        self, call_id: str, last_ts: int, eids: str, survey_key: str, open_completed: Fact | None
+    ) -> None:
         """Record a finalized call (or add to the tombstone of a call re-opened after it was finalized)."""
         tomb = self.by_call.get(call_id)
         co = open_completed.encode() if open_completed is not None else None
@@ -167,7 +169,9 @@ class Tombstones:
         return {str(chunk): slot for chunk, slot in sorted(self.slots.items())}
 
     @classmethod
-    def restore(cls, slots: dict[str, int], load_chunk: Callable[[int, int], dict[str, list[object]] | None]) -> Tombstones:
+    def restore(
+        cls, slots: dict[str, int], load_chunk: Callable[[int, int], dict[str, list[object]] | None]
+    ) -> Tombstones:
         """Read back the chunks a snapshot names (``load_chunk(chunk, slot)`` reads one; None: not stored)."""
         tombs = cls()
         for key, slot in slots.items():

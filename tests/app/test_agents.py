@@ -37,8 +37,14 @@ class Recorder:
 
 @pytest.fixture
 async def pipeline(tmp_path):
-    settings = Settings.from_env({"CALLPULSE_CALLER_KEY": "k", "CALLPULSE_CHECKPOINT_INTERVAL": "0.01",
-                                  "CALLPULSE_CLOCK": "event", "CALLPULSE_DATADIR": str(tmp_path)})
+    settings = Settings.from_env(
+        {
+            "CALLPULSE_CALLER_KEY": "k",
+            "CALLPULSE_CHECKPOINT_INTERVAL": "0.01",
+            "CALLPULSE_CLOCK": "event",
+            "CALLPULSE_DATADIR": str(tmp_path),
+        }
+    )
     p = build(settings, embedded=False)
     p.app.loop = asyncio.get_running_loop()
     p.app.finalize()
@@ -47,9 +53,11 @@ async def pipeline(tmp_path):
     p.sessionizer.deadletter_topic = Recorder()
     changelog = []
     for table in (p.sessionizer.table, p.aggregator.table):
+
         def send_changelog(partition, key, value, value_serializer=None, _t=table.name):
             changelog.append((_t, partition, key, value))
             return done()
+
         table.send_changelog = send_changelog
     p.changelog = changelog
     return p
@@ -64,8 +72,17 @@ async def wait_for(stage, count):
 
 
 def events_of(call, queue, *steps):
-    return [{"event_id": f"{call}-{i}", "type": t, "ts": T0 + sec, "call_id": call, **({"queue": queue} if t == "queue" else {}),
-             **extra} for i, (t, sec, extra) in enumerate(steps)]
+    return [
+        {
+            "event_id": f"{call}-{i}",
+            "type": t,
+            "ts": T0 + sec,
+            "call_id": call,
+            **({"queue": queue} if t == "queue" else {}),
+            **extra,
+        }
+        for i, (t, sec, extra) in enumerate(steps)
+    ]
 
 
 async def run_through(p, messages):
@@ -91,8 +108,11 @@ class FakeEvent:
     """What the stages read of a Faust event, for calling ``process`` directly with chosen offsets."""
 
     def __init__(self, topic, partition, offset, key, value):
-        self.message = type("Message", (), {"topic": topic, "partition": partition, "offset": offset, "key": key,
-                                            "value": value})()
+        self.message = type(
+            "Message",
+            (),
+            {"topic": topic, "partition": partition, "offset": offset, "key": key, "value": value},
+        )()
 
 
 def sample(p, name, **labels):
@@ -101,25 +121,43 @@ def sample(p, name, **labels):
 
 async def test_events_become_counters_windows_and_dead_letters(pipeline):
     p = pipeline
-    answered = events_of("c1", "sales", ("ring", 0, {}), ("queue", 3, {}), ("answer", 28, {}), ("hangup", 148, {}),
-                         ("wrapup", 160, {}))
+    answered = events_of(
+        "c1",
+        "sales",
+        ("ring", 0, {}),
+        ("queue", 3, {}),
+        ("answer", 28, {}),
+        ("hangup", 148, {}),
+        ("wrapup", 160, {}),
+    )
     abandoned = events_of("c2", "sales", ("queue", 10, {}), ("hangup", 16, {}))
     late_answer = events_of("c3", "sales", ("queue", 20, {}), ("hangup", 90, {}))
     late_answer.append({"event_id": "c3-late", "type": "answer", "ts": T0 + 40, "call_id": "c3"})
     messages = [
         (b"1", orjson.dumps(answered)),  # a batch: one message
-        (b"2", orjson.dumps(abandoned[0])), (b"2", orjson.dumps(abandoned[1])),  # single events
-        (b"3", orjson.dumps(late_answer[:2])), (b"3", orjson.dumps(late_answer[2])),  # the answer comes after the hangup
+        (b"2", orjson.dumps(abandoned[0])),
+        (b"2", orjson.dumps(abandoned[1])),  # single events
+        (b"3", orjson.dumps(late_answer[:2])),
+        (b"3", orjson.dumps(late_answer[2])),  # the answer comes after the hangup
         (b"2", orjson.dumps(abandoned[1])),  # a duplicate
         (b"9", b"\xff\xfe not utf-8"),
-        (b"9", orjson.dumps([{"event_id": "x", "type": "queue", "ts": T0, "call_id": "c9"}])),  # no queue field
+        (
+            b"9",
+            orjson.dumps([{"event_id": "x", "type": "queue", "ts": T0, "call_id": "c9"}]),
+        ),  # no queue field
     ]
     await run_through(p, messages)
 
     dead = p.sessionizer.deadletter_topic.sent
-    assert [(d["headers"]["reason"], d["headers"]["source_offset"]) for d in dead] == [(b"not_utf8", b"6"), (b"missing_field", b"7")]
+    assert [(d["headers"]["reason"], d["headers"]["source_offset"]) for d in dead] == [
+        (b"not_utf8", b"6"),
+        (b"missing_field", b"7"),
+    ]
     assert dead[0]["value"] == b"\xff\xfe not utf-8"
-    assert dead[1]["headers"]["source_topic"] == b"calls.events" and dead[1]["headers"]["source_partition"] == b"0"
+    assert (
+        dead[1]["headers"]["source_topic"] == b"calls.events"
+        and dead[1]["headers"]["source_partition"] == b"0"
+    )
     assert orjson.loads(dead[1]["value"])["event_id"] == "x"
     assert b"queue" in dead[1]["headers"]["error"]
 
@@ -162,7 +200,9 @@ async def test_checkpoints_write_each_changed_key_once_and_restore_exactly(pipel
         await wait_for(p.sessionizer, 3)
         assert p.changelog == []
         with mock.patch.object(p.sessionizer, "interval_s", 0):
-            await agent.put(orjson.dumps({"event_id": "c2-0", "type": "ring", "ts": T0 + 70, "call_id": "c2"}), key=b"7")
+            await agent.put(
+                orjson.dumps({"event_id": "c2-0", "type": "ring", "ts": T0 + 70, "call_id": "c2"}), key=b"7"
+            )
             await wait_for(p.sessionizer, 4)
             await p.sessionizer.wait_checkpoints()
     # four messages of one bucket: one changelog write of that key, holding the last offset applied, then
@@ -247,7 +287,9 @@ async def test_a_send_the_broker_refused_stops_the_worker_and_acks_nothing(pipel
 
     s.on_fatal = on_fatal
     s.facts_topic.send = failing_send
-    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+    await s.process(
+        FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack
+    )
     with pytest.raises(RuntimeError, match="broker gone"):
         await s.wait_checkpoints()
     assert [str(e) for e in fatal] == ["broker gone"] and acks == []
@@ -307,7 +349,9 @@ async def test_a_rebalance_during_a_checkpoints_flush_abandons_the_checkpoint(pi
     async def ack(event):
         raise AssertionError("nothing may be acknowledged")
 
-    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack)
+    await s.process(
+        FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(events_of("c1", "q", ("queue", 0, {})))), ack
+    )
     revoke_during_sends(s, "facts_topic")
     async with s.lock:
         await s.checkpoint(0, ack)  # before: KeyError, the partition's expected offset was forgotten
@@ -319,12 +363,15 @@ async def test_an_event_that_does_not_fit_its_call_is_counted_and_changes_nothin
     p = pipeline
     # c1 waits in sales and is put on hold before any agent answered it: no transition admits that hold.
     # c2 abandons, then its channel hangs up: expected, not counted.
-    calls = (events_of("c1", "sales", ("queue", 0, {}), ("hold", 5, {}))
-             + events_of("c2", "sales", ("queue", 1, {}), ("abandon", 9, {}), ("hangup", 9, {})))
+    calls = events_of("c1", "sales", ("queue", 0, {}), ("hold", 5, {})) + events_of(
+        "c2", "sales", ("queue", 1, {}), ("abandon", 9, {}), ("hangup", 9, {})
+    )
     await run_through(p, [(b"1", orjson.dumps(calls))])
     assert sample(p, "callpulse_events_unexpected_total", type="hold", state="queued") == 1
     assert sample(p, "callpulse_events_unexpected_total", type="unhold", state="queued") == 0  # pre-created
-    assert sample(p, "callpulse_events_unexpected_total", type="hangup", state="ended") is None  # admitted there
+    assert (
+        sample(p, "callpulse_events_unexpected_total", type="hangup", state="ended") is None
+    )  # admitted there
     assert sample(p, "callpulse_calls_entered_total", queue="sales") == 2
     assert sample(p, "callpulse_calls_abandoned_total", queue="sales") == 1
     # c1 still waits (the hold changed nothing): one caller waiting
@@ -333,9 +380,17 @@ async def test_an_event_that_does_not_fit_its_call_is_counted_and_changes_nothin
 
 async def test_every_metric_of_a_worker_is_documented(pipeline):
     # docs/metrics.md, and the windowed gauges in the KPI table of docs/kpis.md
-    docs = "".join((Path(__file__).resolve().parents[2] / "docs" / page).read_text() for page in ("metrics.md", "kpis.md"))
+    docs = "".join(
+        (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
+        for page in ("metrics.md", "kpis.md")
+    )
     names = {family.name for family in pipeline.registry.collect()}
-    missing = sorted(n for n in names if n.startswith("callpulse_") and not n.startswith("callpulse_faust_")
-                     and not re.search(rf"`{n}(_total)?[`{{]", docs))
+    missing = sorted(
+        n
+        for n in names
+        if n.startswith("callpulse_")
+        and not n.startswith("callpulse_faust_")
+        and not re.search(rf"`{n}(_total)?[`{{]", docs)
+    )
     assert not missing
     assert len(names) > 40  # the families of a worker with no data yet

@@ -46,8 +46,16 @@ def flipped_batch(base_offset: int, values: list[bytes]) -> bytes:
 
 def read(data: bytes, topic: str = TOPIC) -> tuple[list[tuple[int, bytes]], int]:
     """The (offset, value) pairs aiokafka hands out for one fetched record set, and its next fetch offset."""
-    records = fetcher.PartitionRecords(TopicPartition(topic, 3), fetcher.MemoryRecords(data), None, 0, None, None,
-                                       True, fetcher.READ_UNCOMMITTED)
+    records = fetcher.PartitionRecords(
+        TopicPartition(topic, 3),
+        fetcher.MemoryRecords(data),
+        None,
+        0,
+        None,
+        None,
+        True,
+        fetcher.READ_UNCOMMITTED,
+    )
     out = [(r.offset, r.value) for r in records]
     return out, records.next_fetch_offset
 
@@ -81,11 +89,15 @@ def test_a_crc_mismatch_is_skipped_and_reported(reported):
     assert out == [(0, b"a"), (1, b"b")]
     assert next_offset == 3
     assert [(r.start, r.end, r.raw) for r in reported] == [(2, 3, bad)]
-    assert reported[0].error.startswith("CorruptRecordException: [Error 2] CorruptRecordException: Invalid CRC")
+    assert reported[0].error.startswith(
+        "CorruptRecordException: [Error 2] CorruptRecordException: Invalid CRC"
+    )
 
 
 def test_two_bad_batches_in_a_row(reported, monkeypatch):
-    data = garbage_snappy_batch(0, [b"a" * 100], monkeypatch) + flipped_batch(1, [b"b", b"c"]) + batch(3, [b"d"])
+    data = (
+        garbage_snappy_batch(0, [b"a" * 100], monkeypatch) + flipped_batch(1, [b"b", b"c"]) + batch(3, [b"d"])
+    )
     out, next_offset = read(data)
     assert out == [(3, b"d")] and next_offset == 4
     assert [(r.start, r.end) for r in reported] == [(0, 1), (1, 3)]

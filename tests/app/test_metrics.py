@@ -12,6 +12,7 @@ def apply_facts(engine, key, src, off, facts, seq=-1):
     """Apply facts as the aggregator receives them: in their wire form."""
     return engine.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
 
+
 T0 = 1_767_225_600_000
 
 
@@ -25,7 +26,9 @@ def collector(max_queues: int):
 
 def entered(engine, queue, sec, n=1):
     key = f"q:{queue}"
-    apply_facts(engine, key, "b", sec, [Fact("entered", key, T0 + sec * 1000, f"e{queue}{i}") for i in range(n)])
+    apply_facts(
+        engine, key, "b", sec, [Fact("entered", key, T0 + sec * 1000, f"e{queue}{i}") for i in range(n)]
+    )
     state = engine.keys[key]
     engine.settle(state)
     state.exported = dict(state.hwm)  # as a durable checkpoint would
@@ -59,20 +62,44 @@ def test_every_family_of_the_design_is_exposed_with_its_labels():
     engine.settle(engine.keys["c:k"])
     engine.keys["c:k"].exported = dict(engine.keys["c:k"].hwm)
     text = generate_latest(registry).decode()
-    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    names = {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
+    }
     expected = {
-        "callpulse_calls_entered_total", "callpulse_calls_offered_total", "callpulse_calls_answered_total",
-        "callpulse_calls_abandoned_total", "callpulse_calls_short_abandoned_total",
-        "callpulse_calls_answered_within_sl_total", "callpulse_calls_abandoned_within_sl_total",
-        "callpulse_calls_transferred_total", "callpulse_calls_completed_total", "callpulse_calls_expired_total",
-        "callpulse_calls_exited_total", "callpulse_calls_refused_total", "callpulse_agent_missed_total",
-        "callpulse_holds_total", "callpulse_outbound_attempts_total", "callpulse_outbound_connected_total",
-        "callpulse_outbound_contacts_total", "callpulse_outbound_conversions_total",
-        "callpulse_survey_responses_total", "callpulse_queue_wait_seconds_bucket", "callpulse_queue_wait_seconds_sum",
-        "callpulse_queue_wait_seconds_count", "callpulse_talk_seconds_bucket", "callpulse_handle_seconds_bucket",
-        "callpulse_offered_calls", "callpulse_calls_waiting", "callpulse_oldest_wait_seconds",
-        "callpulse_calls_waiting_over_sl", "callpulse_calls_talking", "callpulse_calls_on_hold", "callpulse_agents",
-        "callpulse_sl_threshold_seconds", "callpulse_short_abandon_seconds", "callpulse_service_level_goal_ratio",
+        "callpulse_calls_entered_total",
+        "callpulse_calls_offered_total",
+        "callpulse_calls_answered_total",
+        "callpulse_calls_abandoned_total",
+        "callpulse_calls_short_abandoned_total",
+        "callpulse_calls_answered_within_sl_total",
+        "callpulse_calls_abandoned_within_sl_total",
+        "callpulse_calls_transferred_total",
+        "callpulse_calls_completed_total",
+        "callpulse_calls_expired_total",
+        "callpulse_calls_exited_total",
+        "callpulse_calls_refused_total",
+        "callpulse_agent_missed_total",
+        "callpulse_holds_total",
+        "callpulse_outbound_attempts_total",
+        "callpulse_outbound_connected_total",
+        "callpulse_outbound_contacts_total",
+        "callpulse_outbound_conversions_total",
+        "callpulse_survey_responses_total",
+        "callpulse_queue_wait_seconds_bucket",
+        "callpulse_queue_wait_seconds_sum",
+        "callpulse_queue_wait_seconds_count",
+        "callpulse_talk_seconds_bucket",
+        "callpulse_handle_seconds_bucket",
+        "callpulse_offered_calls",
+        "callpulse_calls_waiting",
+        "callpulse_oldest_wait_seconds",
+        "callpulse_calls_waiting_over_sl",
+        "callpulse_calls_talking",
+        "callpulse_calls_on_hold",
+        "callpulse_agents",
+        "callpulse_sl_threshold_seconds",
+        "callpulse_short_abandon_seconds",
+        "callpulse_service_level_goal_ratio",
         "callpulse_abandonment_goal_ratio",
     }
     assert expected <= names, expected - names

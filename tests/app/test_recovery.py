@@ -28,11 +28,19 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a tombstone-chunk boundary
 
 # Per queue, from the shapes above (SL threshold 20 s, short abandon 10 s, the defaults):
 EXPECTED = {
-    "entered": 8, "answered": 4, "answered_within_sl": 2,  # 12 s <= 20 s; 30 s is not
+    "entered": 8,
+    "answered": 4,
+    "answered_within_sl": 2,  # 12 s <= 20 s; 30 s is not
     "wait_answered_ms": 2 * (12_000 + 30_000),
-    "abandoned": 2, "short_abandoned": 2, "abandoned_within_sl": 2, "wait_abandoned_ms": 2 * 7_000,
-    "exited": 2, "exited:timeout": 2, "wait_exited_ms": 2 * 50_000,
-    "completed": 4, "talk_ms": 4 * 60_000,
+    "abandoned": 2,
+    "short_abandoned": 2,
+    "abandoned_within_sl": 2,
+    "wait_abandoned_ms": 2 * 7_000,
+    "exited": 2,
+    "exited:timeout": 2,
+    "wait_exited_ms": 2 * 50_000,
+    "completed": 4,
+    "talk_ms": 4 * 60_000,
 }
 
 
@@ -69,17 +77,25 @@ class Log:
 
 @pytest.fixture
 async def stages(tmp_path, monkeypatch):
-    settings = Settings.from_env({"CALLPULSE_CALLER_KEY": "k", "CALLPULSE_CLOCK": "event",
-                                  "CALLPULSE_DATADIR": str(tmp_path), "CALLPULSE_CHECKPOINT_INTERVAL": "60"})
+    settings = Settings.from_env(
+        {
+            "CALLPULSE_CALLER_KEY": "k",
+            "CALLPULSE_CLOCK": "event",
+            "CALLPULSE_DATADIR": str(tmp_path),
+            "CALLPULSE_CHECKPOINT_INTERVAL": "60",
+        }
+    )
     p = build(settings, embedded=False)
     p.app.loop = asyncio.get_running_loop()
     p.app.finalize()
     log = Log()
     p.sessionizer.facts_topic = p.sessionizer.deadletter_topic = log
     for table in (p.sessionizer.table, p.aggregator.table):
+
         def send_changelog(partition, key, value, value_serializer=None, _t=table.name):
             log.ops.append(("changelog", _t, key, value))
             return done()
+
         table.send_changelog = send_changelog
     original = compat.checkpointed
 
@@ -89,7 +105,9 @@ async def stages(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compat, "checkpointed", checkpointed)
     monkeypatch.setattr("app.checkpoint.CHECKPOINT_MAX_MESSAGES", 3)  # a checkpoint every 3 messages
-    monkeypatch.setattr("app.sessionize.FLUSH_S", 3600)  # facts go out at checkpoints only: a deterministic log
+    monkeypatch.setattr(
+        "app.sessionize.FLUSH_S", 3600
+    )  # facts go out at checkpoints only: a deterministic log
     with mock.patch("app.compat.event_context"):
         yield p, log
 
@@ -129,13 +147,17 @@ def restart(stage, ops, table):
 
 def bucket_states(sessionizer):
     """Every bucket (restored from the store where no message came since the restart), slots aside."""
-    return {key: (b.snapshot()["calls"], b.snapshot()["agents"], b.hw, b.tombstones.by_call)
-            for key, b in ((key, sessionizer.bucket(key)) for key in (b"1", b"2"))}
+    return {
+        key: (b.snapshot()["calls"], b.snapshot()["agents"], b.hw, b.tombstones.by_call)
+        for key, b in ((key, sessionizer.bucket(key)) for key in (b"1", b"2"))
+    }
 
 
 def key_states(engine):
-    return {key: (s.totals, s.hist, s.live, s.agents, {m: (v["c"], v["w"]) for m, v in s.minutes.items()})
-            for key, s in engine.keys.items()}
+    return {
+        key: (s.totals, s.hist, s.live, s.agents, {m: (v["c"], v["w"]) for m, v in s.minutes.items()})
+        for key, s in engine.keys.items()
+    }
 
 
 async def aggregate_all(p, facts):
@@ -158,7 +180,9 @@ async def test_the_sessionizer_recovers_exactly_from_a_crash_anywhere(stages):
     for queue in "qr":
         assert p.engine.keys[f"q:{queue}"].totals == EXPECTED
     reference = key_states(p.engine)
-    assert len(events) == 44 and sum(1 for op in run if op[0] == "commit") == 15  # a checkpoint every 3 messages
+    assert (
+        len(events) == 44 and sum(1 for op in run if op[0] == "commit") == 15
+    )  # a checkpoint every 3 messages
     for cut in range(len(run) + 1):
         log.ops = run[:cut]
         committed = restart(s, log.ops, "sessions")
@@ -288,7 +312,19 @@ async def test_an_undecodable_batch_is_dead_lettered_and_is_no_gap(stages):
     await deliver(s, "calls.events", events, range(15, 44))
     assert broker.reads == []
     assert s.expected[0] == 44 and s.processed == 11 + 29
-    assert dead == [(b"raw batch", {"reason": b"undecodable_batch", "source_topic": b"calls.events",
-                                    "source_partition": b"0", "source_offset": b"11", "source_last_offset": b"14",
-                                    "error": b"DecompressionError: snappy: corrupt input"})]
-    assert p.registry.get_sample_value("callpulse_events_rejected_total", {"reason": "undecodable_batch"}) == 1
+    assert dead == [
+        (
+            b"raw batch",
+            {
+                "reason": b"undecodable_batch",
+                "source_topic": b"calls.events",
+                "source_partition": b"0",
+                "source_offset": b"11",
+                "source_last_offset": b"14",
+                "error": b"DecompressionError: snappy: corrupt input",
+            },
+        )
+    ]
+    assert (
+        p.registry.get_sample_value("callpulse_events_rejected_total", {"reason": "undecodable_batch"}) == 1
+    )

@@ -14,8 +14,21 @@ from app.settings import SPECS, Settings, SettingsError
 def test_defaults():
     s = Settings.from_env({})
     assert s.bootstrap_servers == ["localhost:9092"]
-    assert (s.partitions, s.store, s.web_host, s.web_port, s.tz, s.clock) == (8, "memory://", "127.0.0.1", 6066, "UTC", "wall")
-    assert (s.grace, s.sl_threshold, s.short_abandon, s.sl_goal, s.abandon_goal) == (120.0, 20.0, 10.0, 0.8, 0.05)
+    assert (s.partitions, s.store, s.web_host, s.web_port, s.tz, s.clock) == (
+        8,
+        "memory://",
+        "127.0.0.1",
+        6066,
+        "UTC",
+        "wall",
+    )
+    assert (s.grace, s.sl_threshold, s.short_abandon, s.sl_goal, s.abandon_goal) == (
+        120.0,
+        20.0,
+        10.0,
+        0.8,
+        0.05,
+    )
     assert s.session.grace_ms == 120_000 and s.session.call_timeout_ms == 14_400_000
     assert s.kpi.targets.default.sl_threshold_ms == 20_000
     assert s.validation.max_event_bytes == 65536
@@ -53,12 +66,20 @@ def test_a_bad_value_is_one_sentence_naming_the_setting(name, value, fragment):
 
 def test_unknown_names_warn_with_a_suggestion():
     s = Settings.from_env({"CALLPULSE_GRACEE": "5", "CALLPULSE_CALLER_KEY": "k"})
-    assert s.warnings == ("CALLPULSE_GRACEE is not a callpulse setting and is ignored (did you mean CALLPULSE_GRACE?).",)
+    assert s.warnings == (
+        "CALLPULSE_GRACEE is not a callpulse setting and is ignored (did you mean CALLPULSE_GRACE?).",
+    )
 
 
 def test_secrets_are_not_shown():
-    s = Settings.from_env({"CALLPULSE_CALLER_KEY": "topsecret", "CALLPULSE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                           "CALLPULSE_SASL_USERNAME": "u", "CALLPULSE_SASL_PASSWORD": "pw"})
+    s = Settings.from_env(
+        {
+            "CALLPULSE_CALLER_KEY": "topsecret",
+            "CALLPULSE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CALLPULSE_SASL_USERNAME": "u",
+            "CALLPULSE_SASL_PASSWORD": "pw",
+        }
+    )
     assert "topsecret" not in repr(s) and "pw'" not in repr(s)
     assert kafka_security(s)["sasl_plain_password"] == "pw"
 
@@ -69,7 +90,10 @@ def test_queues_file_overrides_per_queue(tmp_path):
     s = Settings.from_env({"CALLPULSE_QUEUES_FILE": str(f), "CALLPULSE_SL_THRESHOLD": "30"})
     assert s.targets.for_queue("vip").sl_threshold_s == 10 and s.targets.for_queue("vip").sl_goal == 0.9
     assert s.targets.for_queue("vip").short_abandon_s == 10  # not overridden: the default
-    assert s.targets.for_queue("sales").sl_threshold_s == 30 and s.targets.for_queue("sales").short_abandon_s == 0
+    assert (
+        s.targets.for_queue("sales").sl_threshold_s == 30
+        and s.targets.for_queue("sales").short_abandon_s == 0
+    )
     assert s.targets.for_queue("other").sl_threshold_s == 30
 
 
@@ -111,8 +135,13 @@ def test_callpulse_settings_win_over_fausts_own_environment(monkeypatch, tmp_pat
     monkeypatch.setenv("BROKER_URL", "kafka://elsewhere:1")
     monkeypatch.setenv("WEB_PORT", "1")
     monkeypatch.setenv("STORE", "rocksdb://")
-    settings = Settings.from_env({"CALLPULSE_BROKER": "kafka://127.0.0.1:19999", "CALLPULSE_CALLER_KEY": "k",
-                                  "CALLPULSE_DATADIR": str(tmp_path)})
+    settings = Settings.from_env(
+        {
+            "CALLPULSE_BROKER": "kafka://127.0.0.1:19999",
+            "CALLPULSE_CALLER_KEY": "k",
+            "CALLPULSE_DATADIR": str(tmp_path),
+        }
+    )
     app = build(settings, embedded=False).app
     assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:19999"]
     assert app.conf.web_port == 6066 and app.conf.store.scheme == "memory"
@@ -124,15 +153,25 @@ def test_callpulse_settings_win_over_fausts_own_environment(monkeypatch, tmp_pat
 
 def test_the_fields_are_the_rows_of_specs_with_their_types(tmp_path):
     """One typed field per row of SPECS, in its order; a field admits None exactly when its setting can stay unset."""
-    assert [f.name for f in dataclasses.fields(Settings)] == [name.lower() for name in SPECS] + ["warnings", "targets"]
+    assert [f.name for f in dataclasses.fields(Settings)] == [name.lower() for name in SPECS] + [
+        "warnings",
+        "targets",
+    ]
     hints = typing.get_type_hints(Settings)
     (tmp_path / "ca.pem").write_text("")
     (tmp_path / "queues.yaml").write_text("vip:\n  sl_goal: 0.9\n")
     unset = Settings.from_env({})
-    every = Settings.from_env({
-        "CALLPULSE_ADVERTISED_URL": "http://worker-1:6066", "CALLPULSE_QUEUES_FILE": str(tmp_path / "queues.yaml"),
-        "CALLPULSE_CALLER_KEY": "k", "CALLPULSE_SECURITY_PROTOCOL": "SASL_SSL", "CALLPULSE_SASL_USERNAME": "u",
-        "CALLPULSE_SASL_PASSWORD": "pw", "CALLPULSE_SSL_CAFILE": str(tmp_path / "ca.pem")})
+    every = Settings.from_env(
+        {
+            "CALLPULSE_ADVERTISED_URL": "http://worker-1:6066",
+            "CALLPULSE_QUEUES_FILE": str(tmp_path / "queues.yaml"),
+            "CALLPULSE_CALLER_KEY": "k",
+            "CALLPULSE_SECURITY_PROTOCOL": "SASL_SSL",
+            "CALLPULSE_SASL_USERNAME": "u",
+            "CALLPULSE_SASL_PASSWORD": "pw",
+            "CALLPULSE_SSL_CAFILE": str(tmp_path / "ca.pem"),
+        }
+    )
     for name in SPECS:
         field = name.lower()
         types = typing.get_args(hints[field]) or (hints[field],)
@@ -157,11 +196,14 @@ def test_mypy_sees_every_field_and_its_type(tmp_path, monkeypatch):
 
     repo = Path(__file__).resolve().parents[2]
     probe = tmp_path / "probe.py"
-    probe.write_text("from app.settings import Settings\n\ns = Settings.from_env({})\nreveal_type(s.partitions)\n"
-                     "reveal_type(s.advertised_url)\ns.partitons\ns.partitions = 3\n")
+    probe.write_text(
+        "from app.settings import Settings\n\ns = Settings.from_env({})\nreveal_type(s.partitions)\n"
+        "reveal_type(s.advertised_url)\ns.partitons\ns.partitions = 3\n"
+    )
     monkeypatch.chdir(repo)
-    out, err, status = api.run([str(probe), "--config-file", str(repo / "pyproject.toml"),
-                                "--cache-dir", str(tmp_path / "cache")])
+    out, err, status = api.run(
+        [str(probe), "--config-file", str(repo / "pyproject.toml"), "--cache-dir", str(tmp_path / "cache")]
+    )
     assert status == 1, out + err
     assert re.search(r':4: note: Revealed type is "(builtins\.)?int"', out), out
     assert re.search(r':5: note: Revealed type is "(builtins\.)?str \| None"', out), out

@@ -27,13 +27,17 @@ def test_each_sample_is_charged_to_its_innermost_layer_below_the_event_loop():
     # (not app/cli.py's or mode's, which only started the loop), the scrape 5.
     assert lines == [
         ["thread", "MainThread:", "110", "samples"],
-        ["54.5%", "domain", "core", "(streams/)"], ["54.5%", "streams/calls.py"],
-        ["18.2%", "callpulse", "shell", "(app/)"], ["18.2%", "app/pipeline.py"],
-        ["13.6%", "aiokafka"], ["13.6%", "aiokafka/consumer/fetcher.py"],
+        ["54.5%", "domain", "core", "(streams/)"],
+        ["54.5%", "streams/calls.py"],
+        ["18.2%", "callpulse", "shell", "(app/)"],
+        ["18.2%", "app/pipeline.py"],
+        ["13.6%", "aiokafka"],
+        ["13.6%", "aiokafka/consumer/fetcher.py"],
         ["9.1%", "event", "loop", "(asyncio),", "standard", "library"],
         ["4.5%", "/metrics", "scrapes"],
         ["thread", "Consumer:", "40", "samples"],
-        ["100.0%", "Faust", "and", "mode"], ["100.0%", "faust/transport/consumer.py"],
+        ["100.0%", "Faust", "and", "mode"],
+        ["100.0%", "faust/transport/consumer.py"],
     ]
 
 

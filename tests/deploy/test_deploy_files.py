@@ -35,7 +35,13 @@ def test_promtool_unit_tests_of_every_alert_pass():
     tests = sorted((DEPLOY / "prometheus" / "tests").glob("*.test.yml"))
     result = promtool("test", "rules", *map(str, tests))
     assert result.returncode == 0, result.stdout + result.stderr
-    alerts = {r["alert"] for path in RULES for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"]
+        for path in RULES
+        for g in yaml.safe_load(path.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     tested = set(re.findall(r"alertname: (\w+)", "".join(t.read_text() for t in tests)))
     assert alerts == tested, alerts ^ tested  # every alert has unit tests, and no test names a missing alert
 
@@ -66,7 +72,10 @@ def test_dashboards_are_valid_json_with_unique_panel_ids_and_our_datasource():
         uids.add(board["uid"])
         for panel in board["panels"]:
             for target in panel.get("targets", []):
-                assert target["datasource"]["uid"] == uid and target["expr"].strip(), (path.name, panel["title"])
+                assert target["datasource"]["uid"] == uid and target["expr"].strip(), (
+                    path.name,
+                    panel["title"],
+                )
 
 
 def test_dashboards_are_what_the_generator_writes():
@@ -76,7 +85,9 @@ def test_dashboards_are_what_the_generator_writes():
     finally:
         sys.path.remove(str(GRAFANA))
     for name, text in build_dashboards.render().items():
-        assert (GRAFANA / "dashboards" / name).read_text() == text, f"run python grafana/build_dashboards.py ({name})"
+        assert (GRAFANA / "dashboards" / name).read_text() == text, (
+            f"run python grafana/build_dashboards.py ({name})"
+        )
 
 
 def test_the_kubernetes_prometheusrule_holds_the_same_rules():
@@ -105,7 +116,7 @@ def test_every_callpulse_setting_named_in_deploy_files_exists():
     for path in [*YAML_FILES, DEPLOY / "Dockerfile"]:
         named |= set(re.findall(r"CALLPULSE_[A-Z_]+", path.read_text()))
     assert named, "no setting found at all"
-    assert sorted(n for n in named if n[len("CALLPULSE_"):] not in SPECS) == []
+    assert sorted(n for n in named if n[len("CALLPULSE_") :] not in SPECS) == []
 
 
 def test_workers_run_without_service_links_and_scrape_as_job_callpulse():
@@ -115,14 +126,19 @@ def test_workers_run_without_service_links_and_scrape_as_job_callpulse():
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert [j["job_name"] for j in prometheus["scrape_configs"]] == ["callpulse"]
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert {"kafka", "worker-1", "worker-2", "simulator", "prometheus", "alertmanager", "grafana"} <= set(compose["services"])
+    assert {"kafka", "worker-1", "worker-2", "simulator", "prometheus", "alertmanager", "grafana"} <= set(
+        compose["services"]
+    )
     assert compose["services"]["worker-1"]["environment"]["CALLPULSE_BROKER"] == "kafka://kafka:9092"
 
 
 def test_alertmanager_config_is_valid():
     amtool = shutil.which("amtool")
     assert amtool, "amtool is missing: .ci/run installs Debian's prometheus-alertmanager package"
-    result = subprocess.run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Found:" in result.stdout and "- 1 receivers" in result.stdout

@@ -47,11 +47,17 @@ class Worker:
         self.port = free_port()
         self.tmp_path = tmp_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
-        self.env.update({
-            "CALLPULSE_BROKER": broker.url, "CALLPULSE_WEB_PORT": str(self.port), "CALLPULSE_PARTITIONS": "4",
-            "CALLPULSE_CALLER_KEY": "e2e", "CALLPULSE_DATADIR": str(tmp_path / "data"),
-            "CALLPULSE_CHECKPOINT_INTERVAL": "0.2", "CALLPULSE_LOG_LEVEL": "info",
-        })
+        self.env.update(
+            {
+                "CALLPULSE_BROKER": broker.url,
+                "CALLPULSE_WEB_PORT": str(self.port),
+                "CALLPULSE_PARTITIONS": "4",
+                "CALLPULSE_CALLER_KEY": "e2e",
+                "CALLPULSE_DATADIR": str(tmp_path / "data"),
+                "CALLPULSE_CHECKPOINT_INTERVAL": "0.2",
+                "CALLPULSE_LOG_LEVEL": "info",
+            }
+        )
         self.env.update(env)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -63,8 +69,14 @@ class Worker:
     def start(self) -> Worker:
         self.starts += 1
         log = open(self.tmp_path / f"worker-{self.port}-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=self.env, cwd=self.tmp_path,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            env=self.env,
+            cwd=self.tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_tail()
@@ -139,13 +151,23 @@ def cli_command() -> list[str]:
 def cli_env(broker: Broker, **env: str) -> dict[str, str]:
     """The environment of a callpulse command against ``broker`` (no CALLPULSE_* of the caller leaks in)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
-    full_env.update({"CALLPULSE_BROKER": broker.url, "CALLPULSE_PARTITIONS": "4", "CALLPULSE_CALLER_KEY": "e2e", **env})
+    full_env.update(
+        {"CALLPULSE_BROKER": broker.url, "CALLPULSE_PARTITIONS": "4", "CALLPULSE_CALLER_KEY": "e2e", **env}
+    )
     return full_env
 
 
-def run_cli(broker: Broker, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*cli_command(), *args], env=cli_env(broker, **env), input=stdin, capture_output=True,
-                          timeout=120, cwd=REPO)
+def run_cli(
+    broker: Broker, *args: str, stdin: bytes | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*cli_command(), *args],
+        env=cli_env(broker, **env),
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+    )
 
 
 def consume_all(broker: Broker, topic: str, expected: int, timeout: float = 30) -> list:
@@ -153,8 +175,12 @@ def consume_all(broker: Broker, topic: str, expected: int, timeout: float = 30) 
     from aiokafka import AIOKafkaConsumer
 
     async def read() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=f"127.0.0.1:{broker.port}", auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=f"127.0.0.1:{broker.port}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         records = []
         try:
@@ -170,7 +196,9 @@ def consume_all(broker: Broker, topic: str, expected: int, timeout: float = 30) 
     return asyncio.run(read())
 
 
-def produce_raw(broker: Broker, messages: list[tuple[bytes | None, bytes]], topic: str = "calls.events") -> None:
+def produce_raw(
+    broker: Broker, messages: list[tuple[bytes | None, bytes]], topic: str = "calls.events"
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     async def send() -> None:

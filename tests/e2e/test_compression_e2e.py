@@ -36,7 +36,9 @@ def calls(queue: str, start: int, count: int = CALLS, answered: int = ANSWERED) 
         call, t = f"{queue}-{i}", T0 + start + 20 * i
         out.append({"event_id": f"{call}-q", "type": "queue", "ts": t, "call_id": call, "queue": queue})
         if i < answered:
-            out.append({"event_id": f"{call}-a", "type": "answer", "ts": t + 10, "call_id": call, "agent": "a1"})
+            out.append(
+                {"event_id": f"{call}-a", "type": "answer", "ts": t + 10, "call_id": call, "agent": "a1"}
+            )
             out.append({"event_id": f"{call}-h", "type": "hangup", "ts": t + 70, "call_id": call})
         else:
             out.append({"event_id": f"{call}-x", "type": "abandon", "ts": t + 30, "call_id": call})
@@ -49,11 +51,17 @@ def produce_compressed(port: int, codec: str, events: list[dict]) -> None:
     and compressed with ``codec``."""
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", compression_type=codec, linger_ms=100)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=f"127.0.0.1:{port}", compression_type=codec, linger_ms=100
+        )
         await producer.start()
         try:
-            futures = [await producer.send("calls.events", key=call_bucket(e["call_id"]).encode(),
-                                           value=orjson.dumps(e)) for e in events]
+            futures = [
+                await producer.send(
+                    "calls.events", key=call_bucket(e["call_id"]).encode(), value=orjson.dumps(e)
+                )
+                for e in events
+            ]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
@@ -111,8 +119,12 @@ asyncio.run(send())
 
 
 def send_garbage(port: int, partition: int, key: bytes) -> int:
-    result = subprocess.run([sys.executable, "-c", GARBAGE_PRODUCER, str(port), str(partition), key.decode()],
-                            capture_output=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", GARBAGE_PRODUCER, str(port), str(partition), key.decode()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     return int(result.stdout)
 
 
@@ -122,8 +134,12 @@ def produce_to(port: int, partition: int, events: list[dict]) -> None:
         await producer.start()
         try:
             for e in events:
-                await producer.send_and_wait("calls.events", value=orjson.dumps(e),
-                                             key=call_bucket(e["call_id"]).encode(), partition=partition)
+                await producer.send_and_wait(
+                    "calls.events",
+                    value=orjson.dumps(e),
+                    key=call_bucket(e["call_id"]).encode(),
+                    partition=partition,
+                )
         finally:
             await producer.stop()
 
@@ -150,8 +166,10 @@ def test_an_undecodable_batch_is_dead_lettered_and_the_worker_goes_on(broker, wo
 
     dead = consume_all(broker, "calls.deadletter", 2)
     headers = sorted((dict(r.headers) for r in dead), key=lambda h: h["source_partition"])
-    assert [(h["reason"], h["source_topic"], h["source_partition"], h["source_offset"],
-             h["source_last_offset"]) for h in headers] == [
+    assert [
+        (h["reason"], h["source_topic"], h["source_partition"], h["source_offset"], h["source_last_offset"])
+        for h in headers
+    ] == [
         (b"undecodable_batch", b"calls.events", b"0", b"30", b"30"),
         (b"undecodable_batch", b"calls.events", b"1", b"18", b"18"),
     ]

@@ -19,10 +19,19 @@ pytestmark = pytest.mark.e2e
 def test_dev_shows_live_kpis_and_stops_on_ctrl_c(tmp_path):
     broker_port, web_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
-    env.update(CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}", CALLPULSE_WEB_PORT=str(web_port),
-               CALLPULSE_CALLER_KEY="dev", CALLPULSE_DATADIR=str(tmp_path / "data"))
-    proc = subprocess.Popen([sys.executable, "-m", "app", "dev", "--calls-per-minute", "600"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env.update(
+        CALLPULSE_BROKER=f"kafka://127.0.0.1:{broker_port}",
+        CALLPULSE_WEB_PORT=str(web_port),
+        CALLPULSE_CALLER_KEY="dev",
+        CALLPULSE_DATADIR=str(tmp_path / "data"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "dev", "--calls-per-minute", "600"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         entered = 0.0
         deadline = time.monotonic() + 90
@@ -33,8 +42,12 @@ def test_dev_shows_live_kpis_and_stops_on_ctrl_c(tmp_path):
                     text = r.read().decode()
             except OSError:
                 continue
-            entered = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                          if s.name == "callpulse_calls_entered_total")
+            entered = sum(
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "callpulse_calls_entered_total"
+            )
         assert entered > 0
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=40)

@@ -63,12 +63,39 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
     #   ABANDON 12 (1 with htime <= 20, longest 201 s), EXITWITHTIMEOUT 1 (300 s), RINGNOANSWER 360,
     #   BLINDTRANSFER 1 + ATTENDEDTRANSFER 1; sums of htime: CONNECT 3599, ABANDON 1141
     hand = {
-        "support": dict(entered=4, answered=3, abandoned=1, exit_timeout=0, missed=0, answered_wait=5.0,
-                        abandon_wait=3.0, within=3, transferred=0),
-        "sipq": dict(entered=4, answered=1, abandoned=3, exit_timeout=0, missed=2, answered_wait=0.0,
-                     abandon_wait=10.0, within=1, transferred=0),
-        "IT": dict(entered=108, answered=93, abandoned=12, exit_timeout=1, missed=360, answered_wait=3599.0,
-                   abandon_wait=1141.0, within=39, transferred=2),
+        "support": dict(
+            entered=4,
+            answered=3,
+            abandoned=1,
+            exit_timeout=0,
+            missed=0,
+            answered_wait=5.0,
+            abandon_wait=3.0,
+            within=3,
+            transferred=0,
+        ),
+        "sipq": dict(
+            entered=4,
+            answered=1,
+            abandoned=3,
+            exit_timeout=0,
+            missed=2,
+            answered_wait=0.0,
+            abandon_wait=10.0,
+            within=1,
+            transferred=0,
+        ),
+        "IT": dict(
+            entered=108,
+            answered=93,
+            abandoned=12,
+            exit_timeout=1,
+            missed=360,
+            answered_wait=3599.0,
+            abandon_wait=1141.0,
+            within=39,
+            transferred=2,
+        ),
     }
     for queue, h in hand.items():
         q = {"queue": queue}
@@ -76,19 +103,30 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
         assert v("callpulse_calls_answered_total", **q) == h["answered"], queue
         assert v("callpulse_calls_abandoned_total", **q) == h["abandoned"], queue
         assert v("callpulse_calls_exited_total", queue=queue, reason="timeout") == h["exit_timeout"], queue
-        assert v("callpulse_calls_offered_total", **q) == h["answered"] + h["abandoned"] + h["exit_timeout"], queue
+        assert (
+            v("callpulse_calls_offered_total", **q) == h["answered"] + h["abandoned"] + h["exit_timeout"]
+        ), queue
         assert v("callpulse_agent_missed_total", **q) == h["missed"], queue
-        assert v("callpulse_queue_wait_seconds_sum", queue=queue, outcome="answered") == h["answered_wait"], queue
-        assert v("callpulse_queue_wait_seconds_sum", queue=queue, outcome="abandoned") == h["abandon_wait"], queue
+        assert v("callpulse_queue_wait_seconds_sum", queue=queue, outcome="answered") == h["answered_wait"], (
+            queue
+        )
+        assert v("callpulse_queue_wait_seconds_sum", queue=queue, outcome="abandoned") == h["abandon_wait"], (
+            queue
+        )
         assert v("callpulse_calls_answered_within_sl_total", **q) == h["within"], queue
         assert v("callpulse_calls_transferred_total", **q) == h["transferred"], queue
         # every abandon in these logs is shorter than 1,000 s and none is shorter than 0 s
-        assert v("callpulse_calls_short_abandoned_total", **q) == (h["abandoned"] if short_abandon else 0), queue
+        assert v("callpulse_calls_short_abandoned_total", **q) == (h["abandoned"] if short_abandon else 0), (
+            queue
+        )
     assert v("callpulse_queue_wait_seconds_sum", queue="IT", outcome="exited") == 300.0
     # outbound (campaign default): OUTDIAL 128; OUTANSWER 77; OUTANSWER with ttime >= 30 s: 42
     c = {"campaign": "default"}
-    assert (v("callpulse_outbound_attempts_total", **c), v("callpulse_outbound_connected_total", **c),
-            v("callpulse_outbound_contacts_total", **c)) == (128, 77, 42)
+    assert (
+        v("callpulse_outbound_attempts_total", **c),
+        v("callpulse_outbound_connected_total", **c),
+        v("callpulse_outbound_contacts_total", **c),
+    ) == (128, 77, 42)
     # abandonment over "today" of the SIP log (all in one day): S = 1000: (3 - 3) / (4 - 3) = 0; S = 0: 3 / 4
     today = v("callpulse_abandonment_ratio", queue="sipq", window="today")
     assert today == (0.0 if short_abandon else 0.75)
@@ -96,8 +134,10 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
 
 def test_bad_lines_are_reported_and_dead_lettered(broker, tmp_path):
     log = tmp_path / "queue_log"
-    log.write_text("1795490107|c.1|support|NONE|ENTERQUEUE||555|1\nthis is not a queue_log line\n"
-                   "1795490108|c.1|support|NONE|ABANDON|1|1|1\n")
+    log.write_text(
+        "1795490107|c.1|support|NONE|ENTERQUEUE||555|1\nthis is not a queue_log line\n"
+        "1795490108|c.1|support|NONE|ABANDON|1|1|1\n"
+    )
     result = run_cli(broker, "ingest", "asterisk-queue-log", str(log))
     assert result.returncode == 0
     assert b"line 2: 1 fields, a queue_log line has at least 5" in result.stderr
@@ -105,12 +145,19 @@ def test_bad_lines_are_reported_and_dead_lettered(broker, tmp_path):
     (record,) = consume_all(broker, "calls.deadletter", 1)
     headers = dict(record.headers)
     assert record.value == b"this is not a queue_log line"
-    assert (headers["reason"], headers["source_topic"], headers["source_offset"]) == (b"bad_line", str(log).encode(), b"2")
+    assert (headers["reason"], headers["source_topic"], headers["source_offset"]) == (
+        b"bad_line",
+        str(log).encode(),
+        b"2",
+    )
 
 
 def ids_in(broker, expected):
-    return [e["event_id"] for r in consume_all(broker, "calls.events", expected, timeout=20)
-            for e in (orjson.loads(r.value) if r.value.startswith(b"[") else [orjson.loads(r.value)])]
+    return [
+        e["event_id"]
+        for r in consume_all(broker, "calls.events", expected, timeout=20)
+        for e in (orjson.loads(r.value) if r.value.startswith(b"[") else [orjson.loads(r.value)])
+    ]
 
 
 def line_of(state: Path) -> int:
@@ -138,8 +185,12 @@ class Follower:
     def start(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPULSE_")}
         env.update(CALLPULSE_BROKER=self.broker.url, CALLPULSE_PARTITIONS="4", CALLPULSE_CALLER_KEY="e2e")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "ingest", "asterisk-queue-log", "--follow",
-                                      str(self.path)], env=env, cwd=REPO, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "ingest", "asterisk-queue-log", "--follow", str(self.path)],
+            env=env,
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+        )
         return self
 
     def stop(self, sig=signal.SIGTERM):
@@ -149,7 +200,9 @@ class Follower:
 
 
 def lines(start, n, verb="ENTERQUEUE"):
-    return "".join(f"{1795490000 + i}|f.{i}|followq|NONE|{verb}||5550{i}|1\n" for i in range(start, start + n))
+    return "".join(
+        f"{1795490000 + i}|f.{i}|followq|NONE|{verb}||5550{i}|1\n" for i in range(start, start + n)
+    )
 
 
 def test_follow_survives_rotation_truncation_and_restart_without_loss_or_repeat(broker, tmp_path):

@@ -63,20 +63,31 @@ class Prometheus:
         self.port = free_port()
         self.data = tmp_path / "tsdb"
         self.config = tmp_path / "prometheus.yml"
-        self.config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-            "rule_files": [str(p) for p in RULES],
-            "scrape_configs": [{"job_name": "callpulse", "static_configs": [{"targets": [target]}]}],
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+                    "rule_files": [str(p) for p in RULES],
+                    "scrape_configs": [{"job_name": "callpulse", "static_configs": [{"targets": [target]}]}],
+                }
+            )
+        )
         self.proc: subprocess.Popen | None = None
         self.log = tmp_path / "prometheus.log"
 
     def start(self) -> None:
         binary = shutil.which("prometheus")
         assert binary, "prometheus is missing: .ci/run installs Debian's prometheus package"
-        self.proc = subprocess.Popen([binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}"],
-                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.data}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with socket.socket() as s:
@@ -99,7 +110,9 @@ class Prometheus:
             return json.loads(exc.read())
 
     def label_values(self, label: str, match: str) -> list[str]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": match})
+        url = f"http://127.0.0.1:{self.port}/api/v1/label/{label}/values?" + urllib.parse.urlencode(
+            {"match[]": match}
+        )
         with urllib.request.urlopen(url, timeout=30) as r:
             return json.loads(r.read())["data"]
 
@@ -109,8 +122,10 @@ def backfill(samples: dict, instance: str, path: Path, now: datetime) -> int:
     minute around the same time last week and in the last two hours up to 3 minutes ago (so that 15-minute
     windows, now and a week ago, hold increasing samples whatever the live traffic did)."""
     start = now - timedelta(days=8)
-    dense = [(now - timedelta(weeks=1, hours=2), now - timedelta(weeks=1) + timedelta(minutes=30)),
-             (now - timedelta(hours=2), now - timedelta(minutes=3))]
+    dense = [
+        (now - timedelta(weeks=1, hours=2), now - timedelta(weeks=1) + timedelta(minutes=30)),
+        (now - timedelta(hours=2), now - timedelta(minutes=3)),
+    ]
     times = []
     t = start
     while t < now - timedelta(minutes=3):
@@ -119,14 +134,21 @@ def backfill(samples: dict, instance: str, path: Path, now: datetime) -> int:
     lines = []
     series = 0
     for (name, labels), value in samples.items():
-        if not (name.startswith("callpulse_calls_") or name.startswith("callpulse_events")) or not name.endswith("_total"):
+        if not (
+            name.startswith("callpulse_calls_") or name.startswith("callpulse_events")
+        ) or not name.endswith("_total"):
             continue
         series += 1
         lines.append(f"# TYPE {name} gauge")
         rate = max(value, 1.0) / 3600  # per second: the live count spread over an hour
-        label_text = ",".join(f'{k}="{v}"' for k, v in sorted({**dict(labels), "job": "callpulse", "instance": instance}.items()))
+        label_text = ",".join(
+            f'{k}="{v}"'
+            for k, v in sorted({**dict(labels), "job": "callpulse", "instance": instance}.items())
+        )
         for t in times:
-            lines.append(f"{name}{{{label_text}}} {rate * (t - start).total_seconds():.3f} {int(t.timestamp())}")
+            lines.append(
+                f"{name}{{{label_text}}} {rate * (t - start).total_seconds():.3f} {int(t.timestamp())}"
+            )
     lines.append("# EOF")
     path.write_text("\n".join(lines) + "\n")
     return series
@@ -137,20 +159,48 @@ def test_every_dashboard_query_and_every_rule_runs_against_prometheus(broker, wo
     w = worker_factory(CALLPULSE_GRACE="3600").start()
     now = datetime.now(UTC).replace(microsecond=0)
     start = (now - timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
-    result = run_cli(broker, "simulate", "--profile", "lively", "--scale", "20", "--hours", "0.5", "--seed", "3",
-                     "--start", start, "--speed", "0")
+    result = run_cli(
+        broker,
+        "simulate",
+        "--profile",
+        "lively",
+        "--scale",
+        "20",
+        "--hours",
+        "0.5",
+        "--seed",
+        "3",
+        "--start",
+        start,
+        "--speed",
+        "0",
+    )
     assert result.returncode == 0, result.stderr.decode()
     # The simulator makes abandons, but not surely inside one given 15-minute window: three calls that
     # abandon new_customers in the last five minutes make the abandon-wait panels' data certain.
     t = int(now.timestamp())
     abandons = tmp_path / "abandons.jsonl"
-    abandons.write_text("".join(
-        json.dumps({"event_id": f"ab-{i}-{kind}", "type": kind, "ts": t - 300 + i + (60 if kind == "abandon" else 0),
-                    "call_id": f"ab-{i}", **({"queue": "new_customers"} if kind == "queue" else {})}) + "\n"
-        for i in range(3) for kind in ("queue", "abandon")))
+    abandons.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "event_id": f"ab-{i}-{kind}",
+                    "type": kind,
+                    "ts": t - 300 + i + (60 if kind == "abandon" else 0),
+                    "call_id": f"ab-{i}",
+                    **({"queue": "new_customers"} if kind == "queue" else {}),
+                }
+            )
+            + "\n"
+            for i in range(3)
+            for kind in ("queue", "abandon")
+        )
+    )
     assert run_cli(broker, "produce", str(abandons)).returncode == 0
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (w.value("callpulse_outbound_attempts_total", campaign="renewals") or 0):
+    while time.monotonic() < deadline and not (
+        w.value("callpulse_outbound_attempts_total", campaign="renewals") or 0
+    ):
         time.sleep(0.5)
     time.sleep(2)
     samples = w.metrics()
@@ -162,12 +212,20 @@ def test_every_dashboard_query_and_every_rule_runs_against_prometheus(broker, wo
     prometheus = Prometheus(tmp_path, instance)
     om = tmp_path / "history.om"
     assert backfill(samples, instance, om, now) > 50
-    created = subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(prometheus.data)],
-                             capture_output=True, text=True, timeout=600)
+    created = subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(prometheus.data)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert created.returncode == 0, created.stderr
     # live traffic while Prometheus scrapes, so that 15-minute increases are not flat
-    live = subprocess.Popen([*cli_command(), "simulate", "--profile", "lively", "--scale", "20", "--seed", "4"],
-                            env=cli_env(broker), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    live = subprocess.Popen(
+        [*cli_command(), "simulate", "--profile", "lively", "--scale", "20", "--seed", "4"],
+        env=cli_env(broker),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     prometheus.start()
     try:
         deadline = time.monotonic() + 90
@@ -194,12 +252,21 @@ def test_every_dashboard_query_and_every_rule_runs_against_prometheus(broker, wo
         assert "new_customers" in prometheus.label_values("queue", "callpulse_calls_entered_total")
         assert "renewals" in prometheus.label_values("campaign", "callpulse_outbound_attempts_total")
         # every recording rule produced a series, last week's included (from the backfilled history)
-        records = [r["record"] for path in RULES for g in yaml.safe_load(path.read_text())["groups"]
-                   for r in g["rules"] if "record" in r]
+        records = [
+            r["record"]
+            for path in RULES
+            for g in yaml.safe_load(path.read_text())["groups"]
+            for r in g["rules"]
+            if "record" in r
+        ]
         missing = [r for r in records if not prometheus.query(r)["data"]["result"]]
         assert missing == []
-        (tmp_path / "summary.txt").write_text(f"{with_data} of {len(queries)} dashboard queries returned data\n")
-        print(f"{with_data} of {len(queries)} dashboard queries returned data; {len(records)} recording rules")
+        (tmp_path / "summary.txt").write_text(
+            f"{with_data} of {len(queries)} dashboard queries returned data\n"
+        )
+        print(
+            f"{with_data} of {len(queries)} dashboard queries returned data; {len(records)} recording rules"
+        )
     finally:
         prometheus.stop()
         live.terminate()

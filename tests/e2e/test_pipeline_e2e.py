@@ -29,32 +29,49 @@ def ev(eid, etype, sec, call=None, **fields):
 
 SCENARIO = [
     # c1: waits 15 s, talks 120 s with a 30 s hold, 13 s of wrap-up, then a CSAT 5
-    ev("c1-1", "ring", 0, "c1", caller="+15550101"), ev("c1-2", "queue", 2, "c1", queue="sales"),
-    ev("c1-3", "answer", 17, "c1", agent="a1"), ev("c1-4", "hold", 40, "c1"), ev("c1-5", "unhold", 70, "c1"),
-    ev("c1-6", "hangup", 137, "c1"), ev("c1-7", "wrapup", 150, "c1"),
+    ev("c1-1", "ring", 0, "c1", caller="+15550101"),
+    ev("c1-2", "queue", 2, "c1", queue="sales"),
+    ev("c1-3", "answer", 17, "c1", agent="a1"),
+    ev("c1-4", "hold", 40, "c1"),
+    ev("c1-5", "unhold", 70, "c1"),
+    ev("c1-6", "hangup", 137, "c1"),
+    ev("c1-7", "wrapup", 150, "c1"),
     ev("c1-8", "survey", 200, "c1", scale="csat", score=5),
     # c2: abandons after 4 s (short); c3: hangs up after 30 s in queue
-    ev("c2-1", "queue", 5, "c2", queue="sales"), ev("c2-2", "abandon", 9, "c2"), ev("c2-3", "hangup", 9, "c2"),
-    ev("c3-1", "queue", 10, "c3", queue="sales"), ev("c3-2", "hangup", 40, "c3"),
+    ev("c2-1", "queue", 5, "c2", queue="sales"),
+    ev("c2-2", "abandon", 9, "c2"),
+    ev("c2-3", "hangup", 9, "c2"),
+    ev("c3-1", "queue", 10, "c3", queue="sales"),
+    ev("c3-2", "hangup", 40, "c3"),
     # c4: times out of sales after 60 s, overflow answers after 5 s, talks 60 s
-    ev("c4-1", "queue", 20, "c4", queue="sales"), ev("c4-2", "exit", 80, "c4", reason="timeout"),
-    ev("c4-3", "queue", 80, "c4", queue="overflow"), ev("c4-4", "answer", 85, "c4"), ev("c4-5", "hangup", 145, "c4"),
+    ev("c4-1", "queue", 20, "c4", queue="sales"),
+    ev("c4-2", "exit", 80, "c4", reason="timeout"),
+    ev("c4-3", "queue", 80, "c4", queue="overflow"),
+    ev("c4-4", "answer", 85, "c4"),
+    ev("c4-5", "hangup", 145, "c4"),
     # c5: answered after 25 s, transferred to overflow after 40 s of talk, answered there after 5 s, 60 s talk
-    ev("c5-1", "queue", 30, "c5", queue="sales"), ev("c5-2", "answer", 55, "c5"),
-    ev("c5-3", "transfer", 95, "c5", target="overflow"), ev("c5-4", "queue", 95, "c5", queue="overflow"),
-    ev("c5-5", "answer", 100, "c5"), ev("c5-6", "hangup", 160, "c5"),
+    ev("c5-1", "queue", 30, "c5", queue="sales"),
+    ev("c5-2", "answer", 55, "c5"),
+    ev("c5-3", "transfer", 95, "c5", target="overflow"),
+    ev("c5-4", "queue", 95, "c5", queue="overflow"),
+    ev("c5-5", "answer", 100, "c5"),
+    ev("c5-6", "hangup", 160, "c5"),
     # c6: refused (queue full)
-    ev("c6-1", "refused", 50, "c6", queue="sales", reason="full"), ev("c6-2", "hangup", 51, "c6"),
+    ev("c6-1", "refused", 50, "c6", queue="sales", reason="full"),
+    ev("c6-2", "hangup", 51, "c6"),
     # outbound: d1 success; d2 no answer; d3 no disposition but 75 s of talk (>= 30 s: a contact)
-    ev("d1-1", "dial", 0, "d1", campaign="renew"), ev("d1-2", "answer", 20, "d1", direction="outbound"),
+    ev("d1-1", "dial", 0, "d1", campaign="renew"),
+    ev("d1-2", "answer", 20, "d1", direction="outbound"),
     ev("d1-3", "hangup", 80, "d1", direction="outbound", disposition="success"),
     ev("d2-1", "dial", 10, "d2", campaign="renew"),
     ev("d2-2", "hangup", 40, "d2", direction="outbound", disposition="no_answer"),
-    ev("d3-1", "dial", 15, "d3", campaign="renew"), ev("d3-2", "answer", 25, "d3", direction="outbound"),
+    ev("d3-1", "dial", 15, "d3", campaign="renew"),
+    ev("d3-2", "answer", 25, "d3", direction="outbound"),
     ev("d3-3", "hangup", 100, "d3", direction="outbound"),
     # agent a1 in sales: available 0-17, busy 17-137, acw 137-150, available since 150
     ev("a1-1", "agent_state", 0, agent="a1", state="available", queue="sales"),
-    ev("a1-2", "agent_state", 17, agent="a1", state="busy"), ev("a1-3", "agent_state", 137, agent="a1", state="acw"),
+    ev("a1-2", "agent_state", 17, agent="a1", state="busy"),
+    ev("a1-3", "agent_state", 137, agent="a1", state="acw"),
     ev("a1-4", "agent_state", 150, agent="a1", state="available"),
 ]
 
@@ -83,16 +100,24 @@ def write_jsonl(path, events, extra_lines=()):
 
 def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_factory, tmp_path):
     events = SCENARIO + [ev("c2-2", "abandon", 9, "c2")]  # a duplicate of c2's abandon
-    result = run_cli(broker, "produce", str(write_jsonl(tmp_path / "in.jsonl", events, [b"this is not json"])))
+    result = run_cli(
+        broker, "produce", str(write_jsonl(tmp_path / "in.jsonl", events, [b"this is not json"]))
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert b"1 lines were not JSON" in result.stderr
-    produce_raw(broker, [
-        (b"7", b'{"event_id": "broken"'),  # invalid_json
-        (b"7", b"\xff\xfe\x00"),  # not_utf8
-        (b"7", b'[{"event_id": "t1", "type": "queue", "ts": "noon", "call_id": "x", "queue": "sales"}, 5]'),
-        # late: c1's bucket has seen t = 200 s; an unseen event of c1 at -1000 s is beyond the 120 s grace
-        (call_bucket("c1").encode(), orjson.dumps(ev("c1-late", "hold", -1000, "c1"))),
-    ])
+    produce_raw(
+        broker,
+        [
+            (b"7", b'{"event_id": "broken"'),  # invalid_json
+            (b"7", b"\xff\xfe\x00"),  # not_utf8
+            (
+                b"7",
+                b'[{"event_id": "t1", "type": "queue", "ts": "noon", "call_id": "x", "queue": "sales"}, 5]',
+            ),
+            # late: c1's bucket has seen t = 200 s; an unseen event of c1 at -1000 s is beyond the 120 s grace
+            (call_bucket("c1").encode(), orjson.dumps(ev("c1-late", "hold", -1000, "c1"))),
+        ],
+    )
     w = worker_factory(CALLPULSE_CLOCK="event").start()
     # `produce` created the topics, before any worker, with CALLPULSE_PARTITIONS (4) partitions
     assert topic_partitions(broker) == {"calls.events": 4, "calls.facts": 4, "calls.deadletter": 4}
@@ -123,8 +148,11 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     assert v("callpulse_calls_entered_total", **o) == 2  # c4, c5
     assert v("callpulse_calls_answered_within_sl_total", **o) == 2  # 5 s each
     assert v("callpulse_calls_exited_total", queue="overflow", reason="timeout") == 0
-    assert (v("callpulse_outbound_connected_total", **r), v("callpulse_outbound_contacts_total", **r),
-            v("callpulse_outbound_conversions_total", **r)) == (2, 2, 1)
+    assert (
+        v("callpulse_outbound_connected_total", **r),
+        v("callpulse_outbound_contacts_total", **r),
+        v("callpulse_outbound_conversions_total", **r),
+    ) == (2, 2, 1)
     assert v("callpulse_queue_wait_seconds_count", queue="sales", outcome="answered") == 2
     assert v("callpulse_queue_wait_seconds_sum", queue="sales", outcome="answered") == 40.0  # 15 + 25
     assert v("callpulse_talk_seconds_sum", **s) == 160.0  # 120 + 40
@@ -153,7 +181,9 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     assert v("callpulse_sl_threshold_seconds", **s) == 20.0
 
     # pipeline counters: 3 raw messages + 1 bad line + 1 bad element + 1 late
-    assert v("callpulse_events_rejected_total", reason="invalid_json") == 2  # the raw one and the produced line
+    assert (
+        v("callpulse_events_rejected_total", reason="invalid_json") == 2
+    )  # the raw one and the produced line
     assert v("callpulse_events_rejected_total", reason="not_utf8") == 1
     assert v("callpulse_events_rejected_total", reason="bad_timestamp") == 1
     assert v("callpulse_events_rejected_total", reason="not_an_object") == 1
@@ -181,7 +211,10 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     assert by_reason[b"not_utf8"].value == b"\xff\xfe\x00"
     assert by_reason[b"not_an_object"].value == b"5"
     late = dict(by_reason[b"late"].headers)
-    assert late["source_topic"] == b"calls.events" and orjson.loads(by_reason[b"late"].value)["event_id"] == "c1-late"
+    assert (
+        late["source_topic"] == b"calls.events"
+        and orjson.loads(by_reason[b"late"].value)["event_id"] == "c1-late"
+    )
     assert int(late["source_partition"]) in range(4) and int(late["source_offset"]) >= 0
     assert b"grace" in late["error"]
     assert len(dead) == 6
@@ -222,8 +255,15 @@ def test_a_worker_killed_mid_stream_and_restarted_counts_exactly(broker, worker_
     w.kill()  # SIGKILL in the middle of the stream
     assert 0 < entered < 3000, f"not mid-stream: {entered}"
     w.start()
-    expected = {"entered": 1000, "offered": 1000, "answered": 500, "answered_within_sl": 250, "abandoned": 250,
-                "short_abandoned": 250, "abandoned_within_sl": 250}
+    expected = {
+        "entered": 1000,
+        "offered": 1000,
+        "answered": 500,
+        "answered_within_sl": 250,
+        "abandoned": 250,
+        "short_abandoned": 250,
+        "abandoned_within_sl": 250,
+    }
     for q in "abc":
         w.wait_for("callpulse_calls_entered_total", 1000, timeout=120, queue=q)
         w.wait_for("callpulse_calls_offered_total", 1000, timeout=60, queue=q)
@@ -266,7 +306,11 @@ def test_fetch_range_reads_exactly_the_asked_offsets_of_one_partition(broker):
 
 
 def business_counters(worker):
-    return {k: v for k, v in worker.metrics().items() if k[0].startswith(("callpulse_calls_", "callpulse_outbound_"))}
+    return {
+        k: v
+        for k, v in worker.metrics().items()
+        if k[0].startswith(("callpulse_calls_", "callpulse_outbound_"))
+    }
 
 
 def test_the_rocksdb_store_recovers_after_sigkill(broker, worker_factory, tmp_path):
@@ -298,18 +342,22 @@ def test_two_workers_split_the_queues_and_keep_totals_exact(broker, worker_facto
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         exporters = [w for w in both if w.value("callpulse_calls_entered_total", queue="sales") is not None]
-        if (summed(both, "callpulse_calls_entered_total", queue="sales") == 5
-                and summed(both, "callpulse_outbound_attempts_total", campaign="renew") == 3
-                and summed(both, "callpulse_calls_entered_total", queue="overflow") == 2
-                and len(exporters) == 1):
+        if (
+            summed(both, "callpulse_calls_entered_total", queue="sales") == 5
+            and summed(both, "callpulse_outbound_attempts_total", campaign="renew") == 3
+            and summed(both, "callpulse_calls_entered_total", queue="overflow") == 2
+            and len(exporters) == 1
+        ):
             break
         time.sleep(0.5)
     # each queue is exported by exactly one worker (the owner of its partition), so sums are the hand counts
-    for name, labels, expected in [("callpulse_calls_entered_total", {"queue": "sales"}, 5),
-                                   ("callpulse_calls_answered_total", {"queue": "sales"}, 2),
-                                   ("callpulse_calls_abandoned_total", {"queue": "sales"}, 2),
-                                   ("callpulse_calls_entered_total", {"queue": "overflow"}, 2),
-                                   ("callpulse_outbound_contacts_total", {"campaign": "renew"}, 2)]:
+    for name, labels, expected in [
+        ("callpulse_calls_entered_total", {"queue": "sales"}, 5),
+        ("callpulse_calls_answered_total", {"queue": "sales"}, 2),
+        ("callpulse_calls_abandoned_total", {"queue": "sales"}, 2),
+        ("callpulse_calls_entered_total", {"queue": "overflow"}, 2),
+        ("callpulse_outbound_contacts_total", {"campaign": "renew"}, 2),
+    ]:
         assert summed(both, name, **labels) == expected, name
         assert sum(1 for w in both if w.value(name, **labels) is not None) == 1, name
     # the API merges both workers' queues, and forwards one queue to its owner

@@ -25,4 +25,6 @@ def test_a_simulated_day_to_kafka_counts_as_the_same_seed_on_file(broker, worker
         w.wait_for("callpulse_calls_entered_total", n, timeout=90, queue=queue)
     w.wait_for("callpulse_outbound_attempts_total", dials, campaign="renewals")
     assert w.value("callpulse_events_duplicate_total") == 0
-    assert all(w.value("callpulse_events_rejected_total", reason=r) == 0 for r in ("late", "too_old", "wrong_type"))
+    assert all(
+        w.value("callpulse_events_rejected_total", reason=r) == 0 for r in ("late", "too_old", "wrong_type")
+    )

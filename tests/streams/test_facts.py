@@ -9,16 +9,57 @@ def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
     cases = {
         Fact("entered", "q:a", T, "entered:e1", "c1"): ["entered", T, 1],
         Fact("answered", "q:a", T, "answered:e2", "c1", wait_ms=12_000): ["answered", T, 1, 12_000],
-        Fact("abandoned", "q:a", T, "abandoned:e3", "c1", wait_ms=9_000, sign=-1): ["abandoned", T, -1, 9_000],
-        Fact("exited", "q:a", T, "exited:e4", "c1", wait_ms=5_000, reason="timeout"): ["exited", T, 1, 5_000, "timeout"],
+        Fact("abandoned", "q:a", T, "abandoned:e3", "c1", wait_ms=9_000, sign=-1): [
+            "abandoned",
+            T,
+            -1,
+            9_000,
+        ],
+        Fact("exited", "q:a", T, "exited:e4", "c1", wait_ms=5_000, reason="timeout"): [
+            "exited",
+            T,
+            1,
+            5_000,
+            "timeout",
+        ],
         Fact("refused", "q:a", T, "refused:e5", "c1", reason="full"): ["refused", T, 1, "full"],
-        Fact("completed", "q:a", T, "completed:e6", "c1", talk_ms=120_000, hold_ms=30_000, holds=2, acw_ms=15_000,
-             transferred=1): ["completed", T, 1, 120_000, 30_000, 2, 15_000, 1],
+        Fact(
+            "completed",
+            "q:a",
+            T,
+            "completed:e6",
+            "c1",
+            talk_ms=120_000,
+            hold_ms=30_000,
+            holds=2,
+            acw_ms=15_000,
+            transferred=1,
+        ): ["completed", T, 1, 120_000, 30_000, 2, 15_000, 1],
         Fact("survey", "q:a", T, "survey:e7", "c1", scale="nps", score=9): ["survey", T, 1, "nps", 9],
-        Fact("live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T - 5): ["live", T, 1, "c1", "waiting", T - 5],
-        Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="busy", since_ms=T - 7): ["agent", T, 1, "ag", "busy", T - 7],
-        Fact("agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9):
-            ["agent_time", T, 1, "ag", "acw", T - 9],
+        Fact("live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T - 5): [
+            "live",
+            T,
+            1,
+            "c1",
+            "waiting",
+            T - 5,
+        ],
+        Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="busy", since_ms=T - 7): [
+            "agent",
+            T,
+            1,
+            "ag",
+            "busy",
+            T - 7,
+        ],
+        Fact("agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9): [
+            "agent_time",
+            T,
+            1,
+            "ag",
+            "acw",
+            T - 9,
+        ],
         Fact("attempt", "c:x", T, "attempt:e8", "c2"): ["attempt", T, 1],
     }
     for fact, wire in cases.items():
@@ -47,16 +88,28 @@ def test_diff_sends_a_replaced_live_value_as_the_new_value_alone():
 def test_the_fast_constructors_fill_every_field_in_its_place():
     from streams.facts import agent_fact, live_fact
 
-    assert live_fact("q:a", T, "c1", "held", T - 3) == Fact("live", "q:a", T, "live:c1", "c1", status="held", since_ms=T - 3)
+    assert live_fact("q:a", T, "c1", "held", T - 3) == Fact(
+        "live", "q:a", T, "live:c1", "c1", status="held", since_ms=T - 3
+    )
     assert agent_fact("agent_time", "q:a", T, "agent_time:ag:a:1", "ag", "acw", T - 9) == Fact(
-        "agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9)
+        "agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9
+    )
 
 
 def test_the_aggregator_reads_a_wire_fact_by_name():
     exited = from_wire(["exited", T, -1, 5_000, "timeout"])
-    assert type(exited) is ExitedWire and (exited.wait_ms, exited.reason, exited.sign) == (5_000, "timeout", -1)
+    assert type(exited) is ExitedWire and (exited.wait_ms, exited.reason, exited.sign) == (
+        5_000,
+        "timeout",
+        -1,
+    )
     completed = from_wire(["completed", T, 1, 120_000, 30_000, 2, 15_000, 1])
     assert type(completed) is CompletedWire
-    assert (completed.talk_ms, completed.hold_ms, completed.holds, completed.acw_ms, completed.transferred) == (
-        120_000, 30_000, 2, 15_000, 1)
+    assert (
+        completed.talk_ms,
+        completed.hold_ms,
+        completed.holds,
+        completed.acw_ms,
+        completed.transferred,
+    ) == (120_000, 30_000, 2, 15_000, 1)
     assert from_wire(["conversion", T, 1]) == PlainWire("conversion", T, 1)

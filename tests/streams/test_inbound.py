@@ -11,15 +11,39 @@ from streams.sessions import BucketState, SessionConfig
 from streams.sessions.inbound import ROWS, TRANSITIONS, CallState
 
 T0 = 1_767_225_600_000
-CALL_TYPES = ("ring", "queue", "agent_missed", "answer", "hold", "unhold", "transfer", "exit", "refused", "abandon",
-              "hangup", "wrapup", "survey", "expire")
+CALL_TYPES = (
+    "ring",
+    "queue",
+    "agent_missed",
+    "answer",
+    "hold",
+    "unhold",
+    "transfer",
+    "exit",
+    "refused",
+    "abandon",
+    "hangup",
+    "wrapup",
+    "survey",
+    "expire",
+)
 
 # What each state admits (an action or an explicitly ignored row); everything else is unexpected.
 ADMITTED = {
     "new": {"ring", "queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
     "ivr": {"queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
-    "queued": {"queue", "agent_missed", "answer", "transfer", "exit", "abandon", "hangup", "wrapup", "survey",
-               "expire"},
+    "queued": {
+        "queue",
+        "agent_missed",
+        "answer",
+        "transfer",
+        "exit",
+        "abandon",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
     "connected": {"queue", "agent_missed", "hold", "transfer", "hangup", "wrapup", "survey", "expire"},
     "held": {"queue", "agent_missed", "unhold", "transfer", "hangup", "wrapup", "survey", "expire"},
     "left": {"queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
@@ -53,17 +77,20 @@ INTO = {
 }
 
 
-@pytest.mark.parametrize(("state", "etype", "extra"), [
-    ("ivr", "hold", {}),
-    ("queued", "hold", {}),
-    ("queued", "refused", {"queue": "q", "reason": "full"}),
-    ("connected", "answer", {"agent": "b"}),
-    ("connected", "unhold", {}),
-    ("held", "hold", {}),
-    ("left", "exit", {"queue": "q", "reason": "key"}),
-    ("ended", "answer", {"agent": "a"}),
-    ("ended", "agent_missed", {"queue": "q", "agent": "a"}),
-])
+@pytest.mark.parametrize(
+    ("state", "etype", "extra"),
+    [
+        ("ivr", "hold", {}),
+        ("queued", "hold", {}),
+        ("queued", "refused", {"queue": "q", "reason": "full"}),
+        ("connected", "answer", {"agent": "b"}),
+        ("connected", "unhold", {}),
+        ("held", "hold", {}),
+        ("left", "exit", {"queue": "q", "reason": "key"}),
+        ("ended", "answer", {"agent": "a"}),
+        ("ended", "agent_missed", {"queue": "q", "agent": "a"}),
+    ],
+)
 def test_an_unexpected_event_changes_nothing_and_names_the_state_it_met(state, etype, extra):
     bucket = BucketState(SessionConfig())
     for event in INTO[state]:

@@ -24,6 +24,7 @@ def apply_facts(engine, key, src, off, facts, seq=-1):
     """Apply facts as the aggregator receives them: in their wire form."""
     return engine.apply_wire(key, src, off, [to_wire(f) for f in facts], seq)
 
+
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a minute boundary
 SEC = 1000
 
@@ -33,8 +34,14 @@ def F(kind, sec, key="q:sales", **kw):
 
 
 def engine(**targets):
-    return KpiEngine(KpiConfig(targets=TargetsConfig(QueueTargets(**targets)), windows=WindowSpec(),
-                               call_timeout_ms=3600 * SEC, dedup_ttl_ms=86_400 * SEC))
+    return KpiEngine(
+        KpiConfig(
+            targets=TargetsConfig(QueueTargets(**targets)),
+            windows=WindowSpec(),
+            call_timeout_ms=3600 * SEC,
+            dedup_ttl_ms=86_400 * SEC,
+        )
+    )
 
 
 def read(eng, key="q:sales", now_sec=59, window="5m"):
@@ -42,9 +49,15 @@ def read(eng, key="q:sales", now_sec=59, window="5m"):
 
 
 BOUNDARY_FACTS = [
-    F("entered", 0), F("answered", 1, wait_ms=20_000), F("answered", 2, wait_ms=20_001), F("answered", 3, wait_ms=0),
-    F("abandoned", 4, wait_ms=9_999), F("abandoned", 5, wait_ms=10_000), F("abandoned", 6, wait_ms=20_000),
-    F("abandoned", 7, wait_ms=25_000), F("exited", 8, wait_ms=5_000, reason="timeout"),
+    F("entered", 0),
+    F("answered", 1, wait_ms=20_000),
+    F("answered", 2, wait_ms=20_001),
+    F("answered", 3, wait_ms=0),
+    F("abandoned", 4, wait_ms=9_999),
+    F("abandoned", 5, wait_ms=10_000),
+    F("abandoned", 6, wait_ms=20_000),
+    F("abandoned", 7, wait_ms=25_000),
+    F("exited", 8, wait_ms=5_000, reason="timeout"),
 ]
 
 
@@ -55,8 +68,16 @@ def test_counters_and_formulas_at_the_thresholds():
     c = w["counts"]
     # answered: 20.000 s is within T (<=), 20.001 s is not; abandons: 9.999 s is short (< S), 10.000 s is not;
     # within SL among abandons: 9.999, 10.000, 20.000 (<= 20 s)
-    assert (c["answered"], c["answered_within_sl"], c["abandoned"], c["short_abandoned"], c["abandoned_within_sl"],
-            c["exited"], c["exited:timeout"], c["entered"]) == (3, 2, 4, 1, 3, 1, 1, 1)
+    assert (
+        c["answered"],
+        c["answered_within_sl"],
+        c["abandoned"],
+        c["short_abandoned"],
+        c["abandoned_within_sl"],
+        c["exited"],
+        c["exited:timeout"],
+        c["entered"],
+    ) == (3, 2, 4, 1, 3, 1, 1, 1)
     k = w["kpis"]
     assert k["offered_calls"] == 8.0  # 3 + 4 + 1
     assert k["abandonment_ratio"] == pytest.approx(3 / 7)  # (4 - 1) / (8 - 1)
@@ -80,9 +101,18 @@ def test_zero_denominators_give_no_value_not_100_percent():
     apply_facts(eng, "q:sales", "b1", 0, [F("entered", 0)])
     k = read(eng)["kpis"]
     assert k["offered_calls"] == 0.0
-    for name in ("abandonment_ratio", "service_level_ratio", "average_speed_of_answer_seconds", "longest_wait_seconds",
-                 "average_handle_time_seconds", "transfer_ratio", "connection_ratio", "csat_ratio", "nps_score",
-                 "occupancy_ratio"):
+    for name in (
+        "abandonment_ratio",
+        "service_level_ratio",
+        "average_speed_of_answer_seconds",
+        "longest_wait_seconds",
+        "average_handle_time_seconds",
+        "transfer_ratio",
+        "connection_ratio",
+        "csat_ratio",
+        "nps_score",
+        "occupancy_ratio",
+    ):
         assert k[name] is None, name
 
 
@@ -93,19 +123,43 @@ def test_only_short_abandons_leave_abandonment_undefined():
 
 def test_handle_hold_transfer_surveys_outbound():
     eng = engine()
-    apply_facts(eng, "q:sales", "b1", 0, [
-        F("answered", 1, wait_ms=0), F("answered", 2, wait_ms=0),
-        F("completed", 10, talk_ms=90_000, hold_ms=20_000, holds=2, acw_ms=30_000, transferred=1),
-        F("completed", 11, talk_ms=60_000),
-        F("survey", 12, scale="csat", score=5), F("survey", 13, scale="csat", score=4),
-        F("survey", 14, scale="csat", score=3), F("survey", 15, scale="csat", score=1),
-        F("survey", 16, scale="nps", score=10), F("survey", 17, scale="nps", score=9), F("survey", 18, scale="nps", score=8),
-        F("survey", 19, scale="nps", score=6), F("survey", 20, scale="nps", score=0),
-    ])
-    apply_facts(eng, "c:renew", "b1", 0, [F("attempt", 1, "c:renew"), F("attempt", 2, "c:renew"), F("attempt", 3, "c:renew"),
-                                         F("attempt", 4, "c:renew"), F("connected", 5, "c:renew"),
-                                         F("connected", 6, "c:renew"), F("contact", 7, "c:renew"),
-                                         F("conversion", 8, "c:renew")])
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        0,
+        [
+            F("answered", 1, wait_ms=0),
+            F("answered", 2, wait_ms=0),
+            F("completed", 10, talk_ms=90_000, hold_ms=20_000, holds=2, acw_ms=30_000, transferred=1),
+            F("completed", 11, talk_ms=60_000),
+            F("survey", 12, scale="csat", score=5),
+            F("survey", 13, scale="csat", score=4),
+            F("survey", 14, scale="csat", score=3),
+            F("survey", 15, scale="csat", score=1),
+            F("survey", 16, scale="nps", score=10),
+            F("survey", 17, scale="nps", score=9),
+            F("survey", 18, scale="nps", score=8),
+            F("survey", 19, scale="nps", score=6),
+            F("survey", 20, scale="nps", score=0),
+        ],
+    )
+    apply_facts(
+        eng,
+        "c:renew",
+        "b1",
+        0,
+        [
+            F("attempt", 1, "c:renew"),
+            F("attempt", 2, "c:renew"),
+            F("attempt", 3, "c:renew"),
+            F("attempt", 4, "c:renew"),
+            F("connected", 5, "c:renew"),
+            F("connected", 6, "c:renew"),
+            F("contact", 7, "c:renew"),
+            F("conversion", 8, "c:renew"),
+        ],
+    )
     k = read(eng)["kpis"]
     assert k["average_handle_time_seconds"] == 90.0  # (90 + 30 + 60 + 0) / 2
     assert k["average_hold_seconds"] == 10.0  # 20 / 2
@@ -116,10 +170,19 @@ def test_handle_hold_transfer_surveys_outbound():
     assert (o["connection_ratio"], o["contact_ratio"], o["conversion_ratio"]) == (0.5, 0.25, 0.25)
 
 
-@pytest.mark.parametrize(("scale", "score", "band"), [("csat", 1, "negative"), ("csat", 2, "negative"),
-                                                      ("csat", 3, "neutral"), ("csat", 4, "positive"),
-                                                      ("nps", 6, "detractor"), ("nps", 7, "passive"),
-                                                      ("nps", 8, "passive"), ("nps", 9, "promoter")])
+@pytest.mark.parametrize(
+    ("scale", "score", "band"),
+    [
+        ("csat", 1, "negative"),
+        ("csat", 2, "negative"),
+        ("csat", 3, "neutral"),
+        ("csat", 4, "positive"),
+        ("nps", 6, "detractor"),
+        ("nps", 7, "passive"),
+        ("nps", 8, "passive"),
+        ("nps", 9, "promoter"),
+    ],
+)
 def test_survey_bands(scale, score, band):
     assert survey_band(scale, score) == band
 
@@ -180,12 +243,18 @@ def test_windows_select_minutes_by_event_time():
 
 def test_live_values_tick_with_now():
     eng = engine()
-    apply_facts(eng, "q:sales", "b1", 0, [
-        Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0),
-        Fact("live", "q:sales", T0 + 5 * SEC, "l2", "c2", status="waiting", since_ms=T0 + 5 * SEC),
-        Fact("live", "q:sales", T0, "l3", "c3", status="talking", since_ms=T0),
-        Fact("live", "q:sales", T0, "l4", "c4", status="held", since_ms=T0),
-    ])
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        0,
+        [
+            Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0),
+            Fact("live", "q:sales", T0 + 5 * SEC, "l2", "c2", status="waiting", since_ms=T0 + 5 * SEC),
+            Fact("live", "q:sales", T0, "l3", "c3", status="talking", since_ms=T0),
+            Fact("live", "q:sales", T0, "l4", "c4", status="held", since_ms=T0),
+        ],
+    )
     state = eng.keys["q:sales"]
     live = read_key(state, eng.config, T0 + 25 * SEC)["live"]
     # waits 25 s and 20 s: oldest 25 s; over T = 20 s strictly: only the first
@@ -196,18 +265,46 @@ def test_live_values_tick_with_now():
     # a waiting entry older than the call timeout (3600 s) is an orphan and no longer shown
     live = read_key(state, eng.config, T0 + 3602 * SEC)["live"]
     assert live["calls_waiting"] == 1
-    apply_facts(eng, "q:sales", "b1", 1, [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)])
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        1,
+        [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)],
+    )
     assert read_key(state, eng.config, T0 + 30 * SEC)["live"]["calls_waiting"] == 1
 
 
 def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
     eng = engine()
-    apply_facts(eng, "q:sales", "b1", 0, [
-        Fact("agent_time", "q:sales", T0 + 90 * SEC, "t1", agent="a", status="available", since_ms=T0 + 30 * SEC),
-        Fact("agent_time", "q:sales", T0 + 150 * SEC, "t2", agent="a", status="busy", since_ms=T0 + 90 * SEC),
-        Fact("agent", "q:sales", T0 + 150 * SEC, "o1", agent="a", status="acw", since_ms=T0 + 150 * SEC),
-        Fact("agent", "q:sales", T0, "o2", agent="b", status="paused", since_ms=T0),
-    ])
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        0,
+        [
+            Fact(
+                "agent_time",
+                "q:sales",
+                T0 + 90 * SEC,
+                "t1",
+                agent="a",
+                status="available",
+                since_ms=T0 + 30 * SEC,
+            ),
+            Fact(
+                "agent_time",
+                "q:sales",
+                T0 + 150 * SEC,
+                "t2",
+                agent="a",
+                status="busy",
+                since_ms=T0 + 90 * SEC,
+            ),
+            Fact("agent", "q:sales", T0 + 150 * SEC, "o1", agent="a", status="acw", since_ms=T0 + 150 * SEC),
+            Fact("agent", "q:sales", T0, "o2", agent="b", status="paused", since_ms=T0),
+        ],
+    )
     r = read_key(eng.keys["q:sales"], eng.config, T0 + 170 * SEC)
     # available 60 s, busy 60 s, acw open 20 s (150..170); paused does not count: (60 + 20) / (60 + 60 + 20)
     assert r["windows"]["5m"]["kpis"]["occupancy_ratio"] == pytest.approx(80 / 140)
@@ -229,19 +326,34 @@ def test_old_minutes_are_pruned_behind_the_watermark():
 def test_merged_states_add_up():
     eng = engine()
     apply_facts(eng, "q:a", "b1", 0, [F("answered", 1, "q:a", wait_ms=5_000)])
-    apply_facts(eng, "q:b", "b1", 0, [F("abandoned", 2, "q:b", wait_ms=30_000),
-                                     Fact("live", "q:b", T0, "l", "c1", status="waiting", since_ms=T0)])
+    apply_facts(
+        eng,
+        "q:b",
+        "b1",
+        0,
+        [
+            F("abandoned", 2, "q:b", wait_ms=30_000),
+            Fact("live", "q:b", T0, "l", "c1", status="waiting", since_ms=T0),
+        ],
+    )
     merged = merge_states([eng.keys["q:a"], eng.keys["q:b"]], "q:_other")
     r = read_key(merged, eng.config, T0 + 59 * SEC)
     assert r["windows"]["5m"]["kpis"]["offered_calls"] == 2.0
     assert r["windows"]["5m"]["kpis"]["longest_wait_seconds"] == 30.0
     assert r["live"]["calls_waiting"] == 1
-    assert merged.totals == {"answered": 1, "wait_answered_ms": 5_000, "answered_within_sl": 1, "abandoned": 1,
-                             "wait_abandoned_ms": 30_000}
+    assert merged.totals == {
+        "answered": 1,
+        "wait_answered_ms": 5_000,
+        "answered_within_sl": 1,
+        "abandoned": 1,
+        "wait_abandoned_ms": 30_000,
+    }
 
 
 def test_histogram_bounds_include_every_threshold():
-    cfg = KpiConfig(targets=TargetsConfig(QueueTargets(), {"vip": QueueTargets(sl_threshold_s=7, short_abandon_s=3)}))
+    cfg = KpiConfig(
+        targets=TargetsConfig(QueueTargets(), {"vip": QueueTargets(sl_threshold_s=7, short_abandon_s=3)})
+    )
     assert {3, 7, 10, 20} <= set(cfg.wait_bounds_s)
 
 
@@ -262,16 +374,28 @@ def test_a_replay_after_a_partial_checkpoint_adds_only_to_the_minutes_that_lack_
 
 def test_several_facts_of_one_message_in_one_minute_all_count():
     eng = engine()
-    apply_facts(eng, "q:sales", "b1", 3, [F("entered", 1), F("answered", 5, wait_ms=4_000), F("entered", 9)], seq=11)
-    apply_facts(eng, "q:sales", "b2", 8, [F("entered", 20)], seq=11)  # another group of the same facts message
+    apply_facts(
+        eng, "q:sales", "b1", 3, [F("entered", 1), F("answered", 5, wait_ms=4_000), F("entered", 9)], seq=11
+    )
+    apply_facts(
+        eng, "q:sales", "b2", 8, [F("entered", 20)], seq=11
+    )  # another group of the same facts message
     assert read(eng)["counts"]["entered"] == 3 and read(eng)["counts"]["answered"] == 1
     apply_facts(eng, "q:sales", "b1", 4, [F("entered", 30)], seq=12)
     assert read(eng)["counts"]["entered"] == 4
 
 
 def agent_time(since_sec, until_sec, status="available", sign=1):
-    return Fact("agent_time", "q:sales", T0 + until_sec * SEC, f"t:{since_sec}", agent="a", status=status,
-                since_ms=T0 + since_sec * SEC, sign=sign)
+    return Fact(
+        "agent_time",
+        "q:sales",
+        T0 + until_sec * SEC,
+        f"t:{since_sec}",
+        agent="a",
+        status=status,
+        since_ms=T0 + since_sec * SEC,
+        sign=sign,
+    )
 
 
 HOUR = 3600
@@ -312,7 +436,10 @@ def test_a_retracted_span_is_gone_and_a_span_survives_snapshot_and_merge():
     assert restored.spans == {f"available|{T0}|{T0 + 2 * HOUR * SEC}": 1}
     merged = merge_states([state, restored], "q:_other")
     # 1h window at 02:00:00 = [01:01, 02:01): 59 minutes of the span, twice
-    assert read_key(merged, eng.config, T0 + 2 * HOUR * SEC)["windows"]["1h"]["counts"]["agent_ms:available"] == 2 * 59 * 60_000
+    assert (
+        read_key(merged, eng.config, T0 + 2 * HOUR * SEC)["windows"]["1h"]["counts"]["agent_ms:available"]
+        == 2 * 59 * 60_000
+    )
     apply_facts(eng, "q:sales", "b1", 1, [agent_time(0, 2 * HOUR, sign=-1)], seq=2)
     assert state.spans == {}
     assert "agent_ms:available" not in read(eng, now_sec=2 * HOUR, window="today")["counts"]

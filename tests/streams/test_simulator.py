@@ -109,8 +109,21 @@ def test_profile_traffic_is_valid_canonical_events_that_the_sessionizer_accepts(
         statuses[bucket.apply(event).status] += 1
     assert statuses == Counter(ok=len(events))
     kinds = Counter(e["type"] for e in events)
-    for kind in ("ring", "queue", "answer", "hangup", "abandon", "hold", "unhold", "transfer", "wrapup", "survey",
-                 "agent_missed", "agent_state", "dial"):
+    for kind in (
+        "ring",
+        "queue",
+        "answer",
+        "hangup",
+        "abandon",
+        "hold",
+        "unhold",
+        "transfer",
+        "wrapup",
+        "survey",
+        "agent_missed",
+        "agent_state",
+        "dial",
+    ):
         assert kinds[kind] > 0, kind
     assert {e["queue"] for e in events if e["type"] == "queue"} <= set(load_profile("bank")["queues"])
 
@@ -120,8 +133,11 @@ def test_profile_arrivals_follow_the_calibrated_week():
     # calibrated rates over the 168 hours; Poisson, so 5 standard deviations is sqrt of it times 5.
     profile = load_profile("bank")
     start = START_MS + 4 * 86_400_000
-    rings = sum(1 for e in ProfileSimulator(profile, random.Random(1), start, hours=168, seed=1).run()
-                if e["type"] == "ring")
+    rings = sum(
+        1
+        for e in ProfileSimulator(profile, random.Random(1), start, hours=168, seed=1).run()
+        if e["type"] == "ring"
+    )
     expected = sum(sum(sum(day) for day in q["arrivals_per_hour"]) for q in profile["queues"].values())
     assert abs(rings - expected) < 5 * math.sqrt(expected), (rings, expected)
     # each weekday occurs 4 times in February 1999, so a week of rates is the month's 33,066 non-phantom calls
@@ -151,7 +167,9 @@ def test_sampling_follows_the_quantiles():
 def test_the_committed_bank_profile_is_the_calibration_of_the_data():
     with DATA.open(encoding="utf-8") as f:
         fresh = calibrate(f)
-    committed = orjson.loads((Path(__file__).resolve().parents[2] / "streams" / "profiles" / "bank.json").read_bytes())
+    committed = orjson.loads(
+        (Path(__file__).resolve().parents[2] / "streams" / "profiles" / "bank.json").read_bytes()
+    )
     assert fresh == committed
     # spot checks against the data, by awk: PS (retail) has 21,269 non-phantom calls; its served calls'
     # median service time is 118 s (awk '$5=="PS" && $13=="AGENT" && $16>0 {print $16}' | sort -n | median)

@@ -38,7 +38,10 @@ def test_call_bucket_is_crc32_mod_256():
         (1_767_225_000.25, 1_767_225_000_250),  # epoch seconds with a fraction
         ("2026-01-01T00:00:00Z", 1_767_225_600_000),  # RFC 3339, Z
         ("2026-01-01T01:00:00+01:00", 1_767_225_600_000),  # same instant, +01:00
-        ("2026-01-01T00:00:00.123-00:30", 1_767_225_600_000 + 1_800_000 + 123),  # fraction and half-hour offset
+        (
+            "2026-01-01T00:00:00.123-00:30",
+            1_767_225_600_000 + 1_800_000 + 123,
+        ),  # fraction and half-hour offset
     ],
 )
 def test_timestamps_parse_to_epoch_ms(value, expected_ms):
@@ -65,7 +68,14 @@ def test_bad_timestamps_are_rejected(value, reason):
 
 def test_a_valid_queue_event_has_every_field():
     e = validate_event(ev(caller="+15550100"), CFG, NOW_MS)
-    assert (e.event_id, e.type, e.ts_ms, e.call_id, e.queue, e.outbound) == ("e1", "queue", 1_767_225_000_000, "c1", "sales", False)
+    assert (e.event_id, e.type, e.ts_ms, e.call_id, e.queue, e.outbound) == (
+        "e1",
+        "queue",
+        1_767_225_000_000,
+        "c1",
+        "sales",
+        False,
+    )
     assert e.caller == pseudonymise("+15550100", b"k") and e.caller != "+15550100"
     assert len(e.caller) == 16
 
@@ -125,7 +135,9 @@ def test_clock_skew_boundary_is_inclusive():
 
 
 def test_agent_state_needs_no_call_and_surveys_and_dials_validate():
-    a = validate_event(ev(type="agent_state", call_id=None, queue=None, agent="a1", state="paused"), CFG, NOW_MS)
+    a = validate_event(
+        ev(type="agent_state", call_id=None, queue=None, agent="a1", state="paused"), CFG, NOW_MS
+    )
     assert (a.agent, a.state, a.call_id) == ("a1", "paused", None)
     s = validate_event(ev(type="survey", scale="nps", score=10.0), CFG, NOW_MS)
     assert (s.scale, s.score) == ("nps", 10)
@@ -155,7 +167,10 @@ def test_a_batch_keeps_its_good_events_and_rejects_each_bad_one_with_its_own_byt
     raw = orjson.dumps([good1, bad, "text", good2])
     events, rejections = parse_message(raw, CFG, NOW_MS)
     assert [e.event_id for e in events] == ["a", "b"]
-    assert [(r.reason, orjson.loads(r.raw)) for r in rejections] == [("unknown_type", bad), ("not_an_object", "text")]
+    assert [(r.reason, orjson.loads(r.raw)) for r in rejections] == [
+        ("unknown_type", bad),
+        ("not_an_object", "text"),
+    ]
 
 
 def test_an_oversized_element_of_a_batch_is_rejected_alone():
@@ -169,14 +184,48 @@ def test_an_oversized_element_of_a_batch_is_rejected_alone():
 def test_a_valid_event_carries_every_field_in_its_place():
     from streams.events import CallEvent
 
-    got = validate_event({"event_id": "e9", "type": "hangup", "ts": 1_767_225_000, "call_id": "c9", "queue": "sales",
-                          "agent": "a7", "direction": "outbound", "caller": "+15550100", "campaign": "k",
-                          "reason": "timeout", "disposition": "success", "target": "q2", "tenant": "t1"}, CFG, NOW_MS)
-    assert got == CallEvent(event_id="e9", type="hangup", ts_ms=1_767_225_000_000, call_id="c9", queue="sales", agent="a7",
-                            outbound=True, caller=pseudonymise("+15550100", b"k"), campaign="k", reason="timeout",
-                            disposition="success", target="q2", score=None, scale=None, state=None, tenant="t1")
+    got = validate_event(
+        {
+            "event_id": "e9",
+            "type": "hangup",
+            "ts": 1_767_225_000,
+            "call_id": "c9",
+            "queue": "sales",
+            "agent": "a7",
+            "direction": "outbound",
+            "caller": "+15550100",
+            "campaign": "k",
+            "reason": "timeout",
+            "disposition": "success",
+            "target": "q2",
+            "tenant": "t1",
+        },
+        CFG,
+        NOW_MS,
+    )
+    assert got == CallEvent(
+        event_id="e9",
+        type="hangup",
+        ts_ms=1_767_225_000_000,
+        call_id="c9",
+        queue="sales",
+        agent="a7",
+        outbound=True,
+        caller=pseudonymise("+15550100", b"k"),
+        campaign="k",
+        reason="timeout",
+        disposition="success",
+        target="q2",
+        score=None,
+        scale=None,
+        state=None,
+        tenant="t1",
+    )
     survey = validate_event(ev(type="survey", scale="nps", score=9), CFG, NOW_MS)
     assert (survey.scale, survey.score, survey.state, survey.outbound) == ("nps", 9, None, False)
-    agent = validate_event({"event_id": "e8", "type": "agent_state", "ts": 1_767_225_000, "agent": "a1", "state": "busy"},
-                           CFG, NOW_MS)
+    agent = validate_event(
+        {"event_id": "e8", "type": "agent_state", "ts": 1_767_225_000, "agent": "a1", "state": "busy"},
+        CFG,
+        NOW_MS,
+    )
     assert (agent.agent, agent.state, agent.call_id, agent.queue) == ("a1", "busy", None, None)
