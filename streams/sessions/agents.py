@@ -140,7 +140,7 @@ class AgentSession:
 
     def add(self, agent: str, item: AgentEvent) -> list[Fact]:
         """Insert one event; return the facts it changes."""
-        if not self.pending or item.order() > self.pending[-1].order():
+        if not self.pending or item[:2] > self.pending[-1][:2]:  # later than every pending event (order())
             # Later than every pending event: continue the walk instead of deriving it all again. Closed
             # intervals only grow; the open states are compared, which is what diff would find.
             walk = self._walk(agent)

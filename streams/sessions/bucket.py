@@ -6,7 +6,7 @@ Rule 2 (lateness and duplicates) and rule 3 (housekeeping on event time) of ``st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from streams.events import CallEvent
@@ -18,6 +18,7 @@ from streams.sessions.inbound import continues
 from streams.sessions.stored import StoredEvent, insert_sorted
 from streams.sessions.tombstones import SEP, TOMB_CHUNK_MS, Tombstone, Tombstones
 
+_new = tuple.__new__
 #: A watermark no stream reaches (no housekeeping due).
 _NEVER = 2**62
 
@@ -31,6 +32,10 @@ class SessionConfig:
     dedup_ttl_ms: int = 24 * 3600_000
     max_event_age_ms: int = 86_400_000
     contact_min_talk_ms: int = 30_000
+    #: Derived: an event more than this behind the watermark is rejected (late or too old).
+    reject_within_ms: int = field(init=False, repr=False, compare=False)
+    #: Derived: the soonest housekeeping an applied event can need (grace, call timeout, dedup TTL).
+    housekeeping_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +48,10 @@ class SessionConfig:
             if getattr(self, name) < 0:
                 msg = f"{name} must be >= 0"
                 raise ValueError(msg)
+        object.__setattr__(self, "reject_within_ms", min(self.grace_ms, self.max_event_age_ms))
+        object.__setattr__(
+            self, "housekeeping_ms", min(self.grace_ms, self.call_timeout_ms, self.dedup_ttl_ms)
+        )
 
 
 class Applied(NamedTuple):
@@ -98,7 +107,8 @@ class BucketState:
         if session is None:
             session = self.calls[call_id] = CallSession([ev])
             derivation = session.derived(call_id, min_talk)
-            return Applied("ok", derivation.facts, "", _unexpected_in(derivation.unexpected, ev.event_id))
+            u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
+            return _new(Applied, ("ok", derivation.facts, "", u))
         before = session.derived(call_id, min_talk)
         session.eids.add(ev.event_id)
         walk = before.walk
@@ -107,26 +117,33 @@ class BucketState:
             # and derives the call again).
             session.events.append(ev)
             derivation = session.derivation = walk.continue_with(ev, before)
-            return Applied("ok", walk.changes, "", _unexpected_in(derivation.unexpected, ev.event_id))
+            u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
+            return _new(Applied, ("ok", walk.changes, "", u))
         insert_sorted(session.events, ev)
         session.derivation = None
         derivation = session.derived(call_id, min_talk)
-        return Applied(
-            "ok", diff(before.facts, derivation.facts), "", _unexpected_in(derivation.unexpected, ev.event_id)
-        )
+        u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
+        return _new(Applied, ("ok", diff(before.facts, derivation.facts), "", u))
 
     def _admit(self, ts: int) -> Applied | None:
-        """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved."""
-        late = self._lateness(ts)
-        if late is None:
-            self._advance(ts)
-            self._touch(ts)
-        return late
+        """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved.
 
-    def _lateness(self, ts: int) -> Applied | None:
+        An applied event at ``ts`` cannot need housekeeping before ts + grace (finalizing, folding), ts + call
+        timeout (expiring) or ts + DEDUP_TTL (forgetting its id): the next housekeeping comes forward to that.
+        """
         wm = self.wm
-        if wm is None:
-            return None
+        cfg = self.config
+        if wm is not None and ts < wm - cfg.reject_within_ms:
+            return self._rejection(ts, wm)
+        if wm is None or ts > wm:
+            self.wm = ts
+        due = ts + cfg.housekeeping_ms
+        if due < self.due:
+            self.due = due
+        return None
+
+    def _rejection(self, ts: int, wm: int) -> Applied:
+        """Why an event at ``ts`` behind the watermark by more than ``reject_within_ms`` is rejected."""
         if ts < wm - self.config.max_event_age_ms:
             return Applied(
                 "too_old",
@@ -134,29 +151,11 @@ class BucketState:
                 f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
                 f"(max_event_age_s={self.config.max_event_age_ms // 1000})",
             )
-        if ts < wm - self.config.grace_ms:
-            return Applied(
-                "late",
-                [],
-                f"ts is {(wm - ts) / 1000:.0f} s behind the stream time "
-                f"(grace_s={self.config.grace_ms // 1000})",
-            )
-        return None
-
-    def _advance(self, ts: int) -> None:
-        if self.wm is None or ts > self.wm:
-            self.wm = ts
-
-    def _touch(self, ts: int) -> None:
-        """An event at ``ts`` was applied: bring the next housekeeping forward if it needs one earlier.
-
-        Whatever it changed cannot need housekeeping before ts + grace (finalizing, folding), ts + call timeout
-        (expiring) or ts + DEDUP_TTL (forgetting its id).
-        """
-        cfg = self.config
-        due = ts + min(cfg.grace_ms, cfg.call_timeout_ms, cfg.dedup_ttl_ms)
-        if due < self.due:
-            self.due = due
+        return Applied(  # then ts < wm - grace
+            "late",
+            [],
+            f"ts is {(wm - ts) / 1000:.0f} s behind the stream time (grace_s={self.config.grace_ms // 1000})",
+        )
 
     def _apply_to_tombstone(self, tomb: Tombstone, event: CallEvent) -> list[Fact]:
         tomb.add_event(event.event_id, event.ts_ms)
@@ -204,9 +203,8 @@ class BucketState:
         if session is None:
             session = self.agents[agent] = AgentSession()
         session.seen[event.event_id] = event.ts_ms
-        return Applied(
-            "ok", session.add(agent, AgentEvent(event.ts_ms, event.event_id, event.state or "", event.queue))
-        )
+        item = _new(AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue))
+        return _new(Applied, ("ok", session.add(agent, item), "", ""))
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def sweep(self) -> list[Fact]:
@@ -302,12 +300,11 @@ class BucketState:
         return bucket
 
 
-def _unexpected_in(unexpected: list[Unexpected], eid: str) -> str:
+def _unexpected_in(unexpected: tuple[Unexpected, ...], eid: str) -> str:
     """The state an event was unexpected in, if the derivation's walk found it so."""
-    if unexpected:
-        for u in unexpected:
-            if u.event_id == eid:
-                return u.state
+    for u in unexpected:
+        if u.event_id == eid:
+            return u.state
     return ""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from streams.facts import Fact
@@ -32,4 +32,4 @@ class Derivation:
     #: The inbound walk after the last event: a strictly later event can continue it (not persisted).
     walk: InboundWalk | None = None
     #: The events the walk ignored because no transition admits them (see ``streams.sessions.inbound``).
-    unexpected: list[Unexpected] = field(default_factory=list)
+    unexpected: tuple[Unexpected, ...] = ()

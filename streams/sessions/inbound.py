@@ -304,7 +304,12 @@ class InboundWalk:
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
         return Derivation(
-            facts, state == ENDED, queue_key(sq) if sq else "", open_co, self, list(self.unexpected)
+            facts,
+            state == ENDED,
+            queue_key(sq) if sq else "",
+            open_co,
+            self,
+            tuple(self.unexpected) if self.unexpected else (),
         )
 
 
