@@ -82,6 +82,10 @@ class Fact(NamedTuple):
         """Return this fact with the opposite sign."""
         return tuple.__new__(Fact, (*self[:-1], -self[-1]))
 
+    def with_wrapup(self, ts_ms: int) -> Fact:
+        """This completion, amended by a wrap-up at ``ts_ms``: attributed to that time, with the after-call work."""
+        return self._replace(ts_ms=ts_ms, acw_ms=ts_ms - self.ts_ms)
+
     def encode(self) -> list[Any]:
         """Return the compact wire form (a JSON array)."""
         return list(self)

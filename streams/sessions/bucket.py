@@ -178,18 +178,7 @@ class BucketState:
         if co is None:
             return []
         tomb.open_completed = None
-        amended = Fact(
-            "completed",
-            co.key,
-            event.ts_ms,
-            co.fid,
-            co.call,
-            talk_ms=co.talk_ms,
-            hold_ms=co.hold_ms,
-            holds=co.holds,
-            acw_ms=event.ts_ms - co.ts_ms,
-            transferred=co.transferred,
-        )
+        amended = co.with_wrapup(event.ts_ms)
         return [co.retraction(), amended]
 
     def _apply_agent(self, event: CallEvent) -> Applied:

@@ -216,18 +216,7 @@ class InboundWalk:
         """After-call work ended: it amends the last completion, if no wrap-up has yet."""
         if self.pending_co >= 0:
             co = self.facts[self.pending_co]
-            self.facts[self.pending_co] = Fact(
-                "completed",
-                co.key,
-                ev.ts_ms,
-                co.fid,
-                self.call_id,
-                talk_ms=co.talk_ms,
-                hold_ms=co.hold_ms,
-                holds=co.holds,
-                acw_ms=ev.ts_ms - co.ts_ms,
-                transferred=co.transferred,
-            )
+            self.facts[self.pending_co] = co.with_wrapup(ev.ts_ms)
             self.pending_co = -1
 
     def survey(self, ev: StoredEvent) -> None:
