@@ -65,7 +65,14 @@ QUEUE_COUNTERS = {
     ),
     "callpulse_calls_completed": ("completed", "Handled stints (talk ended), at the end of talk or wrap-up."),
     "callpulse_calls_expired": ("expired", "Calls closed after CALLPULSE_CALL_TIMEOUT without an event."),
-    "callpulse_agent_missed": ("agent_missed", "Times an agent was offered a call and did not answer."),
+    "callpulse_agent_missed": (
+        "agent_missed",
+        "Rings an agent let run to the ring timeout without answering.",
+    ),
+    "callpulse_ring_abandoned": (
+        "ring_abandoned",
+        "Rings ended by the caller hanging up while the agent's phone rang (not held against the agent).",
+    ),
     "callpulse_holds": ("holds", "Holds of completed calls."),
 }
 CAMPAIGN_COUNTERS = {

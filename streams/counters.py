@@ -17,7 +17,8 @@ exited:<reason>                flow-outs by reason
 refused:<reason>               refusals by reason
 completed, talk_ms, hold_ms,   handled segments and their summed talk, hold, hold count,
 holds, acw_ms, transferred     after-call work and transfers
-agent_missed, expired          offers an agent did not take; calls lost to the call timeout
+agent_missed, expired          rings an agent let time out; calls lost to the call timeout
+ring_abandoned                 rings the caller ended by hanging up
 survey:<scale>:<band>          survey responses by scale and band
 attempt, connected, contact,   outbound, per campaign
 conversion

@@ -12,7 +12,8 @@ answered       ``wait_ms``
 abandoned      ``wait_ms``
 exited         ``wait_ms``, ``reason`` (flow-out)
 refused        ``reason`` (not offered)
-agent_missed   an agent did not answer the call
+agent_missed   an agent rang until the ring timeout and did not answer
+ring_abandoned an agent's phone rang and the caller hung up first (not held against the agent)
 completed      ``talk_ms``, ``hold_ms``, ``holds``, ``acw_ms``, ``transferred`` (0/1)
 expired        call idle for CALLPULSE_CALL_TIMEOUT
 survey         ``scale``, ``score``
@@ -40,6 +41,7 @@ COUNT_KINDS = (
     "exited",
     "refused",
     "agent_missed",
+    "ring_abandoned",
     "completed",
     "expired",
     "survey",
@@ -122,7 +124,7 @@ def agent_fact(kind: str, key: str, ts_ms: int, fid: str, agent: str, status: st
 
 
 class PlainWire(NamedTuple):
-    """entered, agent_missed, expired, attempt, connected, contact, conversion."""
+    """entered, agent_missed, ring_abandoned, expired, attempt, connected, contact, conversion."""
 
     kind: str
     ts_ms: int

@@ -258,8 +258,10 @@ class QueueLogParser:
         elif verb in TRANSFER_VERBS:
             target = data[1] if self.fmt == "qm-csv" else (data[1] if verb == "ATTENDEDTRANSFER" else data[0])
             add("transfer", call_id=call, target=target or None)
-        elif verb in ("RINGNOANSWER", "RINGCANCELED"):
+        elif verb == "RINGNOANSWER":
             add("agent_missed", call_id=call, queue=queue, agent=agent)
+        elif verb == "RINGCANCELED":  # the caller hung up while the agent's phone rang
+            add("ring_canceled", call_id=call, queue=queue, agent=agent)
         elif verb == "OUTDIAL":
             add("dial", call_id=call, campaign="default", agent=agent)
         elif verb == "OUTANSWER":

@@ -10,7 +10,7 @@ not foresee is seen, not dropped unseen.
 ========== ========================================================================================
 state      the call
 ========== ========================================================================================
-new        nothing seen yet but the events that need no state (agent_missed, wrapup, survey)
+new        nothing seen yet but the events that need no state (agent_missed, ring_canceled, wrapup, survey)
 ivr        rang in (``ring``), not yet in a queue
 queued     waiting in queue ``q`` since ``enq``
 connected  talking with an agent of queue ``ans_q`` (or with an agent reached without queueing)
@@ -141,12 +141,17 @@ class InboundWalk:
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
     def agent_missed(self, ev: StoredEvent) -> None:
-        """An agent was offered the call and did not take it (in its queue, or the last one)."""
+        """An agent's phone rang until the ring timeout (in its queue, or the call's last one)."""
+        self._ring_ended("agent_missed", ev)
+
+    def ring_canceled(self, ev: StoredEvent) -> None:
+        """An agent's phone rang and the caller hung up first: counted apart, not held against the agent."""
+        self._ring_ended("ring_abandoned", ev)
+
+    def _ring_ended(self, kind: str, ev: StoredEvent) -> None:
         mq = ev.queue or self.q or self.last_q
         if mq:
-            self.facts.append(
-                Fact("agent_missed", queue_key(mq), ev.ts_ms, "agent_missed:" + ev.event_id, self.call_id)
-            )
+            self.facts.append(Fact(kind, queue_key(mq), ev.ts_ms, f"{kind}:{ev.event_id}", self.call_id))
 
     def answer_from_queue(self, ev: StoredEvent) -> None:
         """An agent answered the waiting caller: the stint ends as answered."""
@@ -328,6 +333,7 @@ ROWS: tuple[tuple[str, tuple[CallState, ...], Action], ...] = (
     ("queue", (QUEUED,), _W.requeue),
     ("queue", _TALKING, _W.queue_after_talk),
     ("agent_missed", _LIVE, _W.agent_missed),
+    ("ring_canceled", _LIVE, _W.ring_canceled),
     ("answer", (QUEUED,), _W.answer_from_queue),
     ("answer", _BEFORE_QUEUE, _W.answer_direct),
     ("hold", (CONNECTED,), _W.hold),

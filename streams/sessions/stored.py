@@ -7,7 +7,8 @@ event type has beyond its time, id and queue:
 ============================  ====================  ==============================
 type                          detail                extra
 ============================  ====================  ==============================
-answer, agent_missed          agent                 campaign (outbound)
+answer, agent_missed,         agent                 campaign (outbound)
+ring_canceled
 exit, refused                 reason                campaign (outbound)
 hangup                        disposition           campaign (outbound)
 transfer                      target                campaign (outbound)
@@ -45,7 +46,7 @@ class StoredEvent(NamedTuple):
         """The stored form of a validated call event."""
         t = event.type
         extra: str | int | None = event.campaign
-        if t == "answer" or t == "agent_missed":
+        if t == "answer" or t == "agent_missed" or t == "ring_canceled":
             detail = event.agent
         elif t == "exit" or t == "refused":
             detail = event.reason

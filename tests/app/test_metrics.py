@@ -79,6 +79,7 @@ def test_every_family_of_the_design_is_exposed_with_its_labels():
         "callpulse_calls_exited_total",
         "callpulse_calls_refused_total",
         "callpulse_agent_missed_total",
+        "callpulse_ring_abandoned_total",
         "callpulse_holds_total",
         "callpulse_outbound_attempts_total",
         "callpulse_outbound_connected_total",

@@ -58,7 +58,7 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
 
     # support (asterisk20-local-smoke): ENTERQUEUE 4; CONNECT 3 with holdtime 0, 0, 5; ABANDON 1 after 3 s
     # sipq (asterisk20-sip-smoke): ENTERQUEUE 4; CONNECT 1 (holdtime 0); ABANDON 3 after 3, 4, 3 s;
-    #   RINGCANCELED 2
+    #   RINGCANCELED 2 (the callers hung up while the agent's phone rang: rings abandoned, no agent misses)
     # IT (pbxware, awk -F, '$4=="IT"{c[$6]++}'): ENTERQUEUE 108, CONNECT 93 (39 with htime <= 20),
     #   ABANDON 12 (1 with htime <= 20, longest 201 s), EXITWITHTIMEOUT 1 (300 s), RINGNOANSWER 360,
     #   BLINDTRANSFER 1 + ATTENDEDTRANSFER 1; sums of htime: CONNECT 3599, ABANDON 1141
@@ -69,6 +69,7 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
             abandoned=1,
             exit_timeout=0,
             missed=0,
+            ring_abandoned=0,
             answered_wait=5.0,
             abandon_wait=3.0,
             within=3,
@@ -79,7 +80,8 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
             answered=1,
             abandoned=3,
             exit_timeout=0,
-            missed=2,
+            missed=0,
+            ring_abandoned=2,
             answered_wait=0.0,
             abandon_wait=10.0,
             within=1,
@@ -91,6 +93,7 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
             abandoned=12,
             exit_timeout=1,
             missed=360,
+            ring_abandoned=0,
             answered_wait=3599.0,
             abandon_wait=1141.0,
             within=39,
@@ -107,6 +110,7 @@ def test_fixtures_give_the_hand_counted_numbers(broker, worker_factory, short_ab
             v("callpulse_calls_offered_total", **q) == h["answered"] + h["abandoned"] + h["exit_timeout"]
         ), queue
         assert v("callpulse_agent_missed_total", **q) == h["missed"], queue
+        assert v("callpulse_ring_abandoned_total", **q) == h["ring_abandoned"], queue
         assert v("callpulse_queue_wait_seconds_sum", queue=queue, outcome="answered") == h["answered_wait"], (
             queue
         )

@@ -63,7 +63,7 @@ def kinds(events):
         ),
         (
             "100|c.1|q|sipagent|RINGCANCELED|2497",
-            [("agent_missed", {"call_id": "c.1", "queue": "q", "agent": "sipagent"})],
+            [("ring_canceled", {"call_id": "c.1", "queue": "q", "agent": "sipagent"})],
         ),
         (
             "100|c.1|q|SIP/8007|RINGNOANSWER|1000",
@@ -217,7 +217,7 @@ def test_whole_fixtures_map_line_for_line():
     assert counts == Counter(queue=4, answer=3, abandon=1, hangup=3) and not skipped
     # native SIP smoke: ENTERQUEUE 4, CONNECT 1, COMPLETECALLER 1, ABANDON 3, RINGCANCELED 2
     counts, skipped = type_counts(FIXTURES / "asterisk20-sip-smoke.queue_log", "native")
-    assert counts == Counter(queue=4, answer=1, hangup=1, abandon=3, agent_missed=2) and not skipped
+    assert counts == Counter(queue=4, answer=1, hangup=1, abandon=3, ring_canceled=2) and not skipped
     # production export (awk -F, 'NR>1{print $6}' | sort | uniq -c): ENTERQUEUE 108, CONNECT 93,
     # COMPLETEAGENT 51 + COMPLETECALLER 38 = 89 hangups, + OUTCANCEL 24 + OUTCHANUNAVAIL 18 + OUTCONGESTION 9
     # + 77 OUTANSWER hangups = 217 hangups; answers 93 + 77 OUTANSWER = 170; RINGNOANSWER 360; OUTDIAL 128;

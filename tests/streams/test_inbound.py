@@ -15,6 +15,7 @@ CALL_TYPES = (
     "ring",
     "queue",
     "agent_missed",
+    "ring_canceled",
     "answer",
     "hold",
     "unhold",
@@ -30,11 +31,33 @@ CALL_TYPES = (
 
 # What each state admits (an action or an explicitly ignored row); everything else is unexpected.
 ADMITTED = {
-    "new": {"ring", "queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
-    "ivr": {"queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
+    "new": {
+        "ring",
+        "queue",
+        "agent_missed",
+        "ring_canceled",
+        "answer",
+        "refused",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
+    "ivr": {
+        "queue",
+        "agent_missed",
+        "ring_canceled",
+        "answer",
+        "refused",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
     "queued": {
         "queue",
         "agent_missed",
+        "ring_canceled",
         "answer",
         "transfer",
         "exit",
@@ -44,9 +67,39 @@ ADMITTED = {
         "survey",
         "expire",
     },
-    "connected": {"queue", "agent_missed", "hold", "transfer", "hangup", "wrapup", "survey", "expire"},
-    "held": {"queue", "agent_missed", "unhold", "transfer", "hangup", "wrapup", "survey", "expire"},
-    "left": {"queue", "agent_missed", "answer", "refused", "hangup", "wrapup", "survey", "expire"},
+    "connected": {
+        "queue",
+        "agent_missed",
+        "ring_canceled",
+        "hold",
+        "transfer",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
+    "held": {
+        "queue",
+        "agent_missed",
+        "ring_canceled",
+        "unhold",
+        "transfer",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
+    "left": {
+        "queue",
+        "agent_missed",
+        "ring_canceled",
+        "answer",
+        "refused",
+        "hangup",
+        "wrapup",
+        "survey",
+        "expire",
+    },
     "ended": {"wrapup", "survey", "expire", "hangup"},
 }
 
@@ -116,3 +169,18 @@ def test_an_event_inserted_out_of_order_is_judged_in_the_order_of_the_call():
     assert applied.unexpected == ""
     assert {f.kind for f in applied.facts if f.sign > 0} == {"answered", "live"}
     assert [f.status for f in applied.facts if f.kind == "live" and f.sign > 0] == ["held"]
+
+
+def test_a_ring_the_caller_hung_up_on_is_counted_apart_from_an_agent_miss():
+    # Asterisk: RINGNOANSWER (rang to the timeout) then RINGCANCELED (the caller hung up while the next
+    # agent's phone rang), then ABANDON: one miss for the agent, one abandoned ring, one abandon.
+    bucket = BucketState(SessionConfig())
+    kinds = []
+    for event in [
+        E("1", "queue", 0, queue="q"),
+        E("2", "agent_missed", 15, queue="q", agent="a"),
+        E("3", "ring_canceled", 21, queue="q", agent="b"),
+        E("4", "abandon", 21, queue="q"),
+    ]:
+        kinds += [f.kind for f in bucket.apply(event).facts if f.sign > 0 and f.kind != "live"]
+    assert kinds == ["entered", "agent_missed", "ring_abandoned", "abandoned"]
