@@ -218,6 +218,10 @@ def test_whole_fixtures_map_line_for_line():
     # native SIP smoke: ENTERQUEUE 4, CONNECT 1, COMPLETECALLER 1, ABANDON 3, RINGCANCELED 2
     counts, skipped = type_counts(FIXTURES / "asterisk20-sip-smoke.queue_log", "native")
     assert counts == Counter(queue=4, answer=1, hangup=1, abandon=3, ring_canceled=2) and not skipped
+    # the agents run (grep '|RINGNOANSWER|' and '|RINGCANCELED|'): phones rang to the 15 s timeout 4 times
+    # (Alice 3 in sales, Erin 1 in support); one caller hung up while Alice's phone rang (RINGCANCELED)
+    counts, _ = type_counts(FIXTURES / "asterisk20-agents.queue_log", "native")
+    assert (counts["agent_missed"], counts["ring_canceled"]) == (4, 1)
     # production export (awk -F, 'NR>1{print $6}' | sort | uniq -c): ENTERQUEUE 108, CONNECT 93,
     # COMPLETEAGENT 51 + COMPLETECALLER 38 = 89 hangups, + OUTCANCEL 24 + OUTCHANUNAVAIL 18 + OUTCONGESTION 9
     # + 77 OUTANSWER hangups = 217 hangups; answers 93 + 77 OUTANSWER = 170; RINGNOANSWER 360; OUTDIAL 128;
