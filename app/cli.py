@@ -249,7 +249,14 @@ def produce(source: str, batch: int) -> None:
 
 
 def run_ingest_queue_log(
-    *, settings: Settings, path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None
+    *,
+    settings: Settings,
+    path: Path,
+    follow: bool,
+    speed: float,
+    fmt: str | None,
+    state: Path | None,
+    members: dict[str, str] | None = None,
 ) -> int:
     """Read the queue_log at ``path`` into calls.events once, or follow it until SIGINT/SIGTERM; report.
 
@@ -257,7 +264,7 @@ def run_ingest_queue_log(
     """
     from app.ingest import QueueLogIngest
 
-    ingest = QueueLogIngest(settings, path, fmt, speed, state if follow else None)
+    ingest = QueueLogIngest(settings, path, fmt, speed, state if follow else None, members)
     if not follow:
         report = asyncio.run(ingest.read_once())
     else:
@@ -303,15 +310,39 @@ def ingest() -> None:
     default=None,
     help="With --follow: where the position is kept (default FILE.callpulse-state).",
 )
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    metavar="INTERFACE=NAME",
+    help="The agent a member interface is (ADDMEMBER/REMOVEMEMBER name the interface); repeatable.",
+)
 @_guard
-def asterisk_queue_log(path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None) -> None:
+def asterisk_queue_log(
+    path: Path, follow: bool, speed: float, fmt: str | None, state: Path | None, members: tuple[str, ...]
+) -> None:
     """Read an Asterisk queue_log (native or QueueMetrics CSV) into calls.events."""
     if not follow and not path.is_file():
         _fail(f"{path} is not a readable file.", EXIT_USAGE)
+    names: dict[str, str] = {}
+    for member in members:
+        interface, sep, name = member.partition("=")
+        if not sep or not interface.strip() or not name.strip():
+            _fail(
+                f"--member {member!r} is not INTERFACE=NAME (for example Local/104@agents/n=Dave).",
+                EXIT_USAGE,
+            )
+        names[interface.strip()] = name.strip()
     state = state or path.with_name(path.name + ".callpulse-state")
     sys.exit(
         run_ingest_queue_log(
-            settings=load_settings(), path=path, follow=follow, speed=speed, fmt=fmt, state=state
+            settings=load_settings(),
+            path=path,
+            follow=follow,
+            speed=speed,
+            fmt=fmt,
+            state=state,
+            members=names,
         )
     )
 

@@ -131,7 +131,14 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     engine = KpiEngine(settings.kpi)
     interval = settings.checkpoint_interval
     sessionizer = Sessionizer(
-        sessions, facts_topic, deadletter_topic, settings.session, settings.validation, counters, interval
+        sessions,
+        facts_topic,
+        deadletter_topic,
+        events_topic,
+        settings.session,
+        settings.validation,
+        counters,
+        interval,
     )
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash

@@ -56,9 +56,16 @@ class QueueLogIngest:
     """Reads one queue_log (a file path) into calls.events."""
 
     def __init__(
-        self, settings: Settings, path: Path, fmt: str | None, speed: float, state_path: Path | None
+        self,
+        settings: Settings,
+        path: Path,
+        fmt: str | None,
+        speed: float,
+        state_path: Path | None,
+        member_names: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self.member_names = member_names or {}
         self.path = path
         self.fmt = fmt
         self.speed = speed
@@ -71,7 +78,9 @@ class QueueLogIngest:
         if self.parser is None:
             fmt = self.fmt or detect_format(first_line.decode("utf-8", "replace"))
             log.info("%s: format %s", self.path, fmt)
-            self.parser = QueueLogParser(fmt=fmt, contact_min_talk_s=self.settings.contact_min_talk)
+            self.parser = QueueLogParser(
+                fmt=fmt, contact_min_talk_s=self.settings.contact_min_talk, member_names=self.member_names
+            )
         return self.parser
 
     async def _line(self, raw: bytes, producer: EventProducer, pacer: Pacer) -> None:

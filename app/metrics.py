@@ -121,7 +121,7 @@ WINDOW_GAUGES = {
     "callpulse_occupancy_ratio": (
         "occupancy_ratio",
         "queue",
-        "Agent time busy or in wrap-up / time available, busy or in wrap-up.",
+        "Agent time on calls or in wrap-up / time available, on calls or in wrap-up.",
     ),
     "callpulse_connection_ratio": ("connection_ratio", "campaign", "Connected / attempts."),
     "callpulse_contact_ratio": ("contact_ratio", "campaign", "Contacts / attempts."),
@@ -321,6 +321,21 @@ class KpiCollector(Collector):
         for s in queues:
             for agent_state in AGENT_MEMBER_STATES:
                 gauge.add_metric([s.name, agent_state], reads[s.key]["live"]["agents"][agent_state])
+        yield gauge
+        gauge = GaugeMetricFamily(
+            "callpulse_agents_staffed", "Agents logged in to the queue (in any state).", labels=["queue"]
+        )
+        for s in queues:
+            gauge.add_metric([s.name], reads[s.key]["live"]["agents_staffed"])
+        yield gauge
+        gauge = GaugeMetricFamily(
+            "callpulse_agents_paused",
+            'Paused agents of the queue, by pause reason ("" for none; at most 20 reasons, the rest "other").',
+            labels=["queue", "reason"],
+        )
+        for s in queues:
+            for reason, n in reads[s.key]["live"]["agents_paused"].items():
+                gauge.add_metric([s.name, reason], n)
         yield gauge
         for name, (field, doc) in CONFIG_GAUGES.items():
             gauge = GaugeMetricFamily(name, doc, labels=["queue"])

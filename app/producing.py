@@ -32,7 +32,10 @@ UNROUTABLE = b"_unroutable"
 def message_key(event: object) -> bytes:
     """The call bucket of an event (the agent's for agent events); unroutable values share one key."""
     if isinstance(event, dict):
-        ident = event.get("call_id") or event.get("agent")
+        if event.get("type") == "agent_state":
+            ident = event.get("agent")
+        else:
+            ident = event.get("call_id") or event.get("agent")
         if isinstance(ident, str) and ident:
             return call_bucket(ident).encode()
     return UNROUTABLE

@@ -4,6 +4,12 @@ Each message is validated (``streams.validation``), its events applied to their 
 (``BucketState``), and the facts that result are buffered per fact key and sent in batches (every
 FLUSH_FACTS facts, after FLUSH_S, and before every checkpoint). Rejected events go to calls.deadletter with
 their reason. The buckets are checkpointed to the ``sessions`` table (app.checkpoint, app.store).
+
+A call's bucket is not its agents' (an agent's events travel under the agent's key): what a call changes in
+an agent's work (``WorkUpdate``) is sent back to calls.events under the agent's bucket, marked by the
+header ``callpulse-internal: work``, and buffered and flushed with the facts. Its value is a JSON array of
+``[agent, call id, [[queue, start, end, wrap-up], ...]]``. Kafka routes it by the default (murmur2)
+partitioner, so producers of calls.events must use that partitioner too (every Kafka client's default).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import orjson
 from app.checkpoint import CheckpointedStage
 from app.metrics import PipelineCounters
 from app.store import bucket_key, chunk_key
+from streams.events import call_bucket
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.sessions import BucketState, SessionConfig
+from streams.sessions.agents import Work, WorkUpdate
 from streams.validation import ValidationConfig, parse_message
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 #: Facts are sent in batches per queue/campaign: when this many are buffered, or the oldest waited FLUSH_S.
 FLUSH_FACTS = 2000
 FLUSH_S = 0.02
+#: The header that marks an internal message of calls.events (its value: ``work``).
+INTERNAL_HEADER = "callpulse-internal"
+WORK_HEADERS = [(INTERNAL_HEADER, b"work")]
 
 
 class Sessionizer(CheckpointedStage):
@@ -38,6 +49,7 @@ class Sessionizer(CheckpointedStage):
         table: Any,
         facts_topic: Any,
         deadletter_topic: Any,
+        events_topic: Any,
         session: SessionConfig,
         validation: ValidationConfig,
         counters: PipelineCounters,
@@ -47,6 +59,7 @@ class Sessionizer(CheckpointedStage):
         super().__init__(table, interval_s)
         self.facts_topic = facts_topic
         self.deadletter_topic = deadletter_topic
+        self.events_topic = events_topic
         self.rejected = counters.rejected
         self.session = session
         self.validation = validation
@@ -56,6 +69,8 @@ class Sessionizer(CheckpointedStage):
         self.dirty: dict[int, set[bytes]] = defaultdict(set)
         #: fact key -> groups [source key, source offset, facts] not yet sent; one message per key at a flush
         self.facts_buffer: dict[str, list[list]] = {}
+        #: agent bucket -> work updates [agent, call, works] not yet sent; one message per bucket at a flush
+        self.work_buffer: dict[str, list[list]] = {}
         self.buffered = 0
         self.buffered_since = 0.0
         #: callpulse_events_total's child per event type (a labels() look-up costs a lock and a dict)
@@ -67,6 +82,7 @@ class Sessionizer(CheckpointedStage):
         self.buckets.clear()
         self.dirty.clear()
         self.facts_buffer.clear()
+        self.work_buffer.clear()
         self.buffered = 0
 
     def bucket(self, key: bytes) -> BucketState:
@@ -113,14 +129,23 @@ class Sessionizer(CheckpointedStage):
         await self.flush_facts()
 
     async def flush_facts(self) -> None:
-        """Send the buffered facts: one message per fact key, holding its groups in order."""
+        """Send the buffered facts (one message per fact key, holding its groups in order) and work updates."""
         buffer, self.facts_buffer, self.buffered = self.facts_buffer, {}, 0
+        work, self.work_buffer = self.work_buffer, {}
         generation = self.generation
         for fact_key, groups in buffer.items():
             if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
                 return
             self.pending.append(
                 await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups))
+            )
+        for agent_bucket, updates in work.items():
+            if generation != self.generation:
+                return
+            self.pending.append(
+                await self.events_topic.send(
+                    key=agent_bucket.encode("utf-8"), value=orjson.dumps(updates), headers=WORK_HEADERS
+                )
             )
 
     def flush_due(self) -> bool:
@@ -150,6 +175,11 @@ class Sessionizer(CheckpointedStage):
         """Apply one message to its bucket and buffer the facts; stops if a rebalance comes in meanwhile."""
         generation = self.generation
         counters = self.counters
+        if _is_internal(message):
+            self._buffer(key, message.offset, self._apply_work(bucket, message.value))
+            if self.buffered >= FLUSH_FACTS or self.flush_due():
+                await self.flush_facts()
+            return
         events, rejections = parse_message(message.value, self.validation, self.wall_ms())
         for rejection in rejections:
             await self._dead_letter(message, rejection.reason, rejection.error, rejection.raw)
@@ -188,23 +218,56 @@ class Sessionizer(CheckpointedStage):
             groups[fact.key].append(fact)
         if generation != self.generation:  # revoked while a dead letter was sent: the message is replayed
             return
-        src = key.decode("utf-8", "replace")
-        retracted = 0
-        buffer = self.facts_buffer
-        if groups and not self.buffered:
-            self.buffered_since = time.monotonic()
-        for fact_key, facts in groups.items():
-            # Corrections only: a live status replaced as the call moves on is not one.
-            retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
-            buffer.setdefault(fact_key, []).append([src, message.offset, [to_wire(f) for f in facts]])
-            self.buffered += len(facts)
-        if retracted:
-            counters.retracted.inc(retracted)
+        self._buffer(key, message.offset, groups)
         if self.buffered >= FLUSH_FACTS or self.flush_due():
             await self.flush_facts()
 
+    def _apply_work(self, bucket: BucketState, value: bytes) -> dict[str, list[Fact]]:
+        """Apply a message of work updates (from the buckets of the agents' calls) to the agents' timelines."""
+        groups: dict[str, list[Fact]] = defaultdict(list)
+        for agent, call_id, works in orjson.loads(value):
+            update = WorkUpdate(agent, call_id, tuple(Work(*w) for w in works))
+            for fact in bucket.apply_work(update):
+                groups[fact.key].append(fact)
+        for fact in bucket.sweep():
+            groups[fact.key].append(fact)
+        return groups
+
+    def _buffer(self, key: bytes, offset: int, groups: dict[str, list[Fact]]) -> None:
+        """Buffer one message's facts per fact key, and the work updates its bucket's calls made."""
+        bucket = self.buckets[key]
+        if (groups or bucket.outbox) and not self.buffered:
+            self.buffered_since = time.monotonic()
+        if bucket.outbox:
+            work = self.work_buffer
+            for u in bucket.outbox:
+                work.setdefault(call_bucket(u.agent), []).append(
+                    [u.agent, u.call_id, [list(w) for w in u.works]]
+                )
+            self.buffered += len(bucket.outbox)
+            bucket.outbox.clear()
+        src = key.decode("utf-8", "replace")
+        retracted = 0
+        buffer = self.facts_buffer
+        for fact_key, facts in groups.items():
+            # Corrections only: a live status replaced as the call moves on is not one.
+            retracted += sum(1 for f in facts if f.sign < 0 and f.kind not in LIVE_KINDS)
+            buffer.setdefault(fact_key, []).append([src, offset, [to_wire(f) for f in facts]])
+            self.buffered += len(facts)
+        if retracted:
+            self.counters.retracted.inc(retracted)
+
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
         await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)
+
+
+def _is_internal(message: Any) -> bool:
+    """Whether a calls.events message is callpulse's own (work updates), by its header."""
+    headers = message.headers
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(name == INTERNAL_HEADER for name, _value in items)
 
 
 def _element_bytes(value: bytes, event_id: str) -> bytes:

@@ -391,6 +391,9 @@ class Settings:
             dedup_ttl_ms=round(self.dedup_ttl * 1000),
             max_event_age_ms=round(self.max_event_age * 1000),
             contact_min_talk_ms=round(self.contact_min_talk * 1000),
+            wrapup_ms={q: t.wrapup_ms for q, t in self.targets.queues.items()},
+            default_wrapup_ms=self.targets.default.wrapup_ms,
+            static_members=self.targets.static_members(),
         )
 
     @property

@@ -9,16 +9,23 @@ from streams.exceptions import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class QueueTargets:
-    """Service-level threshold T and short-abandon threshold S (seconds), and the two goals (0..1)."""
+    """A queue's settings: thresholds T and S (seconds), goals, wrap-up time and static members.
+
+    T is the service-level threshold and S the short-abandon threshold; the two goals lie in 0..1. The agents'
+    wrap-up time after a call (seconds) mirrors Asterisk's ``wrapuptime``; the static members are agents always
+    logged in to the queue, like the ``member =>`` lines of Asterisk's queues.conf.
+    """
 
     sl_threshold_s: float = 20.0
     short_abandon_s: float = 10.0
     sl_goal: float = 0.80
     abandon_goal: float = 0.05
+    wrapup_s: float = 0.0
+    members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.sl_threshold_s < 0 or self.short_abandon_s < 0:
-            msg = "thresholds must be >= 0 seconds"
+        if self.sl_threshold_s < 0 or self.short_abandon_s < 0 or self.wrapup_s < 0:
+            msg = "thresholds and the wrap-up time must be >= 0 seconds"
             raise ConfigError(msg)
         if not 0 <= self.sl_goal <= 1 or not 0 <= self.abandon_goal <= 1:
             msg = "goals must lie between 0 and 1"
@@ -34,6 +41,11 @@ class QueueTargets:
         """The short-abandon threshold S in ms."""
         return round(self.short_abandon_s * 1000)
 
+    @property
+    def wrapup_ms(self) -> int:
+        """The wrap-up time after a call in ms."""
+        return round(self.wrapup_s * 1000)
+
 
 #: Names accepted in a queue's entry of the queues file, mapped to QueueTargets fields.
 QUEUE_FILE_FIELDS = {
@@ -41,6 +53,8 @@ QUEUE_FILE_FIELDS = {
     "short_abandon": "short_abandon_s",
     "sl_goal": "sl_goal",
     "abandon_goal": "abandon_goal",
+    "wrapup": "wrapup_s",
+    "members": "members",
 }
 
 
@@ -54,6 +68,14 @@ class TargetsConfig:
     def for_queue(self, queue: str) -> QueueTargets:
         """The targets of a queue (the defaults for a queue the queues file does not name)."""
         return self.queues.get(queue, self.default)
+
+    def static_members(self) -> dict[str, tuple[str, ...]]:
+        """Agent -> the queues the queues file makes it a static member of."""
+        out: dict[str, list[str]] = {}
+        for queue, t in self.queues.items():
+            for agent in t.members:
+                out.setdefault(agent, []).append(queue)
+        return {agent: tuple(queues) for agent, queues in out.items()}
 
     def all_thresholds_s(self) -> set[float]:
         """Every T and S in use: histogram bucket bounds must include them (DESIGN 5)."""
@@ -79,18 +101,24 @@ def targets_from_mapping(default: QueueTargets, data: object, source: str) -> Ta
         if not isinstance(entry, dict):
             msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} must map to a table of thresholds and goals."
             raise ConfigError(msg)
-        changes: dict[str, float] = {}
+        changes: dict[str, object] = {}
         for name, value in entry.items():
             if name not in QUEUE_FILE_FIELDS:
                 allowed = ", ".join(QUEUE_FILE_FIELDS)
                 msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} has unknown field {name!r} (allowed: {allowed})."
                 raise ConfigError(msg)
+            if name == "members":
+                if not isinstance(value, list) or not all(isinstance(m, str) and m for m in value):
+                    msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field 'members' must be a list of agent ids, not {value!r}."
+                    raise ConfigError(msg)
+                changes["members"] = tuple(dict.fromkeys(value))
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field {name!r} must be a number, not {value!r}."
                 raise ConfigError(msg)
             changes[QUEUE_FILE_FIELDS[name]] = float(value)
         try:
-            queues[str(queue)] = replace(default, **changes)
+            queues[str(queue)] = replace(default, **changes)  # type: ignore[arg-type]
         except ConfigError as exc:
             msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r}: {exc}."
             raise ConfigError(msg) from None

@@ -57,7 +57,9 @@ EXIT_REASONS = ("timeout", "key", "empty", "withdraw", "callback")
 IMPLICIT_EXIT_REASONS = ("transfer",)
 REFUSED_REASONS = ("full", "joinempty", "closed")
 DISPOSITIONS = ("no_answer", "busy", "failed", "voicemail", "contact", "success")
-AGENT_STATES = ("available", "busy", "acw", "paused", "offline")
+AGENT_STATES = ("available", "on_call", "acw", "paused", "offline")
+#: Earlier names of agent states, still accepted in input: ``busy`` is ``on_call``.
+AGENT_STATE_ALIASES = {"busy": "on_call"}
 #: Survey scales and their score ranges (inclusive).
 SURVEY_SCALES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10)}
 
@@ -113,5 +115,7 @@ class CallEvent(NamedTuple):
 
     @property
     def key(self) -> str:
-        """The call bucket of this event (agent bucket for ``agent_state``)."""
-        return call_bucket(self.call_id if self.call_id is not None else self.agent or "")
+        """The call bucket of this event (the agent's bucket for ``agent_state``, even with a call id)."""
+        if self.type == "agent_state":
+            return call_bucket(self.agent or "")
+        return call_bucket(self.call_id or "")

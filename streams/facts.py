@@ -19,12 +19,15 @@ expired        call idle for CALLPULSE_CALL_TIMEOUT
 survey         ``scale``, ``score``
 attempt, connected, contact, conversion   outbound, keyed by campaign
 live           the call's live status in a queue: ``status`` waiting|talking|held since ``since_ms``
-agent          an agent's open state in a queue since ``since_ms`` (``agent``, ``status``)
-agent_time     a closed agent-state interval [``since_ms``, ``ts_ms``) (``agent``, ``status``)
+agent          an agent's open state in a queue since ``since_ms`` (``agent``, ``status``, ``reason``:
+               why paused)
+agent_next     the state an agent's open state turns into at ``since_ms`` without another event (the end
+               of after-call work that lies beyond the stream time); ``ts_ms`` is the open state's since
+agent_time     a closed agent-state interval [``since_ms``, ``ts_ms``) (``agent``, ``status``, ``reason``)
 =============  ======================================================================
 
-``live`` and ``agent`` facts are upserts: the aggregator keeps one value per call (``live``) or agent
-(``agent``) and key, and a new fact replaces it. So a status change is sent as the new fact alone; a
+``live``, ``agent`` and ``agent_next`` facts are upserts: the aggregator keeps one value per call (``live``)
+or agent (``agent``, ``agent_next``) and key, and a new fact replaces it. So a status change is sent as the new fact alone; a
 retraction is sent only when nothing replaces the old value (the call left the queue, the agent logged off).
 """
 
@@ -50,9 +53,9 @@ COUNT_KINDS = (
     "contact",
     "conversion",
 )
-FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_time")
+FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_next", "agent_time")
 #: Fact kinds that are upserts of a live value rather than counts (see the module docstring).
-LIVE_KINDS = frozenset(("live", "agent"))
+LIVE_KINDS = frozenset(("live", "agent", "agent_next"))
 
 
 class Fact(NamedTuple):
@@ -109,9 +112,13 @@ def live_fact(key: str, ts_ms: int, call: str, status: str, since_ms: int) -> Fa
     )
 
 
-def agent_fact(kind: str, key: str, ts_ms: int, fid: str, agent: str, status: str, since_ms: int) -> Fact:
-    """An agent's open state (``agent``) or a closed interval (``agent_time``) in a queue."""
-    return _new(Fact, (kind, key, ts_ms, fid, "", 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, agent, 1))
+def agent_fact(
+    kind: str, key: str, ts_ms: int, fid: str, agent: str, status: str, since_ms: int, reason: str = ""
+) -> Fact:
+    """An agent's open state (``agent``), its next state (``agent_next``) or a closed interval (``agent_time``)."""
+    return _new(
+        Fact, (kind, key, ts_ms, fid, "", 0, reason, 0, 0, 0, 0, 0, "", 0, status, since_ms, agent, 1)
+    )
 
 
 # -- the wire form (calls.facts) -------------------------------------------------------------------------
@@ -194,7 +201,7 @@ class LiveWire(NamedTuple):
 
 
 class AgentWire(NamedTuple):
-    """agent (an upsert per agent) and agent_time (a closed interval)."""
+    """agent and agent_next (upserts per agent) and agent_time (a closed interval)."""
 
     kind: str
     ts_ms: int
@@ -202,6 +209,8 @@ class AgentWire(NamedTuple):
     agent: str
     status: str
     since_ms: int
+    #: Why the agent is paused ("" otherwise).
+    reason: str
 
 
 WireFact = PlainWire | WaitWire | ExitedWire | RefusedWire | CompletedWire | SurveyWire | LiveWire | AgentWire
@@ -216,6 +225,7 @@ WIRE_RECORDS: dict[str, type[WireFact]] = {
     "survey": SurveyWire,
     "live": LiveWire,
     "agent": AgentWire,
+    "agent_next": AgentWire,
     "agent_time": AgentWire,
 }
 _TO_WIRE = {kind: attrgetter(*record._fields) for kind, record in WIRE_RECORDS.items()}

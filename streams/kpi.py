@@ -12,7 +12,9 @@ State per aggregation key (``q:<queue>`` or ``c:<campaign>``):
   decrease, but a retraction does decrease a total: the exported value is ``max(hwm, total)``, so a
   retraction is absorbed by the next increments instead of looking like a counter reset. Windowed KPIs and
   live values are always exact;
-- ``live`` (calls waiting / talking / on hold with their since-time) and ``agents`` (state and since);
+- ``live`` (calls waiting / talking / on hold with their since-time), ``agents`` (per agent: state, since,
+  pause reason) and ``agents_next`` (per agent: the state it turns into at a time beyond the stream time,
+  the end of after-call work, with no event to say so: read as in force once ``now`` passes it);
 - ``applied``: per source (a sessionizer bucket) the last source offset applied, so a re-emitted batch of
   facts counts once.
 
@@ -50,7 +52,11 @@ TALK_BOUNDS_S = (10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 360
 RETENTION_MS = 50 * 3600_000
 #: An agent-state interval whose whole minutes span at least this long is kept as a span, not per minute.
 SPAN_MIN_MS = 60 * MINUTE_MS
-AGENT_MEMBER_STATES = ("available", "busy", "acw", "paused")
+AGENT_MEMBER_STATES = ("available", "on_call", "acw", "paused")
+#: Earlier names of agent states in stored state (``busy`` is ``on_call``), renamed on restore.
+_STATE_ALIASES = {"busy": "on_call"}
+#: At most this many pause reasons per queue are told apart; the rest are counted as ``other``.
+MAX_PAUSE_REASONS = 20
 SURVEY_BANDS = {
     "csat": (("negative", 1, 2), ("neutral", 3, 3), ("positive", 4, 5)),
     "nps": (("detractor", 0, 6), ("passive", 7, 8), ("promoter", 9, 10)),
@@ -125,6 +131,7 @@ class KeyState:
         "applied",
         "live",
         "agents",
+        "agents_next",
         "totals",
         "hist",
         "hwm",
@@ -148,6 +155,7 @@ class KeyState:
         self.applied: dict[str, list[int]] = {}
         self.live: dict[str, list[Any]] = {}
         self.agents: dict[str, list[Any]] = {}
+        self.agents_next: dict[str, list[Any]] = {}
         self.totals: dict[str, int] = {}
         self.hist: dict[str, Hist] = {}
         self.hwm: dict[str, int] = {}
@@ -182,6 +190,7 @@ class KeyState:
             "applied": self.applied,
             "live": self.live,
             "agents": self.agents,
+            "agents_next": self.agents_next,
             "totals": self.totals,
             "hist": self.hist,
             "hwm": self.hwm,
@@ -197,11 +206,14 @@ class KeyState:
         state.first = data["first"]
         state.applied = data["applied"]
         state.live = data["live"]
-        state.agents = data["agents"]
+        state.agents = {a: _agent_value(v) for a, v in data["agents"].items()}
+        state.agents_next = data.get("agents_next", {})
         state.totals = data["totals"]
         state.hist = data["hist"]
         state.hwm = data["hwm"]
-        state.spans = data.get("spans", {})
+        state.spans = {_renamed_span(span): n for span, n in data.get("spans", {}).items()}
+        for minute in minutes.values():
+            _rename_agent_counters(minute["c"])
         state.exported = dict(state.hwm)
         state.minutes = minutes
         return state
@@ -280,10 +292,15 @@ class KpiEngine:
             self._upsert(state.live, f.call, [f.status, f.since_ms], s)
             return
         if type(f) is AgentWire:
+            if len(wire) == 6:  # written before agent facts had a reason
+                f = _new(AgentWire, (*wire, ""))
+            status = _STATE_ALIASES.get(f.status, f.status)
             if f.kind == "agent":
-                self._upsert(state.agents, f.agent, [f.status, f.since_ms], s)
+                self._upsert(state.agents, f.agent, [status, f.since_ms, f.reason], s)
+            elif f.kind == "agent_next":
+                self._upsert(state.agents_next, f.agent, [status, f.since_ms, f.reason], s)
             else:
-                self._agent_time(state, f.status, f.since_ms, ts, s, seq)
+                self._agent_time(state, status, f.since_ms, ts, s, seq)
             return
         minute = _minute(state, ts, seq)
         if type(f) is WaitWire or type(f) is ExitedWire:
@@ -328,6 +345,7 @@ class KpiEngine:
 
     @staticmethod
     def _upsert(table: dict[str, list[Any]], ident: str, value: list[Any], sign: int) -> None:
+        """Set (sign 1) or remove (sign -1, if it still holds) one live value."""
         if sign > 0:
             table[ident] = value
         elif table.get(ident) == value:
@@ -442,7 +460,45 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
                 _add(into_minute["w"], wait, count)
         merged.live.update({f"{st.key}/{c}": v for c, v in st.live.items()})
         merged.agents.update({f"{st.key}/{a}": v for a, v in st.agents.items()})
+        merged.agents_next.update({f"{st.key}/{a}": v for a, v in st.agents_next.items()})
     return merged
+
+
+def _agent_value(value: list[Any]) -> list[Any]:
+    """A stored agent value as it is now: [status, since, reason] (earlier: [status, since], ``busy``)."""
+    status = _STATE_ALIASES.get(value[0], value[0])
+    return [status, value[1], value[2] if len(value) > 2 else ""]
+
+
+def _renamed_span(span: str) -> str:
+    agent_state, first, end = _span(span)
+    return _span_key(_STATE_ALIASES.get(agent_state, agent_state), first, end)
+
+
+def _rename_agent_counters(c: dict[str, int]) -> None:
+    for old, new in _STATE_ALIASES.items():
+        value = c.pop(counters.agent_ms(old), None)
+        if value is not None:
+            _add(c, counters.agent_ms(new), value)
+
+
+def agents_at(state: KeyState, now_ms: int) -> dict[str, tuple[str, int, str, int]]:
+    """Each agent's state in the key at ``now_ms``: (status, since, reason, start of the open interval).
+
+    An announced next state (``agents_next``) is in force once ``now_ms`` reaches its time; an agent whose next
+    state is ``offline`` is then no longer in the queue. The open interval starts at the time the current
+    value's state began, which for an announced next state is the announced time.
+    """
+    out: dict[str, tuple[str, int, str, int]] = {}
+    nexts = state.agents_next
+    for agent, (status, since, reason) in state.agents.items():
+        nxt = nexts.get(agent)
+        if nxt is not None and now_ms >= nxt[1]:
+            if nxt[0] != "offline":
+                out[agent] = (nxt[0], nxt[1], nxt[2], nxt[1])
+            continue
+        out[agent] = (status, since, reason, since)
+    return out
 
 
 def _span_key(agent_state: str, first: int, end: int) -> str:
@@ -482,9 +538,19 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
     live = [v for v in state.live.values() if now_ms - v[1] < timeout]
     waiting = [since for status, since in live if status == "waiting"]
     agents = {s: 0 for s in AGENT_MEMBER_STATES}
-    for agent_state, _since in state.agents.values():
+    paused: dict[str, int] = {}
+    now_agents = agents_at(state, now_ms)
+    for agent_state, _since, reason, _start in now_agents.values():
         if agent_state in agents:
             agents[agent_state] += 1
+        if agent_state == "paused":
+            paused[reason] = paused.get(reason, 0) + 1
+    # A static member of the queue (the queues file's ``members``) no fact has told of yet is available.
+    agents["available"] += sum(1 for a in targets.members if a not in now_agents)
+    if len(paused) > MAX_PAUSE_REASONS:
+        ranked = sorted(paused.items(), key=lambda kv: (-kv[1], kv[0]))
+        paused = dict(ranked[: MAX_PAUSE_REASONS - 1])
+        paused["other"] = paused.get("other", 0) + sum(n for _r, n in ranked[MAX_PAUSE_REASONS - 1 :])
     spans = [(*_span(span), count) for span, count in state.spans.items()]
     windows = {}
     for w, (lo, hi) in ranges.items():
@@ -494,12 +560,15 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             if overlap > 0:
                 name = counters.agent_ms(agent_state)
                 c[name] = c.get(name, 0) + count * overlap
-        for agent_state, since in state.agents.values():
-            # The open interval of each agent's current state counts up to now.
-            overlap = min(hi, now_ms) - max(lo, since)
-            if overlap > 0:
-                name = counters.agent_ms(agent_state)
-                c[name] = c.get(name, 0) + overlap
+        for agent, (agent_state, since, _reason) in state.agents.items():
+            # The open interval of each agent's current state counts up to now (split at an announced change).
+            nxt = state.agents_next.get(agent)
+            until = min(now_ms, nxt[1]) if nxt is not None else now_ms
+            for st, a, b in ((agent_state, since, until), (nxt[0] if nxt else "", until, now_ms)):
+                overlap = min(hi, b) - max(lo, a)
+                if overlap > 0 and st in AGENT_MEMBER_STATES:
+                    name = counters.agent_ms(st)
+                    c[name] = c.get(name, 0) + overlap
         windows[w] = {"start_ms": lo, "end_ms": hi, "counts": c, "kpis": kpis(c, longest[w])}
     return {
         "windows": windows,
@@ -510,6 +579,8 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             "calls_talking": sum(1 for status, _ in live if status == "talking"),
             "calls_on_hold": sum(1 for status, _ in live if status == "held"),
             "agents": agents,
+            "agents_staffed": sum(agents.values()),
+            "agents_paused": dict(sorted(paused.items())),
         },
     }
 
@@ -524,7 +595,7 @@ def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | No
     attempts = c.get("attempt", 0)
     csat = sum(c.get(counters.survey("csat", b), 0) for b, _, _ in SURVEY_BANDS["csat"])
     nps = sum(c.get(counters.survey("nps", b), 0) for b, _, _ in SURVEY_BANDS["nps"])
-    on_calls = c.get(counters.agent_ms("busy"), 0) + c.get(counters.agent_ms("acw"), 0)
+    on_calls = c.get(counters.agent_ms("on_call"), 0) + c.get(counters.agent_ms("acw"), 0)
     staffed = on_calls + c.get(counters.agent_ms("available"), 0)
     return {
         "offered_calls": float(offered),

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from streams.events import (
+    AGENT_STATE_ALIASES,
     AGENT_STATES,
     DISPOSITIONS,
     EVENT_TYPES,
@@ -32,6 +33,8 @@ from streams.exceptions import EventValidationError
 
 #: Accepted epoch range for timestamps, in seconds: 1970-01-01 (exclusive) to 2100-01-01.
 MIN_EPOCH_S = 0
+#: The agent states accepted in input: the canonical ones and their earlier names.
+AGENT_STATE_NAMES = (*AGENT_STATES, *AGENT_STATE_ALIASES)
 MAX_EPOCH_S = 4_102_444_800
 
 
@@ -196,7 +199,8 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
 
     if etype == "agent_state":
         agent = _req_str(obj, "agent", "for agent_state")
-        state = _choice(_req_str(obj, "state", "for agent_state"), "state", AGENT_STATES)
+        named = _choice(_req_str(obj, "state", "for agent_state"), "state", AGENT_STATE_NAMES) or ""
+        state = AGENT_STATE_ALIASES.get(named, named)
         call_id = _opt_str(obj, "call_id")
     else:
         call_id = _req_str(obj, "call_id", f"for {etype}")

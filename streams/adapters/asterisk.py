@@ -132,6 +132,9 @@ class QueueLogParser:
 
     fmt: str = "native"
     contact_min_talk_s: float = 30.0
+    #: Member interface -> agent name (``Local/104@agents/n`` -> ``Dave``): ADDMEMBER and REMOVEMEMBER name
+    #: the interface where the other verbs name the member (unless Asterisk's ``log_membername_as_agent``).
+    member_names: dict[str, str] = field(default_factory=dict)
     #: Verbs skipped so far, with their counts.
     skipped: Counter[str] = field(default_factory=Counter)
     _seen: dict[int, Counter[str]] = field(default_factory=dict)
@@ -198,6 +201,10 @@ class QueueLogParser:
                 del self._seen[old]
         return f"ql-{digest}-{counts[digest]}"
 
+    def _agent(self, member: str) -> str:
+        name = self.member_names.get(member)
+        return name if name is not None else agent_id(member)
+
     def state(self) -> dict[str, Any]:
         """Occurrence counts of the last seconds, for a follower's state file."""
         return {str(ts): dict(c) for ts, c in self._seen.items()}
@@ -223,11 +230,13 @@ class QueueLogParser:
             agent_state, with_queue = AGENT_VERBS[verb]
             if verb == "ADDMEMBER" and row.data[:1] == ["PAUSED"]:
                 agent_state = "paused"
+            reason = row.data[0].strip() if verb in ("PAUSE", "PAUSEALL") and row.data else ""
             add(
                 "agent_state",
-                agent=agent_id(row.agent),
+                agent=self._agent(row.agent),
                 state=agent_state,
                 queue=queue if with_queue else None,
+                reason=reason or None,
             )
             return out
         if verb in SKIPPED_VERBS or not _known(verb):
@@ -236,7 +245,7 @@ class QueueLogParser:
         call = row.callid
         if call in NO_VALUE or call in ("REALTIME", "MANAGER", "CLI"):
             raise BadLine(f"{verb} without a call id")
-        agent = agent_id(row.agent) if row.agent not in NO_VALUE else None
+        agent = self._agent(row.agent) if row.agent not in NO_VALUE else None
         data = row.data + [""] * 3
         if verb == "ENTERQUEUE":
             if queue is None:

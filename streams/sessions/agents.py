@@ -1,16 +1,45 @@
-"""Agent timelines: an agent's state in each queue it serves, as open states and closed intervals.
+"""Agent timelines: an agent's state in each queue it serves, from its own events and from its calls.
 
-``agent_state`` events carry no call. An agent's events within grace stay *pending* (sorted, so a late one
-can still be inserted); older ones are folded into the *base*: the state and, per queue, since when. The
-facts are the closed intervals (``agent_time``) and the open state per queue (``agent``).
+An agent's bucket (the message key of its ``agent_state`` events) holds, per agent, two kinds of input:
+
+- *explicit* events (``agent_state``: joined or left a queue, paused with a reason, available, ...), and
+- *work*: the agent's stretches of work on calls (``Work``: answered, ended, wrapped up), which the call's own
+  bucket derives and sends here (``WorkUpdate``), because a call and an agent travel under different keys.
+
+The state an agent shows in a queue at time t is a pure function of both (the *precedence rule*):
+
+1. a queue the agent is not a member of shows nothing (offline there), except that an agent on a call from a
+   queue it has not joined is on the call in that queue while the call lasts;
+2. on a call (any work answered and not yet ended): ``on_call``, in every queue the agent serves;
+3. after the last call ended, until its wrap-up (the call's ``wrapup`` event, else the end plus the queue's
+   ``wrapup`` seconds): ``acw``, unless an explicit event for that queue came after the call's end;
+4. otherwise the latest explicit state for the queue (``available``, ``paused`` with its reason, ``acw``, or
+   ``on_call`` from a source that says so); ``available`` when there is none, and when the latest is an
+   ``on_call`` no later than the last call's end (it was about that call, which is over). An explicit
+   ``acw`` holds until the source says otherwise (a source that tells wrap-up tells its end).
+
+Membership: the queues file's static members are always in their queues; an explicit event with a queue
+joins it, ``offline`` with a queue leaves it, ``offline`` without one leaves every queue joined. A log-off
+during a call takes effect when the call ends (no after-call work follows).
+
+Events within the agent's horizon stay *pending* and are walked again when one arrives out of order; older
+ones are folded into the *base*. Work reaches the agent one hop after its call's events, so the horizon is
+two grace periods behind the bucket's watermark. The walk stops at the watermark: a wrap-up time that lies
+beyond it is announced as an ``agent_next`` fact (the state the queue will show from then), so that a reader
+at a later instant can tell the state without waiting for the next event of this bucket.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from streams.facts import Fact, agent_fact, diff, queue_key
+
+#: The states an agent shows in a queue it serves (``offline`` is not being in the queue).
+MEMBER_STATES = ("available", "on_call", "acw", "paused")
+#: Earlier name of ``on_call``, still accepted in input and read from stored state.
+ON_CALL_ALIASES = {"busy": "on_call"}
 
 
 class AgentEvent(NamedTuple):
@@ -21,166 +50,498 @@ class AgentEvent(NamedTuple):
     state: str
     #: The queue it applies to; None: every queue the agent serves.
     queue: str | None
+    #: Why the agent paused ("" for none).
+    reason: str = ""
 
     def order(self) -> tuple[int, str]:
         """Events of one agent are walked in this order."""
         return (self.ts_ms, self.event_id)
 
 
-def agent_step(
-    state: str,
-    qs: dict[str, int],
-    ts: int,
-    new_state: str,
-    queue: str | None,
-    agent: str,
-    out: list[Fact] | None,
-) -> str:
-    """Apply one agent_state event to (state, queue -> interval start); append closed intervals to ``out``."""
-    if queue is not None:
-        if new_state == "offline":
-            # Removed from this queue only; its state in its other queues goes on unchanged.
-            if queue in qs:
-                if out is not None and ts > qs[queue]:
-                    out.append(_interval(agent, queue, state, qs[queue], ts))
-                del qs[queue]
-            return state
-        if new_state != state:
-            _close_all(agent, state, qs, ts, out)
-        if queue not in qs:
-            qs[queue] = ts
-        return new_state
-    # No queue: the agent's state changes in every queue it belongs to; offline logs it out of all.
-    if new_state != state or new_state == "offline":
-        _close_all(agent, state, qs, ts, out)
-    if new_state == "offline":
-        qs.clear()
-    return new_state
+class Work(NamedTuple):
+    """An agent's stretch of work on one call (persisted as this JSON array)."""
+
+    #: The queue the call came from ("" for an outbound call).
+    queue: str
+    #: When the agent answered (or the callee answered the agent's outbound call).
+    start_ms: int
+    #: When the agent's part ended (hang-up, transfer away); -1 while the agent is on the call.
+    end_ms: int = -1
+    #: The call's ``wrapup`` event after this stretch; -1 when none has come.
+    wrapup_ms: int = -1
 
 
-def _close_all(agent: str, state: str, qs: dict[str, int], ts: int, out: list[Fact] | None) -> None:
-    for q, since in qs.items():
-        if out is not None and ts > since:
-            out.append(_interval(agent, q, state, since, ts))
-        qs[q] = ts
+class WorkUpdate(NamedTuple):
+    """Every stretch of work of one agent on one call, as the call's bucket now derives it (an upsert)."""
+
+    agent: str
+    call_id: str
+    works: tuple[Work, ...]
 
 
-def _interval(agent: str, queue: str, state: str, since: int, until: int) -> Fact:
-    return agent_fact(
-        "agent_time", queue_key(queue), until, f"agent_time:{agent}:{queue}:{since}", agent, state, since
-    )
+class Shown(NamedTuple):
+    """The state a queue shows for the agent, and since when."""
+
+    status: str
+    reason: str
+    since_ms: int
 
 
-@dataclass(slots=True)
-class AgentWalk:
-    """An agent's timeline walked over its pending events: where a later event continues."""
+class Explicit(NamedTuple):
+    """The latest explicit state for a queue, and its time."""
 
-    state: str
-    queues: dict[str, int]
-    closed: list[Fact]
-    open: list[Fact]
-
-    @classmethod
-    def over(cls, agent: str, state: str, queues: dict[str, int], pending: list[AgentEvent]) -> AgentWalk:
-        """Walk ``pending`` from (state, queues); ``queues`` is changed in place."""
-        closed: list[Fact] = []
-        for ts, _eid, new_state, queue in pending:
-            state = agent_step(state, queues, ts, new_state, queue, agent, closed)
-        return cls(state, queues, closed, open_facts(agent, state, queues))
+    status: str
+    reason: str
+    ts_ms: int
 
 
-def open_facts(agent: str, state: str, qs: dict[str, int]) -> list[Fact]:
-    """The agent's open state in each queue it serves."""
-    return [
-        agent_fact("agent", queue_key(q), since, f"agent:{agent}:{q}", agent, state, since)
-        for q, since in qs.items()
-    ]
+class Rules(NamedTuple):
+    """What the agent's walk needs from the configuration."""
+
+    #: The queues the agent is a static member of.
+    static: tuple[str, ...]
+    #: A queue's wrap-up time (ms) after a call from it.
+    wrapup_ms: Callable[[str], int]
 
 
-def derive_agent(agent: str, base: tuple[str, dict[str, int]], pending: list[AgentEvent]) -> list[Fact]:
-    """Facts of an agent from its base state and its sorted pending events.
+class Base:
+    """The walk's state: the folded base of a session, or the state as a walk proceeds."""
 
-    The closed intervals, then the open state per queue.
-    """
-    walk = AgentWalk.over(agent, base[0], dict(base[1]), pending)
-    return walk.closed + walk.open
-
-
-class AgentSession:
-    """One agent's timeline: a folded base, events still within grace, and recent event ids."""
-
-    __slots__ = ("state", "queues", "pending", "seen", "walked")
+    __slots__ = ("horizon", "members", "leaving", "explicit", "shown")
 
     def __init__(
         self,
-        state: str = "offline",
-        queues: dict[str, int] | None = None,
-        pending: list[AgentEvent] | None = None,
-        seen: dict[str, int] | None = None,
+        horizon: int,
+        members: dict[str, int],
+        leaving: set[str],
+        explicit: dict[str, Explicit],
+        shown: dict[str, Shown],
     ) -> None:
-        #: The base: the state of every event folded so far, and since when the agent is in each queue.
-        self.state = state
-        self.queues: dict[str, int] = queues or {}
-        self.pending: list[AgentEvent] = pending or []
-        #: Event id -> time, for de-duplication (kept for the dedup TTL).
-        self.seen: dict[str, int] = seen or {}
-        #: The walk after the pending events, where a later event continues; None when it must be walked
-        #: again (not persisted).
-        self.walked: AgentWalk | None = None
+        #: The base is the state at this time, after every event before it.
+        self.horizon = horizon
+        #: Queues joined by an explicit event -> since when.
+        self.members = members
+        #: Queues the agent logged off from during a call: left when no call is open.
+        self.leaving = leaving
+        self.explicit = explicit
+        self.shown = shown
 
-    def _walk(self, agent: str) -> AgentWalk:
-        if self.walked is None:
-            self.walked = AgentWalk.over(agent, self.state, dict(self.queues), self.pending)
-        return self.walked
-
-    def derived(self, agent: str) -> list[Fact]:
-        """The agent's facts after its pending events."""
-        walk = self._walk(agent)
-        return walk.closed + walk.open
-
-    def add(self, agent: str, item: AgentEvent) -> list[Fact]:
-        """Insert one event; return the facts it changes."""
-        if not self.pending or item[:2] > self.pending[-1][:2]:  # later than every pending event (order())
-            # Later than every pending event: continue the walk instead of deriving it all again. Closed
-            # intervals only grow; the open states are compared, which is what diff would find.
-            walk = self._walk(agent)
-            old_open, n = walk.open, len(walk.closed)
-            self.pending.append(item)
-            walk.state = agent_step(
-                walk.state, walk.queues, item.ts_ms, item.state, item.queue, agent, walk.closed
-            )
-            walk.open = open_facts(agent, walk.state, walk.queues)
-            # The open state of a queue the agent is still in is replaced by its new one (an upsert).
-            still_in = {f.key for f in walk.open}
-            changes = [f.retraction() for f in old_open if f.key not in still_in]
-            changes.extend(walk.closed[n:])
-            changes.extend(f for f in walk.open if f not in old_open)
-            return changes
-        old = self.derived(agent)
-        _insert_sorted(self.pending, item)
-        self.walked = None
-        return diff(old, self.derived(agent))
-
-    def fold(self, agent: str, before: int) -> None:
-        """Fold the pending events older than ``before`` into the base (they can no longer change)."""
-        pending = self.pending
-        if pending and pending[0].ts_ms < before:
-            while pending and pending[0].ts_ms < before:
-                ts, _eid, new_state, queue = pending.pop(0)
-                self.state = agent_step(self.state, self.queues, ts, new_state, queue, agent, None)
-            self.walked = None
+    def copy(self) -> Base:
+        """An independent copy (a walk changes its state)."""
+        return Base(
+            self.horizon, dict(self.members), set(self.leaving), dict(self.explicit), dict(self.shown)
+        )
 
     def to_wire(self) -> list[object]:
-        """The JSON array a snapshot stores: [state, queues, pending, seen]."""
-        return [self.state, self.queues, [list(p) for p in self.pending], self.seen]
+        """JSON: [horizon, members, leaving, explicit, shown]."""
+        return [
+            self.horizon,
+            self.members,
+            sorted(self.leaving),
+            {q: list(e) for q, e in self.explicit.items()},
+            {q: list(s) for q, s in self.shown.items()},
+        ]
 
     @classmethod
-    def from_wire(cls, data: list[object]) -> AgentSession:
+    def from_wire(cls, data: list[object]) -> Base:
         """Inverse of ``to_wire``."""
-        state, queues, pending, seen = data
-        assert isinstance(state, str) and isinstance(queues, dict) and isinstance(pending, list)
-        assert isinstance(seen, dict)
-        return cls(state, queues, [AgentEvent(*p) for p in pending], seen)
+        horizon, members, leaving, explicit, shown = data
+        assert isinstance(horizon, int) and isinstance(members, dict) and isinstance(leaving, list)
+        assert isinstance(explicit, dict) and isinstance(shown, dict)
+        return cls(
+            horizon,
+            members,
+            set(leaving),
+            {q: Explicit(*e) for q, e in explicit.items()},
+            {q: Shown(*s) for q, s in shown.items()},
+        )
+
+
+def acw_until(work: Work, rules: Rules) -> int:
+    """When after-call work after an ended stretch ends: the call's wrap-up, else end + the queue's time."""
+    if work.wrapup_ms >= work.end_ms:
+        return work.wrapup_ms
+    return work.end_ms + rules.wrapup_ms(work.queue)
+
+
+class _Activity:
+    """What the agent's calls say at time t."""
+
+    __slots__ = ("works", "rules")
+
+    def __init__(self, works: Iterable[Work], rules: Rules) -> None:
+        self.works = sorted(works, key=lambda w: (w.start_ms, w.end_ms))
+        self.rules = rules
+
+    def at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
+        """(on a call, queues of the open calls, end of the last ended call or -1, its wrap-up end)."""
+        on_call = False
+        queues: list[str] = []
+        last_end, until = -1, -1
+        for w in self.works:
+            if w.start_ms > t:
+                break
+            if w.end_ms < 0 or t < w.end_ms:
+                on_call = True
+                if w.queue:
+                    queues.append(w.queue)
+            elif w.end_ms >= last_end:  # the latest end; of equal ends, the latest start (``_last_ended``)
+                last_end, until = w.end_ms, acw_until(w, self.rules)
+        return on_call, tuple(queues), last_end, until
+
+    def points(self, lo: int) -> set[int]:
+        """The times at or after ``lo`` at which the activity changes."""
+        out: set[int] = set()
+        for w in self.works:
+            out.add(w.start_ms)
+            if w.end_ms >= 0:
+                out.add(w.end_ms)
+                out.add(acw_until(w, self.rules))
+        return {t for t in out if t >= lo}
+
+
+def _apply_event(base: Base, ev: AgentEvent, rules: Rules, on_call: bool) -> None:
+    """One explicit event changes the membership and the explicit states (not what is shown)."""
+    state = ON_CALL_ALIASES.get(ev.state, ev.state)
+    if ev.queue is not None:
+        queues: Iterable[str] = (ev.queue,)
+    else:
+        queues = {*rules.static, *base.members}
+    if state == "offline":
+        for q in queues:
+            if q in rules.static:
+                continue  # a static member stays in its queues (the queues file says so)
+            if on_call:
+                if q in base.members:
+                    base.leaving.add(q)
+            else:
+                base.members.pop(q, None)
+                base.explicit.pop(q, None)
+        return
+    for q in queues:
+        if q not in rules.static and q not in base.members:
+            base.members[q] = ev.ts_ms
+        base.leaving.discard(q)
+        base.explicit[q] = Explicit(state, ev.reason if state == "paused" else "", ev.ts_ms)
+
+
+#: Explicit states about a call: once a later call has ended and been wrapped up, they no longer hold.
+_CALL_STATES = frozenset(("on_call",))
+
+
+def _shown_at(base: Base, t: int, activity: _Activity, rules: Rules) -> dict[str, tuple[str, str]]:
+    """The state (status, reason) each queue shows at ``t`` (after ``base`` took every event up to ``t``)."""
+    on_call, call_queues, last_end, until = activity.at(t)
+    if base.leaving and not on_call:
+        for q in base.leaving:
+            base.members.pop(q, None)
+            base.explicit.pop(q, None)
+        base.leaving.clear()
+    out: dict[str, tuple[str, str]] = {}
+    in_acw = not on_call and last_end >= 0 and last_end <= t < until
+    for q in (*rules.static, *base.members, *call_queues):
+        if q in out:
+            continue
+        explicit = base.explicit.get(q)
+        if on_call:
+            out[q] = ("on_call", "")
+        elif in_acw and (explicit is None or explicit.ts_ms <= last_end):
+            out[q] = ("acw", "")
+        elif explicit is not None and not (explicit.status in _CALL_STATES and explicit.ts_ms <= last_end):
+            out[q] = (explicit.status, explicit.reason)
+        else:
+            out[q] = ("available", "")
+    return out
+
+
+class WalkResult(NamedTuple):
+    """A walk's outcome: the base it reached, the facts, and the first change beyond the watermark."""
+
+    base: Base
+    closed: list[Fact]
+    open: list[Fact]
+    next: list[Fact]
+    #: When the next change beyond the watermark falls (-1: none): the walk must be redone once it is reached.
+    next_ms: int
+
+
+def walk(
+    agent: str,
+    base: Base,
+    pending: list[AgentEvent],
+    works: Iterable[Work],
+    rules: Rules,
+    until: int,
+    *,
+    before: bool = False,
+) -> WalkResult:
+    """Walk from ``base`` over the pending events and the work, up to ``until`` (the watermark).
+
+    With ``before``, stop short of ``until`` (a fold: the base becomes the state just before it).
+    """
+    state = base.copy()
+    activity = _Activity(works, rules)
+    lo = state.horizon
+    points = sorted({lo, *activity.points(lo), *(ev.ts_ms for ev in pending if ev.ts_ms >= lo)})
+    closed: list[Fact] = []
+    i, n = 0, len(pending)
+    next_ms = -1
+    for t in points:
+        if t > until or (before and t >= until):
+            next_ms = t
+            break
+        while i < n and pending[i].ts_ms <= t:
+            ev = pending[i]
+            _apply_event(state, ev, rules, activity.at(ev.ts_ms)[0])
+            i += 1
+        now = _shown_at(state, t, activity, rules)
+        for q, shown in list(state.shown.items()):
+            value = now.get(q)
+            if value is None or value != (shown.status, shown.reason):
+                if t > shown.since_ms:
+                    closed.append(_interval(agent, q, shown, t))
+                if value is None:
+                    del state.shown[q]
+        for q, (status, reason) in now.items():
+            was = state.shown.get(q)
+            if was is None or (was.status, was.reason) != (status, reason):
+                state.shown[q] = Shown(status, reason, t)
+    if before:
+        state.horizon = until
+        return WalkResult(state, closed, [], [], -1)
+    open_facts = [_open(agent, q, s) for q, s in state.shown.items()]
+    nexts: list[Fact] = []
+    if next_ms >= 0:
+        later = _shown_at(state.copy(), next_ms, activity, rules)
+        for q, s in state.shown.items():
+            value = later.get(q, ("offline", ""))
+            if value != (s.status, s.reason):
+                nexts.append(
+                    agent_fact(
+                        "agent_next",
+                        queue_key(q),
+                        s.since_ms,
+                        f"agent_next:{agent}:{q}",
+                        agent,
+                        value[0],
+                        next_ms,
+                        value[1],
+                    )
+                )
+    return WalkResult(state, closed, open_facts, nexts, next_ms)
+
+
+def _interval(agent: str, queue: str, shown: Shown, until: int) -> Fact:
+    return agent_fact(
+        "agent_time",
+        queue_key(queue),
+        until,
+        f"agent_time:{agent}:{queue}:{shown.since_ms}",
+        agent,
+        shown.status,
+        shown.since_ms,
+        shown.reason,
+    )
+
+
+def _open(agent: str, queue: str, shown: Shown) -> Fact:
+    return agent_fact(
+        "agent",
+        queue_key(queue),
+        shown.since_ms,
+        f"agent:{agent}:{queue}",
+        agent,
+        shown.status,
+        shown.since_ms,
+        shown.reason,
+    )
+
+
+#: A walk limit beyond every time (the facts of a timeline with no change ahead).
+NEVER = 2**62
+
+
+class AgentSession:
+    """One agent's timeline: a folded base, explicit events and work still within the horizon, seen ids.
+
+    ``until`` says which facts were last emitted: the walk up to it. It is canonical (the instant before the
+    next change, or ``NEVER``), so a bucket swept at every message and one swept only when due hold the same.
+    """
+
+    __slots__ = ("base", "pending", "works", "seen", "until", "derivation")
+
+    def __init__(
+        self,
+        base: Base | None = None,
+        pending: list[AgentEvent] | None = None,
+        works: dict[str, tuple[Work, ...]] | None = None,
+        seen: dict[str, int] | None = None,
+        until: int = -1,
+    ) -> None:
+        self.base = base if base is not None else Base(0, {}, set(), {}, {})
+        self.pending: list[AgentEvent] = pending or []
+        #: call id -> the agent's stretches of work on it.
+        self.works: dict[str, tuple[Work, ...]] = works or {}
+        #: Event id -> time, for de-duplication (kept for the dedup TTL).
+        self.seen: dict[str, int] = seen or {}
+        #: The facts last emitted are the walk up to this (-1: none emitted yet).
+        self.until = until
+        #: The last walk and the limit it went to (not persisted).
+        self.derivation: tuple[int, WalkResult] | None = None
+
+    def _starts(self, ts: int) -> None:
+        """An input at ``ts``: a timeline that shows nothing yet starts no later than it."""
+        base = self.base
+        if base.shown or base.members or base.explicit:
+            return
+        if ts < base.horizon or not (self.pending or self.works):
+            base.horizon = ts
+            self.derivation = None
+
+    def _all_works(self) -> list[Work]:
+        return [w for ws in self.works.values() for w in ws]
+
+    def derived(self, agent: str, rules: Rules, until: int) -> WalkResult:
+        """The walk up to ``until`` (cached: a walk holds up to its next change)."""
+        cached = self.derivation
+        if cached is not None and cached[0] <= until and (cached[1].next_ms < 0 or until < cached[1].next_ms):
+            return cached[1]
+        result = walk(agent, self.base, self.pending, self._all_works(), rules, until)
+        self.derivation = (until, result)
+        return result
+
+    def facts(self, agent: str, rules: Rules, until: int) -> list[Fact]:
+        """The agent's facts: closed intervals since the base, open states, announced changes."""
+        result = self.derived(agent, rules, until)
+        return result.closed + result.open + result.next
+
+    def _emitted(self, agent: str, rules: Rules) -> list[Fact]:
+        return self.facts(agent, rules, self.until) if self.until >= 0 else []
+
+    def _changed(self, agent: str, rules: Rules, wm: int, change: Callable[[], None]) -> list[Fact]:
+        """Apply ``change``; the difference between the facts last emitted and those at the watermark ``wm``."""
+        old = self._emitted(agent, rules)
+        change()
+        self.derivation = None
+        result = self.derived(agent, rules, wm)
+        self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
+        return diff(old, result.closed + result.open + result.next)
+
+    def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
+        """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
+        self._starts(item.ts_ms)
+        return self._changed(agent, rules, wm, lambda: _insert_sorted(self.pending, item))
+
+    def set_work(self, update: WorkUpdate, rules: Rules, wm: int) -> list[Fact]:
+        """Replace the agent's work on one call; return the facts it changes."""
+        for w in update.works:
+            self._starts(w.start_ms)
+
+        def change() -> None:
+            if update.works:
+                self.works[update.call_id] = update.works
+            else:
+                self.works.pop(update.call_id, None)
+
+        return self._changed(update.agent, rules, wm, change)
+
+    def advance(self, agent: str, rules: Rules, wm: int) -> list[Fact]:
+        """The bucket's watermark is ``wm``: what a change that fell due since the last emission changes."""
+        if self.until < 0 or wm <= self.until:
+            return []
+        return self._changed(agent, rules, wm, lambda: None)
+
+    def next_ms(self) -> int:
+        """When the facts last emitted change without an event (-1: never)."""
+        return self.until + 1 if 0 <= self.until < NEVER else -1
+
+    def fold_from(self, rules: Rules) -> int:
+        """The earliest ``before`` at which a fold changes anything (-1: none would)."""
+        out = self.pending[0].ts_ms + 1 if self.pending else NEVER
+        last = _last_ended(self._all_works())
+        for works in self.works.values():
+            if any(w is last or w.end_ms < 0 for w in works):
+                continue
+            out = min(out, max(max(w.end_ms, acw_until(w, rules)) for w in works))
+        return out if out < NEVER else -1
+
+    def fold(self, agent: str, rules: Rules, before: int) -> None:
+        """Fold what lies before ``before`` into the base (it can no longer change); drop finished work.
+
+        ``before`` is at most the limit of the facts last emitted (``advance`` first).
+        """
+        before = min(before, self.until)
+        if before <= self.base.horizon:
+            return
+        works = self._all_works()
+        result = walk(agent, self.base, self.pending, works, rules, before, before=True)
+        self.base = result.base
+        self.pending = [ev for ev in self.pending if ev.ts_ms >= before]
+        last = _last_ended(works)
+        for call_id, call_works in list(self.works.items()):
+            if not any(
+                w is last or w.end_ms < 0 or w.end_ms > before or acw_until(w, rules) > before
+                for w in call_works
+            ):
+                del self.works[call_id]
+        self.derivation = None
+
+    def idle(self) -> bool:
+        """Nothing left to keep: no queue, no pending event, no work, no remembered id."""
+        return not (self.pending or self.works or self.seen or self.base.shown or self.base.members)
+
+    def to_wire(self) -> dict[str, object]:
+        """The JSON object a snapshot stores."""
+        return {
+            "base": self.base.to_wire(),
+            "pending": [list(p) for p in self.pending],
+            "works": {c: [list(w) for w in ws] for c, ws in self.works.items()},
+            "seen": self.seen,
+            "until": self.until,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, object] | list[object]) -> AgentSession:
+        """Inverse of ``to_wire``; also reads the earlier array ``[state, queues, pending, seen]``."""
+        if isinstance(data, list):
+            state, queues, pending, seen = data
+            assert isinstance(state, str) and isinstance(queues, dict) and isinstance(pending, list)
+            assert isinstance(seen, dict)
+            status = ON_CALL_ALIASES.get(state, state)
+            horizon = min((int(p[0]) for p in pending), default=max(queues.values(), default=0))
+            in_queues = queues.items() if status != "offline" else {}.items()
+            base = Base(
+                horizon,
+                dict(in_queues),
+                set(),
+                {q: Explicit(status, "", since) for q, since in in_queues},
+                {q: Shown(status, "", since) for q, since in in_queues},
+            )
+            # What the earlier version emitted: the walk over every pending event.
+            until = max((int(p[0]) for p in pending), default=horizon)
+            return cls(base, [AgentEvent(*p) for p in pending], {}, seen, until)
+        base_wire, pending, works, seen, until = (
+            data["base"],
+            data["pending"],
+            data["works"],
+            data["seen"],
+            data["until"],
+        )
+        assert isinstance(base_wire, list) and isinstance(pending, list) and isinstance(works, dict)
+        assert isinstance(seen, dict) and isinstance(until, int)
+        return cls(
+            Base.from_wire(base_wire),
+            [AgentEvent(*p) for p in pending],
+            {c: tuple(Work(*w) for w in ws) for c, ws in works.items()},
+            seen,
+            until,
+        )
+
+
+def _last_ended(works: list[Work]) -> Work | None:
+    """The stretch of work that ended last (its after-call work is the one that counts)."""
+    ended = [w for w in works if w.end_ms >= 0]
+    return max(ended, key=lambda w: (w.end_ms, w.start_ms)) if ended else None
 
 
 def _insert_sorted(pending: list[AgentEvent], item: AgentEvent) -> None:

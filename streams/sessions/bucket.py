@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from streams.events import CallEvent
 from streams.facts import Fact, diff
-from streams.sessions.agents import AgentEvent, AgentSession
+from streams.sessions.agents import AgentEvent, AgentSession, Rules, Work, WorkUpdate
 from streams.sessions.call import CallSession
 from streams.sessions.derivation import Unexpected
 from streams.sessions.inbound import continues
@@ -32,10 +32,18 @@ class SessionConfig:
     dedup_ttl_ms: int = 24 * 3600_000
     max_event_age_ms: int = 86_400_000
     contact_min_talk_ms: int = 30_000
+    #: Queue -> agents' wrap-up time after a call from it (queues not named: ``default_wrapup_ms``).
+    wrapup_ms: dict[str, int] = field(default_factory=dict, compare=False)
+    default_wrapup_ms: int = 0
+    #: Agent -> the queues it is a static member of (the queues file's ``members``).
+    static_members: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     #: Derived: an event more than this behind the watermark is rejected (late or too old).
     reject_within_ms: int = field(init=False, repr=False, compare=False)
     #: Derived: the soonest housekeeping an applied event can need (grace, call timeout, dedup TTL).
     housekeeping_ms: int = field(init=False, repr=False, compare=False)
+    #: Derived: queue -> wrap-up time, and the agents' rules built so far.
+    _wrapup: Callable[[str], int] = field(init=False, repr=False, compare=False)
+    _rules: dict[str, Rules] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -44,6 +52,7 @@ class SessionConfig:
             "dedup_ttl_ms",
             "max_event_age_ms",
             "contact_min_talk_ms",
+            "default_wrapup_ms",
         ):
             if getattr(self, name) < 0:
                 msg = f"{name} must be >= 0"
@@ -52,6 +61,16 @@ class SessionConfig:
         object.__setattr__(
             self, "housekeeping_ms", min(self.grace_ms, self.call_timeout_ms, self.dedup_ttl_ms)
         )
+        wrapup, default = self.wrapup_ms, self.default_wrapup_ms
+        object.__setattr__(self, "_wrapup", lambda queue: wrapup.get(queue, default))
+        object.__setattr__(self, "_rules", {})
+
+    def agent_rules(self, agent: str) -> Rules:
+        """What an agent's walk needs from the configuration: its static queues, the wrap-up times."""
+        rules = self._rules.get(agent)
+        if rules is None:
+            rules = self._rules[agent] = Rules(self.static_members.get(agent, ()), self._wrapup)
+        return rules
 
 
 class Applied(NamedTuple):
@@ -67,7 +86,7 @@ class Applied(NamedTuple):
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due")
+    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due", "outbox")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -83,6 +102,9 @@ class BucketState:
         #: No housekeeping is due before the watermark reaches this (a lower bound; not persisted, so a
         #: restored bucket sweeps in full at its first message).
         self.due = 0
+        #: What this bucket's calls changed in their agents' work, for the agents' buckets (drained by the
+        #: shell after each message; not persisted: a replay derives it again).
+        self.outbox: list[WorkUpdate] = []
 
     # -- events -------------------------------------------------------------------------------------------
     def apply(self, event: CallEvent) -> Applied:
@@ -107,6 +129,8 @@ class BucketState:
         if session is None:
             session = self.calls[call_id] = CallSession([ev])
             derivation = session.derived(call_id, min_talk)
+            if derivation.works is not None:
+                self._work_changed(call_id, None, derivation.works)
             u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
             return _new(Applied, ("ok", derivation.facts, "", u))
         before = session.derived(call_id, min_talk)
@@ -117,13 +141,29 @@ class BucketState:
             # and derives the call again).
             session.events.append(ev)
             derivation = session.derivation = walk.continue_with(ev, before)
+            if derivation.works is not None:
+                self._work_changed(call_id, before.works, derivation.works)
             u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
             return _new(Applied, ("ok", walk.changes, "", u))
         insert_sorted(session.events, ev)
         session.derivation = None
         derivation = session.derived(call_id, min_talk)
+        if derivation.works is not None or before.works is not None:
+            self._work_changed(call_id, before.works, derivation.works)
         u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
         return _new(Applied, ("ok", diff(before.facts, derivation.facts), "", u))
+
+    def _work_changed(
+        self, call_id: str, old: dict[str, tuple[Work, ...]] | None, new: dict[str, tuple[Work, ...]] | None
+    ) -> None:
+        """Queue a ``WorkUpdate`` for every agent whose work on the call the derivation changed."""
+        if old == new:
+            return
+        old, new = old or {}, new or {}
+        for agent in sorted(old.keys() | new.keys()):
+            works = new.get(agent, ())
+            if old.get(agent, ()) != works:
+                self.outbox.append(WorkUpdate(agent, call_id, works))
 
     def _admit(self, ts: int) -> Applied | None:
         """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved.
@@ -192,8 +232,42 @@ class BucketState:
         if session is None:
             session = self.agents[agent] = AgentSession()
         session.seen[event.event_id] = event.ts_ms
-        item = _new(AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue))
-        return _new(Applied, ("ok", session.add(agent, item), "", ""))
+        item = _new(
+            AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue, event.reason or "")
+        )
+        rules = self.config.agent_rules(agent)
+        assert self.wm is not None
+        facts = session.add(agent, item, rules, self.wm)
+        self._agent_due(session, agent, rules)
+        return _new(Applied, ("ok", facts, "", ""))
+
+    def apply_work(self, update: WorkUpdate) -> list[Fact]:
+        """Apply an agent's work on one call, as the call's bucket derived it (an upsert: replays converge).
+
+        It is not judged late: the call's bucket already admitted its events. Its times move the watermark.
+        """
+        ts = max((max(w.start_ms, w.end_ms, w.wrapup_ms) for w in update.works), default=-1)
+        if ts >= 0 and (self.wm is None or ts > self.wm):
+            self.wm = ts
+        session = self.agents.get(update.agent)
+        if session is None:
+            if not update.works:
+                return []
+            session = self.agents[update.agent] = AgentSession()
+        if self.wm is None:
+            return []
+        if ts >= 0 and ts + self.config.housekeeping_ms < self.due:
+            self.due = ts + self.config.housekeeping_ms
+        rules = self.config.agent_rules(update.agent)
+        facts = session.set_work(update, rules, self.wm)
+        self._agent_due(session, update.agent, rules)
+        return facts
+
+    def _agent_due(self, session: AgentSession, agent: str, rules: Rules) -> None:
+        """An agent's state changes at its next point without an event: the sweep must come by then."""
+        n = session.next_ms()
+        if 0 <= n < self.due:
+            self.due = n
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def sweep(self) -> list[Fact]:
@@ -214,7 +288,7 @@ class BucketState:
             session = self.calls[call_id]
             derivation = session.derived(call_id, min_talk)
             if not derivation.ended and wm - session.last_ts >= cfg.call_timeout_ms:
-                old = derivation.facts
+                old, old_works = derivation.facts, derivation.works
                 expire = StoredEvent(
                     session.last_ts + cfg.call_timeout_ms, "expire", "~expire:" + call_id, None, None, None, 0
                 )
@@ -223,6 +297,7 @@ class BucketState:
                 session.derivation = None
                 derivation = session.derived(call_id, min_talk)
                 facts.extend(diff(old, derivation.facts))
+                self._work_changed(call_id, old_works, derivation.works)
             if derivation.ended and session.last_ts < final_before:
                 self.tombstones.finalize(
                     call_id,
@@ -240,16 +315,26 @@ class BucketState:
         oldest = self.tombstones.oldest_chunk()
         if oldest is not None:
             due = min(due, oldest + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
+        # An agent's work comes one hop after its call's events: its timeline folds two grace periods back.
+        fold_before = wm - 2 * cfg.grace_ms
         for agent in list(self.agents):
             agent_session = self.agents[agent]
-            agent_session.fold(agent, final_before)
+            rules = cfg.agent_rules(agent)
+            facts.extend(agent_session.advance(agent, rules, wm))
+            fold_from = agent_session.fold_from(rules)
+            if 0 <= fold_from <= fold_before:
+                agent_session.fold(agent, rules, fold_before)
+                fold_from = agent_session.fold_from(rules)
             for eid in _older_keys(agent_session.seen, forget_before):
                 del agent_session.seen[eid]
-            if not agent_session.pending and not agent_session.queues and not agent_session.seen:
+            if agent_session.idle():
                 del self.agents[agent]
                 continue
-            if agent_session.pending:
-                due = min(due, agent_session.pending[0].ts_ms + cfg.grace_ms)
+            if fold_from >= 0:
+                due = min(due, fold_from + 2 * cfg.grace_ms)
+            n = agent_session.next_ms()
+            if n >= 0:
+                due = min(due, n)
             if agent_session.seen:
                 due = min(due, next(iter(agent_session.seen.values())) + cfg.dedup_ttl_ms)
         self.due = due

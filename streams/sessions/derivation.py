@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from streams.facts import Fact
+from streams.sessions.agents import Work
 
 if TYPE_CHECKING:
     from streams.sessions.inbound import InboundWalk
@@ -33,3 +34,5 @@ class Derivation:
     walk: InboundWalk | None = None
     #: The events the walk ignored because no transition admits them (see ``streams.sessions.inbound``).
     unexpected: tuple[Unexpected, ...] = ()
+    #: Agent -> its stretches of work on the call (answered, ended, wrapped up), for the agent's timeline.
+    works: dict[str, tuple[Work, ...]] | None = None

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from streams.facts import Fact, live_fact, queue_key
+from streams.sessions.agents import Work
 from streams.sessions.derivation import Derivation, Unexpected
 from streams.sessions.stored import StoredEvent
 
@@ -61,6 +62,11 @@ class InboundWalk:
         self.holds = 0
         self.pending_co = -1  # index in facts of the completed fact a wrap-up may still amend
         self.last_q = ""
+        #: The agent talking with the caller ("" when none, or the source does not say).
+        self.agent = ""
+        #: Agent -> its stretches of work on the call; the last one ended (agent, index) a wrap-up may end.
+        self.works: dict[str, list[Work]] = {}
+        self.last_work: tuple[str, int] | None = None
         self.unexpected: list[Unexpected] = []
         #: What the last ``continue_with`` changed.
         self.changes: list[Fact] = []
@@ -99,7 +105,22 @@ class InboundWalk:
             )
         )
 
+    def _start_work(self, agent: str | None, ts: int) -> None:
+        self._end_work(ts)
+        self.agent = agent or ""
+        if agent:
+            self.works.setdefault(agent, []).append(Work(self.ans_q, ts))
+
+    def _end_work(self, ts: int) -> None:
+        agent = self.agent
+        if agent:
+            works = self.works[agent]
+            works[-1] = works[-1]._replace(end_ms=ts)
+            self.last_work = (agent, len(works) - 1)
+            self.agent = ""
+
     def _complete(self, ts: int, eid: str, transferred: int) -> None:
+        self._end_work(ts)
         if self.state == HELD:
             self.hold_ms += ts - self.hold_start
         if self.ans_q:
@@ -157,11 +178,13 @@ class InboundWalk:
         """An agent answered the waiting caller: the stint ends as answered."""
         self._leave_queue("answered", ev.ts_ms, ev.event_id)
         self.state, self.ans_q, self.ans = CONNECTED, self.q, ev.ts_ms
+        self._start_work(ev.detail, ev.ts_ms)
 
     def answer_direct(self, ev: StoredEvent) -> None:
         """Answered without waiting in a queue (direct, or the next agent after a transfer): handled, not offered."""
         self.state, self.ans = CONNECTED, ev.ts_ms
         self.ans_q = ev.queue or self.ans_q
+        self._start_work(ev.detail, ev.ts_ms)
 
     def hold(self, ev: StoredEvent) -> None:
         """The agent put the caller on hold."""
@@ -223,6 +246,12 @@ class InboundWalk:
             co = self.facts[self.pending_co]
             self.facts[self.pending_co] = co.with_wrapup(ev.ts_ms)
             self.pending_co = -1
+        last = self.last_work
+        if last is not None:
+            works = self.works[last[0]]
+            if works[last[1]].wrapup_ms < 0:
+                works[last[1]] = works[last[1]]._replace(wrapup_ms=ev.ts_ms)
+            self.last_work = None
 
     def survey(self, ev: StoredEvent) -> None:
         """A survey response, for the queue that answered the call (or the last one it was in)."""
@@ -252,6 +281,7 @@ class InboundWalk:
             self.facts.append(
                 Fact("expired", queue_key(xq), ev.ts_ms, "expired:" + ev.event_id, self.call_id)
             )
+        self._end_work(ev.ts_ms)
         self.state = ENDED
 
     # -- incremental derivation ----------------------------------------------------------------------------
@@ -304,6 +334,7 @@ class InboundWalk:
             open_co,
             self,
             tuple(self.unexpected) if self.unexpected else (),
+            {agent: tuple(ws) for agent, ws in self.works.items()} if self.works else None,
         )
 
 

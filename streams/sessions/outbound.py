@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from streams.facts import Fact, campaign_key
+from streams.sessions.agents import Work
 from streams.sessions.derivation import Derivation
 from streams.sessions.stored import StoredEvent
 
@@ -30,6 +31,9 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
     facts: list[Fact] = []
     dials = answers = hangups = 0
     open_answer = -1
+    #: The agent who placed the call is on it from the callee's answer to the hang-up.
+    works: dict[str, list[Work]] = {}
+    agent = last = ""
     for ev in events:
         ts, t, eid = ev.ts_ms, ev.type, ev.event_id
         if t == "dial":
@@ -40,10 +44,16 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
                 answers += 1
                 open_answer = ts
                 facts.append(Fact("connected", key, ts, "connected:" + eid, call_id))
+                if ev.detail and not agent:
+                    agent = ev.detail
+                    works.setdefault(agent, []).append(Work("", ts))
         elif t == "hangup":
             if hangups >= dials:
                 continue
             hangups += 1
+            if agent:
+                works[agent][-1] = works[agent][-1]._replace(end_ms=ts)
+                last, agent = agent, ""
             disposition = ev.detail
             talk = ts - open_answer if open_answer >= 0 else -1
             if disposition in ("contact", "success") or (disposition is None and talk >= contact_min_talk_ms):
@@ -51,6 +61,19 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
             if disposition == "success":
                 facts.append(Fact("conversion", key, ts, "conversion:" + eid, call_id))
             open_answer = -1
+        elif t == "wrapup":
+            if last and works[last][-1].wrapup_ms < 0:
+                works[last][-1] = works[last][-1]._replace(wrapup_ms=ts)
+            last = ""
         elif t == "expire":
             hangups = dials
-    return Derivation(facts, dials > 0 and hangups >= dials, "", None)
+            if agent:
+                works[agent][-1] = works[agent][-1]._replace(end_ms=ts)
+                agent = ""
+    return Derivation(
+        facts,
+        dials > 0 and hangups >= dials,
+        "",
+        None,
+        works={a: tuple(ws) for a, ws in works.items()} if works else None,
+    )

@@ -111,7 +111,14 @@ class FakeEvent:
         self.message = type(
             "Message",
             (),
-            {"topic": topic, "partition": partition, "offset": offset, "key": key, "value": value},
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key": key,
+                "value": value,
+                "headers": None,
+            },
         )()
 
 

@@ -97,6 +97,17 @@ def test_queues_file_overrides_per_queue(tmp_path):
     assert s.targets.for_queue("other").sl_threshold_s == 30
 
 
+def test_queues_file_gives_wrap_up_times_and_static_members(tmp_path):
+    f = tmp_path / "queues.yaml"
+    f.write_text("sales:\n  wrapup: 5\n  members: [Alice, Bob, Carol]\nsupport:\n  members: [Carol, Erin]\n")
+    session = Settings.from_env({"CALLPULSE_QUEUES_FILE": str(f)}).session
+    assert session.agent_rules("Carol").static == ("sales", "support")
+    assert session.agent_rules("Erin").static == ("support",)
+    assert session.agent_rules("Zoe").static == ()
+    rules = session.agent_rules("Alice")
+    assert (rules.wrapup_ms("sales"), rules.wrapup_ms("support"), rules.wrapup_ms("")) == (5000, 0, 0)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -105,6 +116,8 @@ def test_queues_file_overrides_per_queue(tmp_path):
         ("vip:\n  sl_goal: high\n", "field 'sl_goal' must be a number"),
         ("vip:\n  sl_goal: 1.5\n", "goals must lie between 0 and 1"),
         ("vip: {\n", "does not parse"),
+        ("vip:\n  wrapup: -1\n", "wrap-up time must be >= 0"),
+        ("vip:\n  members: Alice\n", "field 'members' must be a list of agent ids"),
     ],
 )
 def test_bad_queues_files(tmp_path, text, fragment):

@@ -68,7 +68,8 @@ SCENARIO = [
     ev("d3-1", "dial", 15, "d3", campaign="renew"),
     ev("d3-2", "answer", 25, "d3", direction="outbound"),
     ev("d3-3", "hangup", 100, "d3", direction="outbound"),
-    # agent a1 in sales: available 0-17, busy 17-137, acw 137-150, available since 150
+    # agent a1 in sales: available 0-17, on a call 17-137 (sent as busy, on_call's earlier name), acw 137-150,
+    # available since 150
     ev("a1-1", "agent_state", 0, agent="a1", state="available", queue="sales"),
     ev("a1-2", "agent_state", 17, agent="a1", state="busy"),
     ev("a1-3", "agent_state", 137, agent="a1", state="acw"),
@@ -170,7 +171,7 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     assert v("callpulse_transfer_ratio", **wl) == 0.5
     assert v("callpulse_csat_ratio", **wl) == 1.0
     assert v("callpulse_offered_calls", **wl) == 5.0
-    # a1: busy 120 + acw 13 over available 17 + 120 + 13 + open available 150..200 = 50: 133 / 200
+    # a1: on a call 120 + acw 13 over available 17 + 120 + 13 + open available 150..200 = 50: 133 / 200
     assert v("callpulse_occupancy_ratio", **wl) == 0.665
     assert v("callpulse_connection_ratio", campaign="renew", window="15m") == pytest.approx(2 / 3)
     assert v("callpulse_contact_ratio", campaign="renew", window="15m") == pytest.approx(2 / 3)
@@ -193,9 +194,9 @@ def test_events_to_exact_counters_windows_api_and_dead_letters(broker, worker_fa
     # the JSON API agrees
     sales = json.loads(w.get("/api/v1/queues/sales"))
     assert sales["windows"]["15m"]["counts"]["answered"] == 2
-    # the window's counters under the names a person reads, durations in seconds (a1's busy 120 s, acw 13 s)
+    # the window's counters under the names a person reads, durations in seconds (a1 on a call 120 s, acw 13 s)
     counts = sales["windows"]["15m"]["counts"]
-    assert (counts["agent_seconds.busy"], counts["agent_seconds.acw"]) == (120.0, 13.0)
+    assert (counts["agent_seconds.on_call"], counts["agent_seconds.acw"]) == (120.0, 13.0)
     assert not [name for name in counts if ":" in name or name.endswith("_ms")]
     assert sales["windows"]["15m"]["kpis"]["service_level_ratio"] == pytest.approx(1 / 3)
     assert sales["live"]["agents"]["available"] == 1

@@ -81,7 +81,18 @@ def kinds(events):
             "100|REALTIME|q|SIP/9|REMOVEMEMBER|",
             [("agent_state", {"agent": "9", "state": "offline", "queue": "q"})],
         ),
-        ("100|NONE|q|SIP/9|PAUSE|lunch", [("agent_state", {"agent": "9", "state": "paused", "queue": "q"})]),
+        (
+            "100|NONE|q|SIP/9|PAUSE|lunch",
+            [("agent_state", {"agent": "9", "state": "paused", "queue": "q", "reason": "lunch"})],
+        ),
+        (
+            "100|NONE|NONE|Bob|PAUSEALL|Lunch",
+            [("agent_state", {"agent": "Bob", "state": "paused", "reason": "Lunch"})],
+        ),
+        (
+            "100|NONE|q|Bob|UNPAUSE|Lunch over",
+            [("agent_state", {"agent": "Bob", "state": "available", "queue": "q"})],
+        ),
         ("100|NONE|q|SIP/9|UNPAUSE|", [("agent_state", {"agent": "9", "state": "available", "queue": "q"})]),
         ("100|NONE|NONE|SIP/9|PAUSEALL|", [("agent_state", {"agent": "9", "state": "paused"})]),
         ("100|NONE|NONE|SIP/9|UNPAUSEALL|", [("agent_state", {"agent": "9", "state": "available"})]),
@@ -240,3 +251,15 @@ def test_whole_fixtures_map_line_for_line():
         agent_state=60,
     )
     assert skipped == Counter(CONFIGRELOAD=11, QUEUESTART=7)
+
+
+def test_member_names_say_which_agent_an_interface_is():
+    # ADDMEMBER/REMOVEMEMBER name the interface, CONNECT the member (the fixture's Dave, Local/104@agents/n)
+    parser = QueueLogParser(member_names={"Local/104@agents/n": "Dave"})
+    added = parser.parse("1796183656|MANAGER|sales|Local/104@agents/n|ADDMEMBER|")
+    connect = parser.parse("1796183700|1796183690.1|sales|Dave|CONNECT|10|1796183698.2|2")
+    assert [(e["type"], e["agent"]) for e in added + connect] == [("agent_state", "Dave"), ("answer", "Dave")]
+    # without the name the interface's id is the agent: 104
+    assert (
+        QueueLogParser().parse("1796183656|MANAGER|sales|Local/104@agents/n|ADDMEMBER|")[0]["agent"] == "104"
+    )

@@ -119,17 +119,17 @@ def test_an_agent_state_change_is_sent_as_the_new_value_and_a_queue_left_is_retr
     bucket = BucketState(CFG)
     bucket.apply(A("1", 0, "ag", "available", "q1"))
     bucket.apply(A("2", 0, "ag", "available", "q2"))
-    busy = bucket.apply(A("3", 60, "ag", "busy")).facts
+    busy = bucket.apply(A("3", 60, "ag", "on_call")).facts
     assert sorted((f.kind, f.key, f.status, f.sign) for f in busy) == [
-        ("agent", "q:q1", "busy", 1),
-        ("agent", "q:q2", "busy", 1),
+        ("agent", "q:q1", "on_call", 1),
+        ("agent", "q:q2", "on_call", 1),
         ("agent_time", "q:q1", "available", 1),
         ("agent_time", "q:q2", "available", 1),
     ]
     off = bucket.apply(A("4", 90, "ag", "offline", "q2")).facts
     assert sorted((f.kind, f.key, f.status, f.sign) for f in off) == [
-        ("agent", "q:q2", "busy", -1),
-        ("agent_time", "q:q2", "busy", 1),
+        ("agent", "q:q2", "on_call", -1),
+        ("agent_time", "q:q2", "on_call", 1),
     ]
 
 
@@ -442,7 +442,7 @@ def test_events_after_the_end_change_nothing():
             Counter(attempt=1, connected=1),
         ),
         ([("dial", 0, {"campaign": "k"}), ("hangup", 40, {"disposition": "no_answer"})], Counter(attempt=1)),
-        ([("dial", 0, {"campaign": "k"}), ("hangup", 3, {"disposition": "busy"})], Counter(attempt=1)),
+        ([("dial", 0, {"campaign": "k"}), ("hangup", 3, {"disposition": "on_call"})], Counter(attempt=1)),
     ],
 )
 def test_outbound_attempts_connections_contacts_conversions(events, expected):
@@ -838,7 +838,7 @@ def agent_totals(facts):
 AGENT_DAY = [
     A("1", 0, "ag", "available", "q1"),
     A("2", 0, "ag", "available", "q2"),
-    A("3", 60, "ag", "busy"),
+    A("3", 60, "ag", "on_call"),
     A("4", 200, "ag", "acw"),
     A("5", 230, "ag", "paused"),
     A("6", 300, "ag", "offline", "q2"),
@@ -853,11 +853,11 @@ def test_agent_states_become_intervals_per_queue():
     assert closed == Counter(
         {
             ("q:q1", "available"): 60,
-            ("q:q1", "busy"): 140,
+            ("q:q1", "on_call"): 140,
             ("q:q1", "acw"): 30,
             ("q:q1", "paused"): 90,
             ("q:q2", "available"): 60,
-            ("q:q2", "busy"): 140,
+            ("q:q2", "on_call"): 140,
             ("q:q2", "acw"): 30,
             ("q:q2", "paused"): 70,
         }
@@ -879,14 +879,14 @@ def test_agent_events_in_any_order_within_grace_give_the_same_intervals():
 
 
 def test_agent_timelines_fold_past_grace_without_retracting_history():
-    events = [*AGENT_DAY, A("8", 1000, "ag", "busy"), A("9", 2000, "ag", "available")]
+    events = [*AGENT_DAY, A("8", 1000, "ag", "on_call"), A("9", 2000, "ag", "available")]
     emitted, _, bucket = run(events)
     closed, open_ = agent_totals(in_force(emitted))
     assert closed[("q:q1", "available")] == 60 + 680  # 0-60 and 320-1000
-    assert closed[("q:q1", "busy")] == 140 + 1000  # 60-200 and 1000-2000
+    assert closed[("q:q1", "on_call")] == 140 + 1000  # 60-200 and 1000-2000
     assert open_ == {("q:q1", "ag"): ("available", 2000)}
     assert len(bucket.agents["ag"].pending) == 1  # everything older than 2000 - 120 s is folded
-    assert bucket.apply(A("3", 60, "ag", "busy")).status == "duplicate"
+    assert bucket.apply(A("3", 60, "ag", "on_call")).status == "duplicate"
 
 
 def test_redials_under_one_call_id_are_separate_attempts_in_any_same_second_order():
@@ -941,15 +941,22 @@ def test_a_call_that_left_its_queue_and_never_hung_up_ends_without_expiring():
 def reference_changes(events):
     """What each event changes, by re-deriving the whole call (or agent) from scratch and diffing."""
     from streams.facts import diff
-    from streams.sessions.agents import AgentEvent, derive_agent
+    from streams.sessions.agents import NEVER, AgentEvent, Base, Rules, walk
+
+    def derive_agent(agent, evs):
+        if not evs:
+            return []
+        evs = sorted(evs, key=AgentEvent.order)
+        r = walk(agent, Base(evs[0].ts_ms, {}, set(), {}, {}), evs, [], Rules((), lambda q: 0), NEVER)
+        return r.closed + r.open + r.next
 
     per_call, per_agent, out = {}, {}, []
     for e in events:
         if e.type == "agent_state":
             old_events = per_agent.setdefault(e.agent, [])
-            old = derive_agent(e.agent, ("offline", {}), sorted(old_events, key=lambda x: x[:2]))
+            old = derive_agent(e.agent, old_events)
             old_events.append(AgentEvent(e.ts_ms, e.event_id, e.state, e.queue))
-            new = derive_agent(e.agent, ("offline", {}), sorted(old_events, key=lambda x: x[:2]))
+            new = derive_agent(e.agent, old_events)
         else:
             old_events = per_call.setdefault(e.call_id, [])
             old = (
@@ -969,7 +976,9 @@ def test_the_incremental_walks_emit_exactly_what_a_full_derivation_would(case):
     in_order, arrival = case
     agents = [
         A(f"a{i}", e.ts_ms // 1000 - T0 // 1000, "ag", s, "q1" if i % 3 else None)
-        for i, (e, s) in enumerate(zip(in_order, ["available", "busy", "acw", "paused"] * 10, strict=False))
+        for i, (e, s) in enumerate(
+            zip(in_order, ["available", "on_call", "acw", "paused"] * 10, strict=False)
+        )
     ]
     for stream in (in_order + agents, arrival + agents):
         bucket = BucketState(SessionConfig(grace_ms=10**9, call_timeout_ms=10**9))  # no folding, no expiry
@@ -994,7 +1003,7 @@ def long_streams(draw):
                 f"ag{i}",
                 draw(st.integers(0, 20_000)),
                 f"ag{i % 2}",
-                draw(st.sampled_from(["available", "busy", "offline"])),
+                draw(st.sampled_from(["available", "on_call", "offline"])),
                 draw(st.sampled_from(["q1", None])),
             )
         )

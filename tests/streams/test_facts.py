@@ -44,22 +44,34 @@ def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
             "waiting",
             T - 5,
         ],
-        Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="busy", since_ms=T - 7): [
+        Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="on_call", since_ms=T - 7): [
             "agent",
             T,
             1,
             "ag",
-            "busy",
+            "on_call",
             T - 7,
+            "",
         ],
-        Fact("agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9): [
-            "agent_time",
+        Fact("agent_next", "q:a", T, "agent_next:ag:a", agent="ag", status="available", since_ms=T + 5): [
+            "agent_next",
             T,
             1,
             "ag",
-            "acw",
-            T - 9,
+            "available",
+            T + 5,
+            "",
         ],
+        Fact(
+            "agent_time",
+            "q:a",
+            T,
+            "agent_time:ag:a:1",
+            agent="ag",
+            status="paused",
+            since_ms=T - 9,
+            reason="Lunch",
+        ): ["agent_time", T, 1, "ag", "paused", T - 9, "Lunch"],
         Fact("attempt", "c:x", T, "attempt:e8", "c2"): ["attempt", T, 1],
     }
     for fact, wire in cases.items():

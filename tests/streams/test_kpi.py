@@ -298,7 +298,7 @@ def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
                 T0 + 150 * SEC,
                 "t2",
                 agent="a",
-                status="busy",
+                status="on_call",
                 since_ms=T0 + 90 * SEC,
             ),
             Fact("agent", "q:sales", T0 + 150 * SEC, "o1", agent="a", status="acw", since_ms=T0 + 150 * SEC),
@@ -309,7 +309,7 @@ def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():
     # available 60 s, busy 60 s, acw open 20 s (150..170); paused does not count: (60 + 20) / (60 + 60 + 20)
     assert r["windows"]["5m"]["kpis"]["occupancy_ratio"] == pytest.approx(80 / 140)
     assert r["windows"]["5m"]["counts"]["agent_ms:available"] == 60_000  # split over minutes 0 and 1, summed
-    assert r["live"]["agents"] == {"available": 0, "busy": 0, "acw": 1, "paused": 1}
+    assert r["live"]["agents"] == {"available": 0, "on_call": 0, "acw": 1, "paused": 1}
 
 
 def test_old_minutes_are_pruned_behind_the_watermark():

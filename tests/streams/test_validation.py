@@ -228,4 +228,5 @@ def test_a_valid_event_carries_every_field_in_its_place():
         CFG,
         NOW_MS,
     )
-    assert (agent.agent, agent.state, agent.call_id, agent.queue) == ("a1", "busy", None, None)
+    # busy is the earlier name of on_call
+    assert (agent.agent, agent.state, agent.call_id, agent.queue) == ("a1", "on_call", None, None)
