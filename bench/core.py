@@ -32,6 +32,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.producing import message_key
+from streams.events import call_bucket
 from streams.facts import to_wire
 from streams.kpi import KpiConfig, KpiEngine
 from streams.sessions import BucketState, SessionConfig
@@ -74,6 +75,16 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
                 groups[fact.key].append(fact)
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
+        # What the calls changed in their agents' work, applied in the agents' buckets (the shell sends it
+        # through calls.events)
+        while bucket.outbox:
+            update = bucket.outbox.pop(0)
+            agent_key = call_bucket(update.agent).encode()
+            target = buckets.get(agent_key) or buckets.setdefault(agent_key, BucketState(session))
+            for fact in target.apply_work(update) + target.sweep():
+                groups[fact.key].append(fact)
+            bucket.outbox.extend(target.outbox)
+            target.outbox.clear()
         t2 = time.perf_counter()
         for fact_key, facts in groups.items():
             wire = [[key.decode(), offset, [to_wire(f) for f in facts]]]
@@ -89,10 +100,13 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
 
 
 class _Message:
-    __slots__ = ("topic", "partition", "offset", "key", "value")
+    __slots__ = ("topic", "partition", "offset", "key", "value", "headers")
 
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, key: bytes, value: bytes, headers: Any = None
+    ) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = topic, partition, offset, key, value
+        self.headers = headers
 
 
 class _Event:
@@ -104,6 +118,7 @@ class _Event:
 
 async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
     from app.faust_app import build
+    from app.sessionize import WORK_HEADERS
     from app.settings import Settings
 
     settings = Settings.from_env(
@@ -126,7 +141,15 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
             sent.append((key or b"", value))
             return done()
 
+    work: list[tuple[bytes, bytes]] = []
+
+    class WorkTopic:
+        async def send(self, key: bytes | None = None, value: bytes = b"", **kwargs: Any) -> asyncio.Future:
+            work.append((key or b"", value))
+            return done()
+
     p.sessionizer.facts_topic = p.sessionizer.deadletter_topic = Topic()
+    p.sessionizer.events_topic = WorkTopic()
     for table in (p.sessionizer.table, p.aggregator.table):
         table.send_changelog = lambda partition, key, value, value_serializer=None: done()
 
@@ -142,6 +165,13 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
             offsets[partition] += 1
         if stage is p.sessionizer:
             await stage.flush_facts()
+            while work:  # the agents' work updates, back through calls.events as the shell sends them
+                key, value = work.pop(0)
+                partition = sum(key) % 4
+                event = _Event(topic, partition, offsets[partition], key, value, WORK_HEADERS)
+                await stage.process(event, ack)
+                offsets[partition] += 1
+                await stage.flush_facts()
         await stage.wait_checkpoints()
         return time.perf_counter() - t
 
