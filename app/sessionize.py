@@ -69,8 +69,9 @@ class Sessionizer(CheckpointedStage):
         self.dirty: dict[int, set[bytes]] = defaultdict(set)
         #: fact key -> groups [source key, source offset, facts] not yet sent; one message per key at a flush
         self.facts_buffer: dict[str, list[list]] = {}
-        #: agent bucket -> work updates [agent, call, works] not yet sent; one message per bucket at a flush
-        self.work_buffer: dict[str, list[list]] = {}
+        #: agent bucket -> (agent, call) -> the latest work update [agent, call, works] not yet sent (an upsert:
+        #: a later one replaces it); one message per bucket at a flush
+        self.work_buffer: dict[str, dict[tuple[str, str], list]] = {}
         self.buffered = 0
         self.buffered_since = 0.0
         #: callpulse_events_total's child per event type (a labels() look-up costs a lock and a dict)
@@ -144,7 +145,9 @@ class Sessionizer(CheckpointedStage):
                 return
             self.pending.append(
                 await self.events_topic.send(
-                    key=agent_bucket.encode("utf-8"), value=orjson.dumps(updates), headers=WORK_HEADERS
+                    key=agent_bucket.encode("utf-8"),
+                    value=orjson.dumps(list(updates.values())),
+                    headers=WORK_HEADERS,
                 )
             )
 
@@ -176,7 +179,14 @@ class Sessionizer(CheckpointedStage):
         generation = self.generation
         counters = self.counters
         if _is_internal(message):
-            self._buffer(key, message.offset, self._apply_work(bucket, message.value))
+            try:
+                work_facts = self._apply_work(bucket, message.value)
+            except (ValueError, TypeError) as exc:  # not callpulse's own: it changes nothing
+                await self._dead_letter(
+                    message, "invalid_json", f"not a work update message: {exc}", message.value
+                )
+                return
+            self._buffer(key, message.offset, work_facts)
             if self.buffered >= FLUSH_FACTS or self.flush_due():
                 await self.flush_facts()
             return
@@ -223,10 +233,19 @@ class Sessionizer(CheckpointedStage):
             await self.flush_facts()
 
     def _apply_work(self, bucket: BucketState, value: bytes) -> dict[str, list[Fact]]:
-        """Apply a message of work updates (from the buckets of the agents' calls) to the agents' timelines."""
+        """Apply a message of work updates (from the buckets of the agents' calls) to the agents' timelines.
+
+        Raises:
+            ValueError, TypeError: the message is not a list of work updates (it is checked before any is applied).
+        """
+        updates = [
+            WorkUpdate(
+                str(agent), str(call_id), tuple(Work(str(q), int(s), int(e), int(w)) for q, s, e, w in works)
+            )
+            for agent, call_id, works in orjson.loads(value)
+        ]
         groups: dict[str, list[Fact]] = defaultdict(list)
-        for agent, call_id, works in orjson.loads(value):
-            update = WorkUpdate(agent, call_id, tuple(Work(*w) for w in works))
+        for update in updates:
             for fact in bucket.apply_work(update):
                 groups[fact.key].append(fact)
         for fact in bucket.sweep():
@@ -241,9 +260,11 @@ class Sessionizer(CheckpointedStage):
         if bucket.outbox:
             work = self.work_buffer
             for u in bucket.outbox:
-                work.setdefault(call_bucket(u.agent), []).append(
-                    [u.agent, u.call_id, [list(w) for w in u.works]]
-                )
+                work.setdefault(call_bucket(u.agent), {})[(u.agent, u.call_id)] = [
+                    u.agent,
+                    u.call_id,
+                    [list(w) for w in u.works],
+                ]
             self.buffered += len(bucket.outbox)
             bucket.outbox.clear()
         src = key.decode("utf-8", "replace")

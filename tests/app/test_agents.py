@@ -51,6 +51,7 @@ async def pipeline(tmp_path):
     p.app.flow_control.resume()
     p.sessionizer.facts_topic = Recorder()
     p.sessionizer.deadletter_topic = Recorder()
+    p.sessionizer.events_topic = Recorder()
     changelog = []
     for table in (p.sessionizer.table, p.aggregator.table):
 
@@ -401,3 +402,42 @@ async def test_every_metric_of_a_worker_is_documented(pipeline):
     )
     assert not missing
     assert len(names) > 40  # the families of a worker with no data yet
+
+
+async def test_an_answered_call_sends_the_agent_s_work_to_its_bucket_and_it_comes_back_as_agent_facts(
+    pipeline,
+):
+    from streams.events import call_bucket
+
+    p = pipeline
+    s = p.sessionizer
+    s.interval_s = 3600
+
+    async def ack(event):
+        return None
+
+    call = events_of("c1", "sales", ("queue", 0, {}), ("answer", 10, {"agent": "ann"}), ("hangup", 70, {}))
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(call)), ack)
+    await s.flush_facts()
+    [work] = s.events_topic.sent
+    # ann answered at 10 and the call ended at 70 (queue sales; no wrap-up event: -1)
+    assert work["key"] == call_bucket("ann").encode()
+    assert work["headers"] == {"callpulse-internal": b"work"}
+    assert orjson.loads(work["value"]) == [["ann", "c1", [["sales", (T0 + 10) * 1000, (T0 + 70) * 1000, -1]]]]
+    # back in calls.events, under ann's bucket: ann was on the call in sales 10-70; she is no member of sales
+    # (no event said she joined it, the queues file names no members): nothing after the call
+    s.facts_topic.sent.clear()
+    message = FakeEvent("calls.events", 1, 0, work["key"], work["value"])
+    message.message.headers = [("callpulse-internal", b"work")]
+    await s.process(message, ack)
+    await s.flush_facts()
+    facts = [f for sent in s.facts_topic.sent for _src, _off, fs in orjson.loads(sent["value"]) for f in fs]
+    assert sorted((f[0], f[3], f[4], f[5] // 1000 - T0, f[1] // 1000 - T0) for f in facts) == [
+        ("agent_time", "ann", "on_call", 10, 70)
+    ]
+    # a message with the header that is no work update changes nothing and is dead-lettered
+    bad = FakeEvent("calls.events", 1, 1, work["key"], b'[["ann"]]')
+    bad.message.headers = [("callpulse-internal", b"work")]
+    await s.process(bad, ack)
+    [dead] = s.deadletter_topic.sent
+    assert dead["headers"]["reason"] == b"invalid_json" and dead["value"] == b'[["ann"]]'
