@@ -31,7 +31,9 @@ at a later instant can tell the state without waiting for the next event of this
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import zip_longest
 from typing import NamedTuple
 
 from streams.facts import Fact, agent_fact, diff, queue_key
@@ -263,6 +265,12 @@ class WalkResult(NamedTuple):
     next: list[Fact]
     #: When the next change beyond the watermark falls (-1: none): the walk must be redone once it is reached.
     next_ms: int
+    #: The last point the walk went through (``base`` is the state after it).
+    last_t: int
+    #: The state before that last point, and how many closed intervals there were then (a walk can go on
+    #: from there when an input changes the last point itself).
+    prev: Base | None = None
+    prev_closed: int = 0
 
 
 def walk(
@@ -274,22 +282,47 @@ def walk(
     until: int,
     *,
     before: bool = False,
+    resume: WalkResult | None = None,
+    resume_at: int = 0,
 ) -> WalkResult:
     """Walk from ``base`` over the pending events and the work, up to ``until`` (the watermark).
 
-    With ``before``, stop short of ``until`` (a fold: the base becomes the state just before it).
+    With ``before``, stop short of ``until`` (a fold: the base becomes the state just before it). With
+    ``resume``, go on from where that walk stopped (``resume_at`` its ``last_t`` + 1), or from just before its
+    last point (``resume_at`` its ``last_t``): valid when the inputs changed nothing before ``resume_at``
+    (``AgentSession`` checks).
     """
-    state = base.copy()
     activity = _Activity(works, rules)
-    lo = state.horizon
-    points = sorted({lo, *activity.points(lo), *(ev.ts_ms for ev in pending if ev.ts_ms >= lo)})
-    closed: list[Fact] = []
-    i, n = 0, len(pending)
+    n = len(pending)
+    if resume is None:
+        state = base.copy()
+        lo = state.horizon
+        points = sorted({lo, *activity.points(lo), *(ev.ts_ms for ev in pending if ev.ts_ms >= lo)})
+        closed: list[Fact] = []
+        i = 0
+    else:
+        if resume_at > resume.last_t:
+            state, closed = resume.base.copy(), list(resume.closed)
+        else:
+            assert resume.prev is not None
+            state, closed = resume.prev.copy(), resume.closed[: resume.prev_closed]
+        lo = resume_at
+        i = bisect_left([ev.ts_ms for ev in pending], lo)
+        points = sorted({*activity.points(lo), *(pending[j].ts_ms for j in range(i, n))})
+    last_t = lo - 1
+    prev: Base | None = None
+    prev_closed = 0
+    if resume is not None and resume_at > resume.last_t:  # nothing of that walk is undone
+        last_t, prev, prev_closed = resume.last_t, resume.prev, resume.prev_closed
     next_ms = -1
-    for t in points:
-        if t > until or (before and t >= until):
+    stop = until - 1 if before else until
+    for j, t in enumerate(points):
+        if t > stop:
             next_ms = t
             break
+        if not before and (j + 1 == len(points) or points[j + 1] > stop):
+            prev, prev_closed = state.copy(), len(closed)  # before the last point
+        last_t = t
         while i < n and pending[i].ts_ms <= t:
             ev = pending[i]
             _apply_event(state, ev, rules, activity.at(ev.ts_ms)[0])
@@ -308,7 +341,7 @@ def walk(
                 state.shown[q] = Shown(status, reason, t)
     if before:
         state.horizon = until
-        return WalkResult(state, closed, [], [], -1)
+        return WalkResult(state, closed, [], [], -1, until - 1)
     open_facts = [_open(agent, q, s) for q, s in state.shown.items()]
     nexts: list[Fact] = []
     if next_ms >= 0:
@@ -328,7 +361,7 @@ def walk(
                         value[1],
                     )
                 )
-    return WalkResult(state, closed, open_facts, nexts, next_ms)
+    return WalkResult(state, closed, open_facts, nexts, next_ms, last_t, prev, prev_closed)
 
 
 def _interval(agent: str, queue: str, shown: Shown, until: int) -> Fact:
@@ -418,24 +451,47 @@ class AgentSession:
     def _emitted(self, agent: str, rules: Rules) -> list[Fact]:
         return self.facts(agent, rules, self.until) if self.until >= 0 else []
 
-    def _changed(self, agent: str, rules: Rules, wm: int, change: Callable[[], None]) -> list[Fact]:
-        """Apply ``change``; the difference between the facts last emitted and those at the watermark ``wm``."""
-        old = self._emitted(agent, rules)
+    def _changed(
+        self, agent: str, rules: Rules, wm: int, change: Callable[[], None], changed_from: int = -1
+    ) -> list[Fact]:
+        """Apply ``change``; the difference between the facts last emitted and those at the watermark ``wm``.
+
+        ``changed_from``: the change alters nothing before this time (-1: unknown). When the last emitted walk
+        went no further than it, the new walk goes on from there instead of walking everything again.
+        """
+        prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
+        old = prior.closed + prior.open + prior.next if prior is not None else []
         change()
-        self.derivation = None
-        result = self.derived(agent, rules, wm)
+        if prior is not None and (
+            changed_from > prior.last_t or (changed_from == prior.last_t and prior.prev is not None)
+        ):
+            resume_at = min(changed_from, prior.last_t + 1)
+            result = walk(
+                agent,
+                self.base,
+                self.pending,
+                self._all_works(),
+                rules,
+                wm,
+                resume=prior,
+                resume_at=resume_at,
+            )
+        else:
+            result = walk(agent, self.base, self.pending, self._all_works(), rules, wm)
+        self.derivation = (wm, result)
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
         return diff(old, result.closed + result.open + result.next)
 
     def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
         """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
         self._starts(item.ts_ms)
-        return self._changed(agent, rules, wm, lambda: _insert_sorted(self.pending, item))
+        return self._changed(agent, rules, wm, lambda: _insert_sorted(self.pending, item), item.ts_ms)
 
     def set_work(self, update: WorkUpdate, rules: Rules, wm: int) -> list[Fact]:
         """Replace the agent's work on one call; return the facts it changes."""
         for w in update.works:
             self._starts(w.start_ms)
+        changed_from = _changed_from(self.works.get(update.call_id, ()), update.works, rules)
 
         def change() -> None:
             if update.works:
@@ -443,13 +499,13 @@ class AgentSession:
             else:
                 self.works.pop(update.call_id, None)
 
-        return self._changed(update.agent, rules, wm, change)
+        return self._changed(update.agent, rules, wm, change, changed_from)
 
     def advance(self, agent: str, rules: Rules, wm: int) -> list[Fact]:
         """The bucket's watermark is ``wm``: what a change that fell due since the last emission changes."""
         if self.until < 0 or wm <= self.until:
             return []
-        return self._changed(agent, rules, wm, lambda: None)
+        return self._changed(agent, rules, wm, lambda: None, NEVER)  # no input changed: the walk goes on
 
     def next_ms(self) -> int:
         """When the facts last emitted change without an event (-1: never)."""
@@ -473,6 +529,7 @@ class AgentSession:
         before = min(before, self.until)
         if before <= self.base.horizon:
             return
+        cached = self.derivation
         works = self._all_works()
         result = walk(agent, self.base, self.pending, works, rules, before, before=True)
         self.base = result.base
@@ -485,6 +542,16 @@ class AgentSession:
             ):
                 del self.works[call_id]
         self.derivation = None
+        if cached is not None:
+            # The last walk holds on, but for the intervals now folded (they close before ``before``, and
+            # come first) and, if its last point was folded, where it could go on from before that point.
+            limit, r = cached
+            k = bisect_left([f.ts_ms for f in r.closed], before)
+            prev = r.prev if r.last_t >= before else None
+            self.derivation = (
+                limit,
+                r._replace(closed=r.closed[k:], prev=prev, prev_closed=max(0, r.prev_closed - k)),
+            )
 
     def idle(self) -> bool:
         """Nothing left to keep: no queue, no pending event, no work, no remembered id."""
@@ -536,6 +603,24 @@ class AgentSession:
             seen,
             until,
         )
+
+
+def _changed_from(old: tuple[Work, ...], new: tuple[Work, ...], rules: Rules) -> int:
+    """The earliest time at which replacing a call's stretches ``old`` by ``new`` can change the activity."""
+    out = NEVER
+    for a, b in zip_longest(old, new):
+        if a == b:
+            continue
+        if a is None or b is None or a.queue != b.queue or a.start_ms != b.start_ms:
+            out = min((out, *(w.start_ms for w in (a, b) if w is not None)))  # from the start on
+            continue
+        if a.end_ms != b.end_ms:
+            out = min(
+                (out, *(e for e in (a.end_ms, b.end_ms) if e >= 0))
+            )  # on the call, or not, from the end
+        elif acw_until(a, rules) != acw_until(b, rules):
+            out = min(out, a.end_ms)  # the wrap-up begins at the end
+    return out
 
 
 def _last_ended(works: list[Work]) -> Work | None:

@@ -10,11 +10,13 @@ import itertools
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.events import CallEvent, call_bucket
 from streams.facts import Fact
 from streams.sessions import BucketState, SessionConfig
-from streams.sessions.agents import AgentSession, Work, WorkUpdate
+from streams.sessions.agents import AgentEvent, AgentSession, Work, WorkUpdate, walk
 
 T0 = 1_767_225_600_000
 CFG = SessionConfig(
@@ -360,3 +362,60 @@ def test_folding_keeps_the_timeline(grace_s):
     assert len(a.intervals()) == 40 * 3 - 1
     agent_bucket = a.buckets[call_bucket("alice")]
     assert len(agent_bucket.agents["alice"].works) <= 2  # finished calls were dropped
+
+
+@st.composite
+def agent_inputs(draw):
+    """An agent's explicit events and work updates of a few calls, roughly in time order, some out of it."""
+    out, t = [], 0
+    calls: dict[str, list] = {}
+    for i in range(draw(st.integers(1, 14))):
+        t += draw(st.integers(-20, 40))
+        if draw(st.integers(0, 5)) == 0:
+            out.append(("fold", draw(st.integers(0, 120))))
+        elif draw(st.booleans()):
+            state = draw(st.sampled_from(["available", "paused", "acw", "on_call", "offline"]))
+            queue = draw(st.sampled_from(["sales", "support", None]))
+            out.append(("event", t, f"e{i}", state, queue))
+        else:
+            call = draw(st.sampled_from(["c1", "c2", "c3"]))
+            works = calls.setdefault(call, [])
+            ts = T0 + t * 1000
+            if not works or works[-1][2] >= 0:
+                works.append([draw(st.sampled_from(["sales", "support", ""])), ts, -1, -1])
+            elif draw(st.booleans()):
+                works[-1][2] = max(ts, works[-1][1])
+            else:
+                works[-1][3] = ts
+            out.append(("work", call, tuple(Work(*w) for w in works)))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(agent_inputs())
+def test_a_walk_that_goes_on_from_the_last_gives_what_walking_it_all_again_gives(inputs):
+    rules = CFG.agent_rules("carol")
+    session, wm = AgentSession(), -(10**9)
+    for item in inputs:
+        if item[0] == "fold":
+            session.advance("carol", rules, wm)
+            session.fold("carol", rules, wm - item[1] * 1000)
+        elif item[0] == "event":
+            _, t, eid, state, queue = item
+            ts = T0 + t * 1000
+            wm = max(wm, ts)
+            session.add("carol", AgentEvent(ts, eid, state, queue), rules, wm)
+        else:
+            _, call, works = item
+            wm = max(wm, *(max(w.start_ms, w.end_ms, w.wrapup_ms) for w in works))
+            session.set_work(WorkUpdate("carol", call, works), rules, wm)
+        fresh = walk("carol", session.base, session.pending, session._all_works(), rules, wm)
+        got = session.derived("carol", rules, wm)
+        # what the walk says (where it may go on from can differ: a walk that went on knows less of its past)
+        assert (got.closed, got.open, got.next, got.next_ms) == (
+            fresh.closed,
+            fresh.open,
+            fresh.next,
+            fresh.next_ms,
+        )
+        assert got.base.to_wire()[1:] == fresh.base.to_wire()[1:]  # the state it reached (not where it began)
