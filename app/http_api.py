@@ -1,9 +1,11 @@
 """The worker's HTTP endpoints: ``/metrics`` and the JSON API, with its formatting.
 
-A worker holds only the queues and campaigns of the partitions it actively owns. ``/api/v1/queues`` merges
+A worker holds only the queues, campaigns and agents of the partitions it actively owns. ``/api/v1/queues`` merges
 the answers of every worker of the ``aggregates`` table (``?local=1``: this worker's alone; the workers it
 could not reach are listed under ``unreachable``). ``/api/v1/queues/{queue}`` is answered by the worker
-that owns the queue's calls.facts partition (forwarded there unless ``?local=1``). Times are RFC 3339 UTC.
+that owns the queue's calls.facts partition (forwarded there unless ``?local=1``). ``/api/v1/agents`` and
+``/api/v1/agents/{agent}`` merge every worker's answer like ``/api/v1/queues`` (an agent's states in its
+queues come from the workers of those queues). Times are RFC 3339 UTC.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from app.metrics import exported_states
 from app.settings import Settings
 from streams import counters
-from streams.kpi import KpiEngine, read_key
+from streams.kpi import KpiEngine, agents_at, read_agent, read_key
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def register(
     facts_topic: Any,
     now_ms: Callable[[KpiEngine], int],
 ) -> None:
-    """Serve ``/metrics``, ``/api/v1/queues`` and ``/api/v1/queues/{queue}`` from ``app``'s web server."""
+    """Serve ``/metrics``, ``/api/v1/queues[/{queue}]`` and ``/api/v1/agents[/{agent}]`` from ``app``'s web server."""
 
     def api_now() -> int:
         return now_ms(engine)
@@ -76,6 +79,37 @@ def register(
         if state is None:
             return web.json({"error": f"queue {queue!r} has no data"}, status=404)
         return web.json(queue_json(state, engine, api_now()))
+
+    @app.page("/api/v1/agents")
+    async def agents_page(web: Any, request: Any) -> Any:
+        return web.json(await _agents(request, request.query.get("agent")))
+
+    @app.page("/api/v1/agents/{agent}")
+    async def agent_page(web: Any, request: Any, agent: str) -> Any:
+        data = await _agents(request, agent)
+        if not data["agents"]:
+            return web.json({"error": f"agent {agent!r} has no data"}, status=404)
+        out = data["agents"][0]
+        if "unreachable" in data:
+            out["unreachable"] = data["unreachable"]
+        return web.json(out)
+
+    async def _agents(request: Any, only: str | None) -> dict:
+        """This worker's agents (``?local=1``), or every worker's, merged by agent."""
+        local = agents_json(engine, settings, api_now(), only)
+        if request.query.get("local"):
+            return local
+        parts = [local]
+        query = "?local=1" + (f"&agent={quote(only, safe='')}" if only is not None else "")
+        for url in _other_workers(app, aggregates):
+            try:
+                async with app.http_client.get(f"{url}/api/v1/agents{query}") as response:
+                    parts.append(await response.json())
+            except Exception as exc:  # a worker may be going away; say so, answer the rest
+                log.warning("could not reach worker %s: %s", url, exc)
+                local.setdefault("unreachable", []).append(url)
+        merged = merge_agents([a for part in parts for a in part["agents"]])
+        return {**{k: v for k, v in local.items() if k != "agents"}, "agents": merged}
 
 
 def _other_workers(app: faust.App, table: Any) -> list[str]:
@@ -128,3 +162,93 @@ def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:
         "queues": [queue_json(s, engine, now) for s in states if s.kind == "queue"],
         "campaigns": [queue_json(s, engine, now) for s in states if s.kind == "campaign"],
     }
+
+
+def _state_json(status: str, since: int, reason: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"state": status, "since": _iso(since)}
+    if status == "paused":
+        out["reason"] = reason
+    return out
+
+
+def agents_json(engine: KpiEngine, settings: Settings, now: int, only: str | None = None) -> dict:
+    """This worker's part of ``/api/v1/agents`` (``only``: that agent alone).
+
+    The agents whose own figures (``a:<agent>``) it holds, and the states of agents in the queues it holds. An
+    agent's entry: its overall ``state`` (``available``, ``on_call``, ``acw``, ``paused`` or ``offline``)
+    and ``since``, the pause ``reason``, the current ``call`` (its queue and since when), its state in each
+    queue it serves (``queues``), and per window its work (``windows``). Durations are in seconds.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for key, state in engine.keys.items():
+        if key.startswith("q:"):
+            for agent, (status, since, reason, _start) in agents_at(state, now).items():
+                if only is None or agent == only:
+                    queues = entries.setdefault(agent, {"agent": agent, "queues": {}})["queues"]
+                    queues[state.name] = _state_json(status, since, reason)
+        elif key.startswith("a:") and (only is None or state.name == only):
+            entry = entries.setdefault(state.name, {"agent": state.name, "queues": {}})
+            data = read_agent(state, engine.config, now)
+            current = data["state"]
+            if current is None:
+                entry.update({"state": "offline"})
+            else:
+                status, since, reason = current
+                entry.update(_state_json(status, since, reason))
+                if status == "on_call":
+                    entry["call"] = {"queue": reason or None, "since": _iso(since)}
+            entry["windows"] = {name: _agent_window(w) for name, w in data["windows"].items()}
+    return {
+        "now": _iso(now),
+        "clock": settings.clock,
+        "agents": [entries[a] for a in sorted(entries)],
+    }
+
+
+def _agent_window(w: dict[str, Any]) -> dict[str, Any]:
+    def seconds(ms: int | None) -> float | None:
+        return ms / 1000 if ms is not None else None
+
+    return {
+        "start": _iso(w["start_ms"]),
+        "end": _iso(w["end_ms"]),
+        "answered": w["answered"],
+        "missed": w["missed"],
+        "transferred": w["transferred"],
+        "talk_seconds": seconds(w["talk_ms"]),
+        "hold_seconds": seconds(w["hold_ms"]),
+        "acw_seconds": seconds(w["acw_ms"]),
+        "average_handle_time_seconds": w["average_handle_time_seconds"],
+        "seconds_in_state": {st: ms / 1000 for st, ms in w["ms_in_state"].items()},
+        "occupancy_ratio": w["occupancy_ratio"],
+        "longest_idle_seconds": seconds(w["longest_idle_ms"]),
+    }
+
+
+def merge_agents(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries of the same agent from several workers as one, sorted by agent.
+
+    Their queues are united; the rest comes from the worker that holds the agent's own figures.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        into = merged.get(part["agent"])
+        if into is None:
+            merged[part["agent"]] = {**part, "queues": dict(part["queues"])}
+            continue
+        into["queues"].update(part["queues"])
+        for k, v in part.items():
+            if k not in ("agent", "queues"):
+                into[k] = v
+    out = []
+    for agent in sorted(merged):
+        entry = merged[agent]
+        entry.setdefault("state", "offline" if not entry["queues"] else _overall_of(entry["queues"]))
+        out.append(entry)
+    return out
+
+
+def _overall_of(queues: dict[str, dict[str, Any]]) -> str:
+    """An agent's overall state from its queues alone (its own figures not yet seen)."""
+    states = {q["state"] for q in queues.values()}
+    return next((st for st in ("on_call", "acw", "available", "paused") if st in states), "offline")

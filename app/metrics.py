@@ -150,7 +150,14 @@ class PipelineCounters:
     """What the stages count about themselves (plain Prometheus counters)."""
 
     def __init__(
-        self, events: Any, rejected: Any, duplicate: Any, late: Any, retracted: Any, unexpected: Any
+        self,
+        events: Any,
+        rejected: Any,
+        duplicate: Any,
+        late: Any,
+        retracted: Any,
+        unexpected: Any,
+        agent_work_late: Any = None,
     ) -> None:
         self.events = events
         self.rejected = rejected
@@ -158,6 +165,7 @@ class PipelineCounters:
         self.late = late
         self.retracted = retracted
         self.unexpected = unexpected
+        self.agent_work_late = agent_work_late
 
 
 def make_counters(registry: CollectorRegistry) -> PipelineCounters:
@@ -191,7 +199,13 @@ def make_counters(registry: CollectorRegistry) -> PipelineCounters:
     for state, admitted in TRANSITIONS.items():
         for t in sorted(EVENT_TYPES - set(admitted) - {"dial", "agent_state"}):
             unexpected.labels(t, state.value)
-    return PipelineCounters(events, rejected, duplicate, late, retracted, unexpected)
+    agent_work_late = Counter(
+        "callpulse_agent_work_late",
+        "Work updates of a call that reached its agent's timeline after it had folded the time they change "
+        "(CALLPULSE_AGENT_HISTORY): only what follows is changed.",
+        registry=registry,
+    )
+    return PipelineCounters(events, rejected, duplicate, late, retracted, unexpected, agent_work_late)
 
 
 def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:

@@ -8,7 +8,7 @@ their reason. The buckets are checkpointed to the ``sessions`` table (app.checkp
 A call's bucket is not its agents' (an agent's events travel under the agent's key): what a call changes in
 an agent's work (``WorkUpdate``) is sent back to calls.events under the agent's bucket, marked by the
 header ``callpulse-internal: work``, and buffered and flushed with the facts. Its value is a JSON array of
-``[agent, call id, [[queue, start, end, wrap-up], ...]]``. Kafka routes it by the default (murmur2)
+``[agent, call id, [[queue, start, end, wrap-up, hold, transferred], ...]]``. Kafka routes it by the default (murmur2)
 partitioner, so producers of calls.events must use that partitioner too (every Kafka client's default).
 """
 
@@ -239,9 +239,7 @@ class Sessionizer(CheckpointedStage):
             ValueError, TypeError: the message is not a list of work updates (it is checked before any is applied).
         """
         updates = [
-            WorkUpdate(
-                str(agent), str(call_id), tuple(Work(str(q), int(s), int(e), int(w)) for q, s, e, w in works)
-            )
+            WorkUpdate(str(agent), str(call_id), tuple(_work(w) for w in works))
             for agent, call_id, works in orjson.loads(value)
         ]
         groups: dict[str, list[Fact]] = defaultdict(list)
@@ -250,6 +248,14 @@ class Sessionizer(CheckpointedStage):
                 groups[fact.key].append(fact)
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
+        if bucket.late_work:
+            if self.counters.agent_work_late is not None:
+                self.counters.agent_work_late.inc(bucket.late_work)
+            log.warning(
+                "%d work updates reached agent timelines after CALLPULSE_AGENT_HISTORY had folded what they change",
+                bucket.late_work,
+            )
+            bucket.late_work = 0
         return groups
 
     def _buffer(self, key: bytes, offset: int, groups: dict[str, list[Fact]]) -> None:
@@ -280,6 +286,18 @@ class Sessionizer(CheckpointedStage):
 
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
         await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)
+
+
+def _work(data: list[Any]) -> Work:
+    """A stretch of work from its JSON array (earlier senders wrote its first four fields only).
+
+    Raises:
+        ValueError, TypeError: it is not one.
+    """
+    if not isinstance(data, list) or not 4 <= len(data) <= 6:
+        msg = f"a stretch of work is an array of 4 to 6 values, not {data!r}"
+        raise ValueError(msg)
+    return Work(str(data[0]), *(int(x) for x in data[1:]))
 
 
 def _is_internal(message: Any) -> bool:

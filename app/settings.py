@@ -204,6 +204,11 @@ SPECS: dict[str, Spec] = {
         "86400",
         "Seconds a finished call's event ids are remembered for de-duplication.",
     ),
+    "AGENT_HISTORY": Spec(
+        _number(0, 30 * 86_400),
+        "3600",
+        "Seconds an agent's timeline stays open to the work of its calls, which reaches it a hop later.",
+    ),
     "MAX_QUEUES": Spec(
         _number(1, 100_000, integer=True),
         "200",
@@ -275,6 +280,7 @@ class Settings:
     contact_min_talk: float
     call_timeout: float
     dedup_ttl: float
+    agent_history: float
     max_queues: int
     max_event_bytes: int
     max_event_age: float
@@ -391,6 +397,7 @@ class Settings:
             dedup_ttl_ms=round(self.dedup_ttl * 1000),
             max_event_age_ms=round(self.max_event_age * 1000),
             contact_min_talk_ms=round(self.contact_min_talk * 1000),
+            agent_history_ms=round(self.agent_history * 1000),
             wrapup_ms={q: t.wrapup_ms for q, t in self.targets.queues.items()},
             default_wrapup_ms=self.targets.default.wrapup_ms,
             static_members=self.targets.static_members(),

@@ -1,6 +1,6 @@
 """Facts: what the sessionizer tells the aggregator, one per thing that happened to a call or an agent.
 
-A fact is keyed by ``q:<queue>`` or ``c:<campaign>``, attributed to an event time (``ts_ms``) and carries
+A fact is keyed by ``q:<queue>``, ``c:<campaign>`` or ``a:<agent>`` (an agent's own figures), attributed to an event time (``ts_ms``) and carries
 a deterministic id derived from the id of the event that caused it. A retraction is the same fact with
 ``sign = -1``: the aggregator subtracts exactly what it added.
 
@@ -247,6 +247,11 @@ def from_wire(data: list[object] | tuple[object, ...]) -> WireFact:
 def queue_key(queue: str) -> str:
     """Aggregation key of a queue."""
     return "q:" + queue
+
+
+def agent_key(agent: str) -> str:
+    """Aggregation key of an agent (its own figures, across the queues it serves)."""
+    return "a:" + agent
 
 
 def campaign_key(campaign: str) -> str:

@@ -173,8 +173,9 @@ class KeyState:
 
     @property
     def kind(self) -> str:
-        """``queue`` or ``campaign``."""
-        return "queue" if self.key.startswith("q:") else "campaign"
+        """``queue``, ``campaign`` or ``agent``."""
+        prefix = self.key[:2]
+        return "queue" if prefix == "q:" else "agent" if prefix == "a:" else "campaign"
 
     @property
     def name(self) -> str:
@@ -358,6 +359,12 @@ class KpiEngine:
         replay guard covers it); only its partial first and last minutes are added to minutes.
         """
         name = counters.agent_ms(status)
+        if status == "available" and state.key.startswith("a:"):
+            # An agent's idle stretches, at their end (the longest idle of a window, as waits give the longest
+            # wait of a queue's window)
+            minute = _minute(state, until, seq)
+            if minute is not None:
+                _add(minute["w"], str(until - since), sign)
         first_whole = next_bucket_start(since)
         end_whole = bucket_start(until)
         if end_whole - first_whole >= SPAN_MIN_MS:
@@ -583,6 +590,46 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             "agents_paused": dict(sorted(paused.items())),
         },
     }
+
+
+def read_agent(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
+    """An agent's own figures at ``now_ms`` (key ``a:<agent>``): its overall state and, per window, its work.
+
+    Returns ``{"state": (status, since, reason) or None, "windows": {name: {...}}}``; a window holds
+    ``start_ms``, ``end_ms``, ``answered``, ``missed``, ``transferred``, ``completed``, ``talk_ms``, ``hold_ms``,
+    ``acw_ms`` (time in after-call work), ``average_handle_time_seconds`` ((talk + after-call work) /
+    completed), ``ms_in_state`` (per state),
+    ``occupancy_ratio`` and ``longest_idle_ms`` (the longest stretch available, closed in the window or going
+    on now).
+    """
+    data = read_key(state, config, now_ms)
+    current = agents_at(state, now_ms).get(state.name)
+    windows = {}
+    for name, w in data["windows"].items():
+        c, k = w["counts"], w["kpis"]
+        idle = k["longest_wait_seconds"]
+        longest = round(idle * 1000) if idle is not None else None
+        if current is not None and current[0] == "available" and current[3] < w["end_ms"]:
+            ongoing = now_ms - current[3]
+            longest = ongoing if longest is None else max(longest, ongoing)
+        windows[name] = {
+            "start_ms": w["start_ms"],
+            "end_ms": w["end_ms"],
+            "answered": c.get("answered", 0),
+            "missed": c.get("agent_missed", 0),
+            "transferred": c.get("transferred", 0),
+            "completed": c.get("completed", 0),
+            "talk_ms": c.get("talk_ms", 0),
+            "hold_ms": c.get("hold_ms", 0),
+            "acw_ms": c.get(counters.agent_ms("acw"), 0),
+            "average_handle_time_seconds": _ratio(
+                (c.get("talk_ms", 0) + c.get(counters.agent_ms("acw"), 0)) / 1000, c.get("completed", 0)
+            ),
+            "ms_in_state": {st: c.get(counters.agent_ms(st), 0) for st in AGENT_MEMBER_STATES},
+            "occupancy_ratio": k["occupancy_ratio"],
+            "longest_idle_ms": longest,
+        }
+    return {"state": current[:3] if current is not None else None, "windows": windows}
 
 
 def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | None]:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from itertools import zip_longest
 from typing import NamedTuple
 
-from streams.facts import Fact, agent_fact, diff, queue_key
+from streams.facts import Fact, agent_fact, agent_key, diff, queue_key
 
 #: The states an agent shows in a queue it serves (``offline`` is not being in the queue).
 MEMBER_STATES = ("available", "on_call", "acw", "paused")
@@ -71,6 +71,10 @@ class Work(NamedTuple):
     end_ms: int = -1
     #: The call's ``wrapup`` event after this stretch; -1 when none has come.
     wrapup_ms: int = -1
+    #: Hold time within the stretch (known when it ends).
+    hold_ms: int = 0
+    #: 1 when the stretch ended with the agent transferring the caller away.
+    transferred: int = 0
 
 
 class WorkUpdate(NamedTuple):
@@ -172,7 +176,9 @@ class _Activity:
     __slots__ = ("works", "rules")
 
     def __init__(self, works: Iterable[Work], rules: Rules) -> None:
-        self.works = sorted(works, key=lambda w: (w.start_ms, w.end_ms))
+        # In order of start, then queue: what ``at`` picks among equal times never depends on an end (an update
+        # that ends a stretch changes nothing before the end)
+        self.works = sorted(works, key=lambda w: (w.start_ms, w.queue, w.end_ms))
         self.rules = rules
 
     def at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
@@ -187,7 +193,9 @@ class _Activity:
                 on_call = True
                 if w.queue:
                     queues.append(w.queue)
-            elif w.end_ms >= last_end:  # the latest end; of equal ends, the latest start (``_last_ended``)
+            elif (
+                w.end_ms >= last_end
+            ):  # the latest end; of equal ends, the latest start, queue (``_last_ended``)
                 last_end, until = w.end_ms, acw_until(w, self.rules)
         return on_call, tuple(queues), last_end, until
 
@@ -253,7 +261,32 @@ def _shown_at(base: Base, t: int, activity: _Activity, rules: Rules) -> dict[str
             out[q] = (explicit.status, explicit.reason)
         else:
             out[q] = ("available", "")
+    if on_call:
+        out[OVERALL] = ("on_call", call_queues[-1] if call_queues else "")  # the call answered last
+    elif out:
+        out[OVERALL] = _overall(out)
     return out
+
+
+#: The pseudo-queue of an agent's overall state (across its queues; its facts go to the agent's key).
+OVERALL = "\x00"
+#: Which state of its queues an agent's overall state is, first to last.
+_OVERALL_ORDER = ("on_call", "acw", "available", "paused")
+
+
+def _overall(shown: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The agent's overall state: on a call or in wrap-up anywhere, else available anywhere, else paused.
+
+    A paused agent's reason is that of its first queue (by name) it is paused in.
+    """
+    states = {status for status, _reason in shown.values()}
+    for status in _OVERALL_ORDER:
+        if status in states:
+            reason = (
+                min((q, r) for q, (st, r) in shown.items() if st == status)[1] if status == "paused" else ""
+            )
+            return status, reason
+    return "available", ""
 
 
 class WalkResult(NamedTuple):
@@ -352,7 +385,7 @@ def walk(
                 nexts.append(
                     agent_fact(
                         "agent_next",
-                        queue_key(q),
+                        _key(agent, q),
                         s.since_ms,
                         f"agent_next:{agent}:{q}",
                         agent,
@@ -364,10 +397,15 @@ def walk(
     return WalkResult(state, closed, open_facts, nexts, next_ms, last_t, prev, prev_closed)
 
 
+def _key(agent: str, queue: str) -> str:
+    """Where a state shown in ``queue`` goes: the queue's key, or the agent's own for its overall state."""
+    return agent_key(agent) if queue == OVERALL else queue_key(queue)
+
+
 def _interval(agent: str, queue: str, shown: Shown, until: int) -> Fact:
     return agent_fact(
         "agent_time",
-        queue_key(queue),
+        _key(agent, queue),
         until,
         f"agent_time:{agent}:{queue}:{shown.since_ms}",
         agent,
@@ -380,7 +418,7 @@ def _interval(agent: str, queue: str, shown: Shown, until: int) -> Fact:
 def _open(agent: str, queue: str, shown: Shown) -> Fact:
     return agent_fact(
         "agent",
-        queue_key(queue),
+        _key(agent, queue),
         shown.since_ms,
         f"agent:{agent}:{queue}",
         agent,
@@ -401,7 +439,7 @@ class AgentSession:
     next change, or ``NEVER``), so a bucket swept at every message and one swept only when due hold the same.
     """
 
-    __slots__ = ("base", "pending", "works", "seen", "until", "derivation")
+    __slots__ = ("base", "pending", "works", "seen", "until", "derivation", "work_facts")
 
     def __init__(
         self,
@@ -421,6 +459,8 @@ class AgentSession:
         self.until = until
         #: The last walk and the limit it went to (not persisted).
         self.derivation: tuple[int, WalkResult] | None = None
+        #: ``work_facts`` of ``works`` (not persisted).
+        self.work_facts: list[Fact] | None = None
 
     def _starts(self, ts: int) -> None:
         """An input at ``ts``: a timeline that shows nothing yet starts no later than it."""
@@ -444,9 +484,16 @@ class AgentSession:
         return result
 
     def facts(self, agent: str, rules: Rules, until: int) -> list[Fact]:
-        """The agent's facts: closed intervals since the base, open states, announced changes."""
+        """The agent's facts: closed intervals since the base, open states, announced changes, its calls."""
         result = self.derived(agent, rules, until)
-        return result.closed + result.open + result.next
+        return result.closed + result.open + result.next + self._work_facts(agent, rules)
+
+    def _work_facts(self, agent: str, rules: Rules) -> list[Fact]:
+        """The agent's own figures of its calls (key ``a:<agent>``): answered, and completed once ended."""
+        cached = self.work_facts
+        if cached is None:
+            cached = self.work_facts = work_facts(agent, self.works)
+        return cached
 
     def _emitted(self, agent: str, rules: Rules) -> list[Fact]:
         return self.facts(agent, rules, self.until) if self.until >= 0 else []
@@ -460,7 +507,11 @@ class AgentSession:
         went no further than it, the new walk goes on from there instead of walking everything again.
         """
         prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
-        old = prior.closed + prior.open + prior.next if prior is not None else []
+        old = (
+            prior.closed + prior.open + prior.next + self._work_facts(agent, rules)
+            if prior is not None
+            else []
+        )
         change()
         if prior is not None and (
             changed_from > prior.last_t or (changed_from == prior.last_t and prior.prev is not None)
@@ -480,7 +531,7 @@ class AgentSession:
             result = walk(agent, self.base, self.pending, self._all_works(), rules, wm)
         self.derivation = (wm, result)
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
-        return diff(old, result.closed + result.open + result.next)
+        return diff(old, result.closed + result.open + result.next + self._work_facts(agent, rules))
 
     def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
         """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
@@ -498,8 +549,16 @@ class AgentSession:
                 self.works[update.call_id] = update.works
             else:
                 self.works.pop(update.call_id, None)
+            self.work_facts = None
 
         return self._changed(update.agent, rules, wm, change, changed_from)
+
+    def folded_away(self, update: WorkUpdate, rules: Rules) -> bool:
+        """Whether the update changes the work before the horizon, which the base has folded (too late)."""
+        base = self.base
+        if not (base.shown or base.members or base.explicit):
+            return False  # nothing folded yet: the horizon moves back to it
+        return _changed_from(self.works.get(update.call_id, ()), update.works, rules) < self.base.horizon
 
     def advance(self, agent: str, rules: Rules, wm: int) -> list[Fact]:
         """The bucket's watermark is ``wm``: what a change that fell due since the last emission changes."""
@@ -541,6 +600,7 @@ class AgentSession:
                 for w in call_works
             ):
                 del self.works[call_id]
+                self.work_facts = None
         self.derivation = None
         if cached is not None:
             # The last walk holds on, but for the intervals now folded (they close before ``before``, and
@@ -605,6 +665,34 @@ class AgentSession:
         )
 
 
+def work_facts(agent: str, works: dict[str, tuple[Work, ...]]) -> list[Fact]:
+    """An agent's own figures of its calls, keyed ``a:<agent>``.
+
+    Per stretch of work: ``answered`` when it began; ``completed`` when it ended (talk, hold, transferred away
+    or not). The agent's after-call work is its time in ``acw`` (its own ``agent_time`` facts).
+    """
+    key = agent_key(agent)
+    out: list[Fact] = []
+    for call_id, call_works in works.items():
+        for w in call_works:
+            fid = f"{call_id}:{w.start_ms}"
+            out.append(Fact("answered", key, w.start_ms, "answered:" + fid, call_id))
+            if w.end_ms >= 0:
+                out.append(
+                    Fact(
+                        "completed",
+                        key,
+                        w.end_ms,
+                        "completed:" + fid,
+                        call_id,
+                        talk_ms=w.end_ms - w.start_ms,
+                        hold_ms=w.hold_ms,
+                        transferred=w.transferred,
+                    )
+                )
+    return out
+
+
 def _changed_from(old: tuple[Work, ...], new: tuple[Work, ...], rules: Rules) -> int:
     """The earliest time at which replacing a call's stretches ``old`` by ``new`` can change the activity."""
     out = NEVER
@@ -626,7 +714,7 @@ def _changed_from(old: tuple[Work, ...], new: tuple[Work, ...], rules: Rules) ->
 def _last_ended(works: list[Work]) -> Work | None:
     """The stretch of work that ended last (its after-call work is the one that counts)."""
     ended = [w for w in works if w.end_ms >= 0]
-    return max(ended, key=lambda w: (w.end_ms, w.start_ms)) if ended else None
+    return max(ended, key=lambda w: (w.end_ms, w.start_ms, w.queue)) if ended else None
 
 
 def _insert_sorted(pending: list[AgentEvent], item: AgentEvent) -> None:

@@ -32,6 +32,8 @@ class SessionConfig:
     dedup_ttl_ms: int = 24 * 3600_000
     max_event_age_ms: int = 86_400_000
     contact_min_talk_ms: int = 30_000
+    #: How far behind the watermark an agent's timeline stays open to its calls' work (at least 2 x grace).
+    agent_history_ms: int = 3_600_000
     #: Queue -> agents' wrap-up time after a call from it (queues not named: ``default_wrapup_ms``).
     wrapup_ms: dict[str, int] = field(default_factory=dict, compare=False)
     default_wrapup_ms: int = 0
@@ -53,6 +55,7 @@ class SessionConfig:
             "max_event_age_ms",
             "contact_min_talk_ms",
             "default_wrapup_ms",
+            "agent_history_ms",
         ):
             if getattr(self, name) < 0:
                 msg = f"{name} must be >= 0"
@@ -86,7 +89,7 @@ class Applied(NamedTuple):
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due", "outbox")
+    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due", "outbox", "late_work")
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -105,6 +108,8 @@ class BucketState:
         #: What this bucket's calls changed in their agents' work, for the agents' buckets (drained by the
         #: shell after each message; not persisted: a replay derives it again).
         self.outbox: list[WorkUpdate] = []
+        #: Work updates that changed what an agent's timeline had already folded (counted by the shell).
+        self.late_work = 0
 
     # -- events -------------------------------------------------------------------------------------------
     def apply(self, event: CallEvent) -> Applied:
@@ -259,6 +264,8 @@ class BucketState:
         if ts >= 0 and ts + self.config.housekeeping_ms < self.due:
             self.due = ts + self.config.housekeeping_ms
         rules = self.config.agent_rules(update.agent)
+        if session.folded_away(update, rules):
+            self.late_work += 1
         facts = session.set_work(update, rules, self.wm)
         self._agent_due(session, update.agent, rules)
         return facts
@@ -315,8 +322,10 @@ class BucketState:
         oldest = self.tombstones.oldest_chunk()
         if oldest is not None:
             due = min(due, oldest + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
-        # An agent's work comes one hop after its call's events: its timeline folds two grace periods back.
-        fold_before = wm - 2 * cfg.grace_ms
+        # An agent's work comes one hop after its call's events: its timeline folds at least two grace periods
+        # back, and by default an hour.
+        fold_lag = max(2 * cfg.grace_ms, cfg.agent_history_ms)
+        fold_before = wm - fold_lag
         for agent in list(self.agents):
             agent_session = self.agents[agent]
             rules = cfg.agent_rules(agent)
@@ -331,7 +340,7 @@ class BucketState:
                 del self.agents[agent]
                 continue
             if fold_from >= 0:
-                due = min(due, fold_from + 2 * cfg.grace_ms)
+                due = min(due, fold_from + fold_lag)
             n = agent_session.next_ms()
             if n >= 0:
                 due = min(due, n)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from streams.facts import Fact, live_fact, queue_key
+from streams.facts import Fact, agent_key, live_fact, queue_key
 from streams.sessions.agents import Work
 from streams.sessions.derivation import Derivation, Unexpected
 from streams.sessions.stored import StoredEvent
@@ -111,18 +111,18 @@ class InboundWalk:
         if agent:
             self.works.setdefault(agent, []).append(Work(self.ans_q, ts))
 
-    def _end_work(self, ts: int) -> None:
+    def _end_work(self, ts: int, hold_ms: int = 0, transferred: int = 0) -> None:
         agent = self.agent
         if agent:
             works = self.works[agent]
-            works[-1] = works[-1]._replace(end_ms=ts)
+            works[-1] = works[-1]._replace(end_ms=ts, hold_ms=hold_ms, transferred=transferred)
             self.last_work = (agent, len(works) - 1)
             self.agent = ""
 
     def _complete(self, ts: int, eid: str, transferred: int) -> None:
-        self._end_work(ts)
         if self.state == HELD:
             self.hold_ms += ts - self.hold_start
+        self._end_work(ts, self.hold_ms, transferred)
         if self.ans_q:
             self.facts.append(
                 Fact(
@@ -173,6 +173,10 @@ class InboundWalk:
         mq = ev.queue or self.q or self.last_q
         if mq:
             self.facts.append(Fact(kind, queue_key(mq), ev.ts_ms, f"{kind}:{ev.event_id}", self.call_id))
+        if kind == "agent_missed" and ev.detail:  # the agent's own count of offers not taken
+            self.facts.append(
+                Fact(kind, agent_key(ev.detail), ev.ts_ms, f"{kind}:a:{ev.event_id}", self.call_id)
+            )
 
     def answer_from_queue(self, ev: StoredEvent) -> None:
         """An agent answered the waiting caller: the stint ends as answered."""
@@ -281,7 +285,8 @@ class InboundWalk:
             self.facts.append(
                 Fact("expired", queue_key(xq), ev.ts_ms, "expired:" + ev.event_id, self.call_id)
             )
-        self._end_work(ev.ts_ms)
+        held = self.hold_ms + (ev.ts_ms - self.hold_start if state == HELD else 0)
+        self._end_work(ev.ts_ms, held)
         self.state = ENDED
 
     # -- incremental derivation ----------------------------------------------------------------------------

@@ -420,10 +420,12 @@ async def test_an_answered_call_sends_the_agent_s_work_to_its_bucket_and_it_come
     await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(call)), ack)
     await s.flush_facts()
     [work] = s.events_topic.sent
-    # ann answered at 10 and the call ended at 70 (queue sales; no wrap-up event: -1)
+    # ann answered at 10 and the call ended at 70 (queue sales; no wrap-up event: -1; no hold, no transfer)
     assert work["key"] == call_bucket("ann").encode()
     assert work["headers"] == {"callpulse-internal": b"work"}
-    assert orjson.loads(work["value"]) == [["ann", "c1", [["sales", (T0 + 10) * 1000, (T0 + 70) * 1000, -1]]]]
+    assert orjson.loads(work["value"]) == [
+        ["ann", "c1", [["sales", (T0 + 10) * 1000, (T0 + 70) * 1000, -1, 0, 0]]]
+    ]
     # back in calls.events, under ann's bucket: ann was on the call in sales 10-70; she is no member of sales
     # (no event said she joined it, the queues file names no members): nothing after the call
     s.facts_topic.sent.clear()
@@ -431,9 +433,21 @@ async def test_an_answered_call_sends_the_agent_s_work_to_its_bucket_and_it_come
     message.message.headers = [("callpulse-internal", b"work")]
     await s.process(message, ack)
     await s.flush_facts()
-    facts = [f for sent in s.facts_topic.sent for _src, _off, fs in orjson.loads(sent["value"]) for f in fs]
-    assert sorted((f[0], f[3], f[4], f[5] // 1000 - T0, f[1] // 1000 - T0) for f in facts) == [
-        ("agent_time", "ann", "on_call", 10, 70)
+    assert s.deadletter_topic.sent == []
+    facts = sorted(
+        (sent["key"].decode(), *f)
+        for sent in s.facts_topic.sent
+        for _src, _off, fs in orjson.loads(sent["value"])
+        for f in fs
+    )
+    ms = lambda sec: (T0 + sec) * 1000  # noqa: E731
+    assert facts == [
+        # ann's own figures: her overall state (on the call from sales), one call answered, completed with
+        # 60 s of talk, no hold, no wrap-up, not transferred
+        ("a:ann", "agent_time", ms(70), 1, "ann", "on_call", ms(10), "sales"),
+        ("a:ann", "answered", ms(10), 1, 0),
+        ("a:ann", "completed", ms(70), 1, 60_000, 0, 0, 0, 0),
+        ("q:sales", "agent_time", ms(70), 1, "ann", "on_call", ms(10), ""),
     ]
     # a message with the header that is no work update changes nothing and is dead-lettered
     bad = FakeEvent("calls.events", 1, 1, work["key"], b'[["ann"]]')

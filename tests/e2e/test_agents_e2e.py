@@ -24,6 +24,14 @@ COMPLETECALLER, BLINDTRANSFER or ATTENDEDTRANSFER line, and the member and pause
 - t=798 (the last line): every call has ended (Erin's last at 798, support has no wrap-up time), Dave and
   Frank are removed, nobody is paused: sales available 3, support available 2; Asterisk's own QueueSummary
   at the end says the same (sales LoggedIn 3 Available 3, support 2 and 2, ``asterisk20-agents.queue-show.txt``).
+
+Per agent over the whole log (``today``): answered = its CONNECT lines; missed = its RINGNOANSWER lines (4:
+Alice 3, Erin 1); transferred = its calls that ended in a BLINDTRANSFER or ATTENDEDTRANSFER (6: Alice 1, Bob 2,
+Carol 2, Dave 1); talk = the sum of each call's end minus its CONNECT; after-call work = after each sales call
+min(5 s, time to the agent's next CONNECT), nothing after a support call nor after Dave's last call (he was
+removed during it); paused overall = Bob 70-170 (100 s), Alice 480-540 (60 s), Erin 446-500 (54 s), and none
+for Carol, who stayed available or busy in sales while paused in support. AHT = (talk + after-call work) /
+answered (every call completed).
 """
 
 from __future__ import annotations
@@ -97,3 +105,103 @@ def test_named_agents_at_several_instants_match_the_hand_count(broker, worker_fa
                 break
             time.sleep(0.25)
         assert got == expected, (t, w.log_tail())
+
+
+#: agent -> (answered, missed, transferred, talk s, after-call work s, paused s), counted as the docstring says
+PER_AGENT = {
+    "Alice": (16, 3, 1, 419, 80, 60),
+    "Bob": (17, 0, 2, 448, 85, 100),
+    "Carol": (20, 0, 2, 541, 75, 0),
+    "Dave": (11, 0, 1, 316, 50, 0),
+    "Erin": (11, 1, 0, 369, 0, 54),
+    "Frank": (7, 0, 0, 229, 0, 0),
+}
+#: agent -> (overall state at the end, its queues and their states)
+AT_END = {
+    "Alice": ("available", {"sales": "available"}),
+    "Bob": ("available", {"sales": "available"}),
+    "Carol": ("available", {"sales": "available", "support": "available"}),
+    "Dave": ("offline", {}),
+    "Erin": ("available", {"support": "available"}),
+    "Frank": ("offline", {}),
+}
+
+
+def test_each_agent_s_own_figures_match_the_hand_count(broker, worker_factory, tmp_path):
+    queues = tmp_path / "queues.yaml"
+    queues.write_text(QUEUES)
+    result = run_cli(broker, "ingest", "asterisk-queue-log", str(LOG), *MEMBERS)
+    assert result.returncode == 0, result.stderr.decode()
+    w = worker_factory(CALLPULSE_CLOCK="event", CALLPULSE_QUEUES_FILE=str(queues)).start()
+
+    def figures():
+        out = {}
+        for a in json.loads(w.get("/api/v1/agents"))["agents"]:
+            today = a.get("windows", {}).get("today")
+            if today is None:
+                continue
+            out[a["agent"]] = (
+                today["answered"],
+                today["missed"],
+                today["transferred"],
+                today["talk_seconds"],
+                today["acw_seconds"],
+                today["seconds_in_state"]["paused"],
+            )
+        return out
+
+    deadline = time.monotonic() + 60
+    got = {}
+    while time.monotonic() < deadline and got != PER_AGENT:
+        got = figures()
+        time.sleep(0.25)
+    assert got == PER_AGENT, w.log_tail()
+    agents = {a["agent"]: a for a in json.loads(w.get("/api/v1/agents"))["agents"]}
+    assert {
+        name: (a["state"], {q: s["state"] for q, s in a["queues"].items()}) for name, a in agents.items()
+    } == AT_END
+    for name, (answered, _missed, _tr, talk, acw, _paused) in PER_AGENT.items():
+        aht = agents[name]["windows"]["today"]["average_handle_time_seconds"]
+        assert aht == pytest.approx((talk + acw) / answered), name
+    # one agent alone, and an unknown one
+    bob = json.loads(w.get("/api/v1/agents/Bob"))
+    assert (bob["agent"], bob["state"], bob["windows"]["today"]["answered"]) == ("Bob", "available", 17)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        w.get("/api/v1/agents/Nobody")
+    assert info.value.code == 404
+
+
+def test_an_agent_on_a_call_shows_the_call_and_a_paused_one_the_reason(broker, worker_factory, tmp_path):
+    # through line 197 (t=486): Bob on a call from sales since 486; Alice paused (Break) since 480; Carol
+    # paused (Coaching) in support only at 300-390, so at t=323 (line 119) she is on a sales call in both
+    queues = tmp_path / "queues.yaml"
+    queues.write_text(QUEUES)
+    part = tmp_path / "part.queue_log"
+    part.write_text("".join(LOG.read_text().splitlines(keepends=True)[:197]))
+    assert run_cli(broker, "ingest", "asterisk-queue-log", str(part), *MEMBERS).returncode == 0
+    w = worker_factory(CALLPULSE_CLOCK="event", CALLPULSE_QUEUES_FILE=str(queues)).start()
+    t0 = 1796183456
+
+    def iso(t):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 + t))
+
+    expected = {
+        "Bob": {"state": "on_call", "since": iso(486), "call": {"queue": "sales", "since": iso(486)}},
+        "Alice": {"state": "paused", "since": iso(480), "reason": "Break"},
+        "Erin": {"state": "paused", "since": iso(446), "reason": "Auto-Pause"},
+    }
+    deadline = time.monotonic() + 60
+    got = {}
+    while time.monotonic() < deadline:
+        agents = {a["agent"]: a for a in json.loads(w.get("/api/v1/agents"))["agents"]}
+        got = {
+            name: {k: agents[name][k] for k in ("state", "since", "call", "reason") if k in agents[name]}
+            for name in expected
+            if name in agents and "since" in agents[name]
+        }
+        if got == expected:
+            break
+        time.sleep(0.25)
+    assert got == expected, w.log_tail()
+    # Alice is paused in sales, her only queue, with the reason
+    assert agents["Alice"]["queues"] == {"sales": {"state": "paused", "since": iso(480), "reason": "Break"}}

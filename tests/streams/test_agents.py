@@ -80,12 +80,14 @@ class World:
             self.emitted += bucket.sweep()
             self._collect(bucket)
 
-    def shown(self, sec: int) -> dict[tuple[str, str], tuple[str, str]]:
+    def shown(self, sec: int, prefix: str = "q:") -> dict[tuple[str, str], tuple[str, str]]:
         """(agent, queue) -> (status, reason) in force at ``sec`` (after every fact emitted so far)."""
         now = T0 + sec * 1000
         opened, nexts = in_force_upserts(self.emitted)
         out = {}
         for (agent, key), f in opened.items():
+            if not key.startswith(prefix):
+                continue
             nxt = nexts.get((agent, key))
             if nxt is not None and now >= nxt.since_ms:
                 if nxt.status != "offline":
@@ -94,11 +96,15 @@ class World:
                 out[(agent, key[2:])] = (f.status, f.reason)
         return out
 
-    def intervals(self) -> Counter:
+    def overall(self, sec: int) -> dict[str, tuple[str, str]]:
+        """agent -> its overall (status, reason) at ``sec``: the agent's own key."""
+        return {agent: v for (agent, _), v in self.shown(sec, "a:").items()}
+
+    def intervals(self, prefix: str = "q:") -> Counter:
         """Closed intervals in force: (agent, queue, status, reason, from s, to s) -> count."""
         c: Counter = Counter()
         for f in self.emitted:
-            if f.kind == "agent_time":
+            if f.kind == "agent_time" and f.key.startswith(prefix):
                 c[
                     (
                         f.agent,
@@ -335,17 +341,24 @@ def test_an_agent_timeline_stored_before_call_derived_states_reads_busy_as_on_ca
     # same facts, so moving on emits nothing
     assert session.advance("bob", rules, T0 + 6_000) == []
     facts = session.facts("bob", rules, T0 + 6_000)
-    assert [(f.kind, f.status, (f.since_ms - T0) // 1000, (f.ts_ms - T0) // 1000) for f in facts] == [
-        ("agent_time", "on_call", 0, 5),
-        ("agent", "available", 5, 5),
+    # in sales; and overall (the agent's own key, which the earlier version did not have) from the first
+    # event it had not yet folded
+    assert [(f.kind, f.key, f.status, (f.since_ms - T0) // 1000, (f.ts_ms - T0) // 1000) for f in facts] == [
+        ("agent_time", "q:sales", "on_call", 0, 5),
+        ("agent", "q:sales", "available", 5, 5),
+        ("agent", "a:bob", "available", 5, 5),
     ]
 
 
 @pytest.mark.parametrize("grace_s", [120])
 def test_folding_keeps_the_timeline(grace_s):
     # Hours of calls, folded as the watermark moves on, give the intervals an unfolded timeline gives.
+    # no history kept beyond two grace periods (CALLPULSE_AGENT_HISTORY=0): folding as often as it can
     config = SessionConfig(
-        grace_ms=grace_s * 1000, wrapup_ms={"sales": 5_000}, static_members={"alice": ("sales",)}
+        grace_ms=grace_s * 1000,
+        agent_history_ms=0,
+        wrapup_ms={"sales": 5_000},
+        static_members={"alice": ("sales",)},
     )
     unfolded = SessionConfig(grace_ms=10**9, wrapup_ms={"sales": 5_000}, static_members={"alice": ("sales",)})
     events = []
@@ -399,7 +412,8 @@ def test_a_walk_that_goes_on_from_the_last_gives_what_walking_it_all_again_gives
     for item in inputs:
         if item[0] == "fold":
             session.advance("carol", rules, wm)
-            session.fold("carol", rules, wm - item[1] * 1000)
+            # inputs go back at most 14 x 20 s: a fold 300 s back never folds what a later input changes
+            session.fold("carol", rules, wm - (300 + item[1]) * 1000)
         elif item[0] == "event":
             _, t, eid, state, queue = item
             ts = T0 + t * 1000

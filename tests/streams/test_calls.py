@@ -4,6 +4,7 @@ Expected facts are written out by hand from the event times: a wait is answer (o
 the queue time, a talk is hangup (or transfer) time minus the answer time, and so on.
 """
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -119,14 +120,14 @@ def test_an_agent_state_change_is_sent_as_the_new_value_and_a_queue_left_is_retr
     bucket = BucketState(CFG)
     bucket.apply(A("1", 0, "ag", "available", "q1"))
     bucket.apply(A("2", 0, "ag", "available", "q2"))
-    busy = bucket.apply(A("3", 60, "ag", "on_call")).facts
+    busy = [f for f in bucket.apply(A("3", 60, "ag", "on_call")).facts if f.key.startswith("q:")]
     assert sorted((f.kind, f.key, f.status, f.sign) for f in busy) == [
         ("agent", "q:q1", "on_call", 1),
         ("agent", "q:q2", "on_call", 1),
         ("agent_time", "q:q1", "available", 1),
         ("agent_time", "q:q2", "available", 1),
     ]
-    off = bucket.apply(A("4", 90, "ag", "offline", "q2")).facts
+    off = [f for f in bucket.apply(A("4", 90, "ag", "offline", "q2")).facts if f.key.startswith("q:")]
     assert sorted((f.kind, f.key, f.status, f.sign) for f in off) == [
         ("agent", "q:q2", "on_call", -1),
         ("agent_time", "q:q2", "on_call", 1),
@@ -381,7 +382,9 @@ def test_agent_missed_is_counted_for_the_queue():
             E("5", "hangup", 50),
         ]
     )
-    assert counts(in_force(emitted))["agent_missed"] == 2
+    missed = [f.key for f in in_force(emitted) if f.kind == "agent_missed"]
+    # the queue's two, and each agent's own one
+    assert sorted(missed) == ["a:a1", "a:a2", "q:q", "q:q"]
 
 
 def test_a_survey_is_attributed_to_the_answering_queue_at_survey_time():
@@ -860,9 +863,14 @@ def test_agent_states_become_intervals_per_queue():
             ("q:q2", "on_call"): 140,
             ("q:q2", "acw"): 30,
             ("q:q2", "paused"): 70,
+            # overall (the agent's own key): as in q1, which it serves to the end
+            ("a:ag", "available"): 60,
+            ("a:ag", "on_call"): 140,
+            ("a:ag", "acw"): 30,
+            ("a:ag", "paused"): 90,
         }
     )
-    assert open_ == {("q:q1", "ag"): ("available", 320)}
+    assert open_ == {("q:q1", "ag"): ("available", 320), ("a:ag", "ag"): ("available", 320)}
 
 
 def test_agent_events_in_any_order_within_grace_give_the_same_intervals():
@@ -880,12 +888,13 @@ def test_agent_events_in_any_order_within_grace_give_the_same_intervals():
 
 def test_agent_timelines_fold_past_grace_without_retracting_history():
     events = [*AGENT_DAY, A("8", 1000, "ag", "on_call"), A("9", 2000, "ag", "available")]
-    emitted, _, bucket = run(events)
+    # CALLPULSE_AGENT_HISTORY=0: agent timelines fold two grace periods back
+    emitted, _, bucket = run(events, dataclasses.replace(CFG, agent_history_ms=0))
     closed, open_ = agent_totals(in_force(emitted))
     assert closed[("q:q1", "available")] == 60 + 680  # 0-60 and 320-1000
     assert closed[("q:q1", "on_call")] == 140 + 1000  # 60-200 and 1000-2000
-    assert open_ == {("q:q1", "ag"): ("available", 2000)}
-    assert len(bucket.agents["ag"].pending) == 1  # everything older than 2000 - 120 s is folded
+    assert open_ == {("q:q1", "ag"): ("available", 2000), ("a:ag", "ag"): ("available", 2000)}
+    assert len(bucket.agents["ag"].pending) == 1  # everything older than 2000 - 2 x 120 s is folded
     assert bucket.apply(A("3", 60, "ag", "on_call")).status == "duplicate"
 
 

@@ -182,5 +182,12 @@ def test_a_ring_the_caller_hung_up_on_is_counted_apart_from_an_agent_miss():
         E("3", "ring_canceled", 21, queue="q", agent="b"),
         E("4", "abandon", 21, queue="q"),
     ]:
-        kinds += [f.kind for f in bucket.apply(event).facts if f.sign > 0 and f.kind != "live"]
-    assert kinds == ["entered", "agent_missed", "ring_abandoned", "abandoned"]
+        kinds += [(f.kind, f.key) for f in bucket.apply(event).facts if f.sign > 0 and f.kind != "live"]
+    # the miss also counts for agent a itself (its own key); the ring the caller ended does not count for b
+    assert kinds == [
+        ("entered", "q:q"),
+        ("agent_missed", "q:q"),
+        ("agent_missed", "a:a"),
+        ("ring_abandoned", "q:q"),
+        ("abandoned", "q:q"),
+    ]
