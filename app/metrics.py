@@ -35,6 +35,7 @@ from streams.kpi import (
     KeyState,
     KpiEngine,
     merge_states,
+    read_agent,
     read_key,
 )
 from streams.sessions.inbound import TRANSITIONS
@@ -356,6 +357,54 @@ class KpiCollector(Collector):
             for s in queues:
                 gauge.add_metric([s.name], getattr(config.targets.for_queue(s.name), field))
             yield gauge
+        if self.settings.agent_metrics == "true":
+            yield from agent_metrics(engine, self.settings.max_agents, now)
+
+
+#: Per-agent counters (CALLPULSE_AGENT_METRICS): metric -> (total of the agent's key, scale, help)
+AGENT_COUNTERS = {
+    "callpulse_agent_calls_answered": ("answered", 1, "Calls the agent answered."),
+    "callpulse_agent_rings_missed": ("agent_missed", 1, "Rings the agent let run to the ring timeout."),
+    "callpulse_agent_calls_transferred": ("transferred", 1, "Calls the agent transferred away."),
+    "callpulse_agent_talk_seconds": (
+        "talk_ms",
+        1000,
+        "The agent's talk time on completed calls (hold included).",
+    ),
+}
+
+
+def agent_metrics(engine: KpiEngine, max_agents: int, now: int) -> Iterator[Any]:
+    """The per-agent series of the first ``max_agents`` agents this worker holds (by first fact)."""
+    states = sorted(
+        (s for k, s in engine.keys.items() if k.startswith("a:") and s.first), key=lambda s: (s.first, s.key)
+    )[:max_agents]
+    reads = {s.key: read_agent(s, engine.config, now) for s in states}
+    gauge = GaugeMetricFamily(
+        "callpulse_agent_state", "1 for the agent's state now (all 0: logged off).", labels=["agent", "state"]
+    )
+    for s in states:
+        current = reads[s.key]["state"]
+        for agent_state in AGENT_MEMBER_STATES:
+            gauge.add_metric(
+                [s.name, agent_state], 1 if current is not None and current[0] == agent_state else 0
+            )
+    yield gauge
+    for name, (total, scale, doc) in AGENT_COUNTERS.items():
+        fam = CounterMetricFamily(name, doc, labels=["agent"])
+        for s in states:
+            fam.add_metric([s.name], s.exported.get(total, 0) / scale)
+        yield fam
+    gauge = GaugeMetricFamily(
+        "callpulse_agent_occupancy_ratio",
+        "The agent's time on calls or in wrap-up / time available, on calls or in wrap-up.",
+        labels=["agent", "window"],
+    )
+    for s in states:
+        for window, data in reads[s.key]["windows"].items():
+            if data["occupancy_ratio"] is not None:
+                gauge.add_metric([s.name, window], data["occupancy_ratio"])
+    yield gauge
 
 
 def _histogram(

@@ -209,6 +209,16 @@ SPECS: dict[str, Spec] = {
         "3600",
         "Seconds an agent's timeline stays open to the work of its calls, which reaches it a hop later.",
     ),
+    "AGENT_METRICS": Spec(
+        _choice("false", "true"),
+        "false",
+        "Export per-agent series on /metrics (agent ids are high-cardinality; off by default).",
+    ),
+    "MAX_AGENTS": Spec(
+        _number(1, 100_000, integer=True),
+        "500",
+        "Agents exported per worker with CALLPULSE_AGENT_METRICS=true (the first seen; the rest are not exported).",
+    ),
     "MAX_QUEUES": Spec(
         _number(1, 100_000, integer=True),
         "200",
@@ -281,6 +291,8 @@ class Settings:
     call_timeout: float
     dedup_ttl: float
     agent_history: float
+    agent_metrics: str
+    max_agents: int
     max_queues: int
     max_event_bytes: int
     max_event_age: float

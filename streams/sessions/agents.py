@@ -535,16 +535,20 @@ class AgentSession:
 
     def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
         """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
-        self._starts(item.ts_ms)
-        return self._changed(agent, rules, wm, lambda: _insert_sorted(self.pending, item), item.ts_ms)
+
+        def change() -> None:
+            self._starts(item.ts_ms)
+            _insert_sorted(self.pending, item)
+
+        return self._changed(agent, rules, wm, change, item.ts_ms)
 
     def set_work(self, update: WorkUpdate, rules: Rules, wm: int) -> list[Fact]:
         """Replace the agent's work on one call; return the facts it changes."""
-        for w in update.works:
-            self._starts(w.start_ms)
         changed_from = _changed_from(self.works.get(update.call_id, ()), update.works, rules)
 
         def change() -> None:
+            for w in update.works:
+                self._starts(w.start_ms)
             if update.works:
                 self.works[update.call_id] = update.works
             else:

@@ -37,12 +37,17 @@ class Recorder:
 
 @pytest.fixture
 async def pipeline(tmp_path):
+    return make_pipeline(tmp_path)
+
+
+def make_pipeline(tmp_path, **env):
     settings = Settings.from_env(
         {
             "CALLPULSE_CALLER_KEY": "k",
             "CALLPULSE_CHECKPOINT_INTERVAL": "0.01",
             "CALLPULSE_CLOCK": "event",
             "CALLPULSE_DATADIR": str(tmp_path),
+            **env,
         }
     )
     p = build(settings, embedded=False)
@@ -455,3 +460,51 @@ async def test_an_answered_call_sends_the_agent_s_work_to_its_bucket_and_it_come
     await s.process(bad, ack)
     [dead] = s.deadletter_topic.sent
     assert dead["headers"]["reason"] == b"invalid_json" and dead["value"] == b'[["ann"]]'
+
+
+@pytest.mark.parametrize("on", [True, False])
+async def test_per_agent_series_only_when_asked_for(tmp_path, on):
+    p = make_pipeline(tmp_path, CALLPULSE_AGENT_METRICS="true" if on else "false")
+    s = p.sessionizer
+
+    async def ack(event):
+        return None
+
+    # ann answers at 10 and hangs up at 70 (60 s of talk); bob's phone rang to the timeout at 5
+    call = events_of(
+        "c1",
+        "sales",
+        ("queue", 0, {}),
+        ("agent_missed", 5, {"agent": "bob"}),
+        ("answer", 10, {"agent": "ann"}),
+        ("hangup", 70, {}),
+    )
+    await s.process(FakeEvent("calls.events", 0, 0, b"5", orjson.dumps(call)), ack)
+    await s.flush_facts()
+    [work] = s.events_topic.sent
+    message = FakeEvent("calls.events", 1, 0, work["key"], work["value"])
+    message.message.headers = [("callpulse-internal", b"work")]
+    await s.process(message, ack)
+    await s.flush_facts()
+    a = p.aggregator
+    a.interval_s = 0
+    for i, sent in enumerate(s.facts_topic.sent):
+        await a.process(FakeEvent("calls.facts", 0, i, sent["key"], sent["value"]), ack)
+    await a.wait_checkpoints()
+    names = {family.name for family in p.registry.collect()}
+    if not on:
+        queue_level = {"callpulse_agent_missed", "callpulse_agent_work_late"}  # per queue, and the pipeline's
+        assert not [n for n in names if n.startswith("callpulse_agent_") and n not in queue_level]
+        return
+    for agent, answered, missed, talk in (("ann", 1, 0, 60.0), ("bob", 0, 1, 0.0)):
+        assert sample(p, "callpulse_agent_calls_answered_total", agent=agent) == answered
+        assert sample(p, "callpulse_agent_rings_missed_total", agent=agent) == missed
+        assert sample(p, "callpulse_agent_talk_seconds_total", agent=agent) == talk
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    per_agent = sorted(n for n in names if n.startswith("callpulse_agent_"))
+    assert len(per_agent) == 8 and not [n for n in per_agent if not re.search(rf"`{n}(_total)?[`{{]", docs)]
+    # ann was on the call from sales (not a member of it: nothing after the call): logged off now
+    assert [sample(p, "callpulse_agent_state", agent="ann", state=st) for st in ("available", "on_call")] == [
+        0,
+        0,
+    ]

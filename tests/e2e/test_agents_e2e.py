@@ -161,8 +161,11 @@ def test_each_agent_s_own_figures_match_the_hand_count(broker, worker_factory, t
         name: (a["state"], {q: s["state"] for q, s in a["queues"].items()}) for name, a in agents.items()
     } == AT_END
     for name, (answered, _missed, _tr, talk, acw, _paused) in PER_AGENT.items():
-        aht = agents[name]["windows"]["today"]["average_handle_time_seconds"]
-        assert aht == pytest.approx((talk + acw) / answered), name
+        today = agents[name]["windows"]["today"]
+        assert today["average_handle_time_seconds"] == pytest.approx((talk + acw) / answered), name
+        # no agent's calls overlap in this log: its time on calls is its talk time; no time is negative
+        assert today["seconds_in_state"]["on_call"] == talk, name
+        assert min(today["seconds_in_state"].values()) >= 0, name
     # one agent alone, and an unknown one
     bob = json.loads(w.get("/api/v1/agents/Bob"))
     assert (bob["agent"], bob["state"], bob["windows"]["today"]["answered"]) == ("Bob", "available", 17)

@@ -115,7 +115,7 @@ class World:
                         (f.ts_ms - T0) // 1000,
                     )
                 ] += f.sign
-        return +c
+        return Counter({k: n for k, n in c.items() if n})  # a retraction of what was never sent shows as -1
 
 
 def in_force_upserts(facts: list[Fact]) -> tuple[dict, dict]:
@@ -306,6 +306,42 @@ def test_in_every_arrival_order_the_agent_s_timeline_is_the_in_order_one():
                 [e.event_id for e in order],
                 late,
             )
+
+
+STATIC_SCENARIO = [
+    A("p", 5, "alice", "paused", reason="Break"),
+    E("c1-q", "queue", 8, call="c1", queue="sales"),
+    E("c1-a", "answer", 10, call="c1", agent="alice"),
+    E("c1-h", "hangup", 40, call="c1"),
+    A("u", 60, "alice", "available"),
+]
+
+
+def test_a_static_member_s_timeline_in_every_arrival_order():
+    # alice is a static member of sales, first seen at 5 (paused): paused 5-10, on the call 10-40, wrap-up
+    # 40-45 (sales, 5 s; the pause came before the call ended), paused again 45-60, available since 60. The
+    # same overall (her only queue).
+    expected = Counter()
+    for key in ("sales", "alice"):
+        for status, reason, a, b in (
+            ("paused", "Break", 5, 10),
+            ("on_call", "sales" if key == "alice" else "", 10, 40),
+            ("acw", "", 40, 45),
+            ("paused", "Break", 45, 60),
+        ):
+            expected[("alice", key, status, reason, a, b)] = 1
+    for order in itertools.permutations(STATIC_SCENARIO):
+        for late in (False, True):
+            w = World()
+            for ev in order:
+                w.send(ev, deliver=not late)
+            w.deliver()
+            w.send(E("x", "queue", 70, call="x", queue="support"))
+            assert (w.intervals(), w.intervals("a:")) == (
+                Counter({k: n for k, n in expected.items() if k[1] == "sales"}),
+                Counter({k: n for k, n in expected.items() if k[1] == "alice"}),
+            ), ([e.event_id for e in order], late)
+            assert w.shown(70) == {("alice", "sales"): ("available", "")}
 
 
 def test_replayed_work_updates_converge_to_the_same_timeline():
