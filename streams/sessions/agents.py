@@ -22,11 +22,18 @@ Membership: the queues file's static members are always in their queues; an expl
 joins it, ``offline`` with a queue leaves it, ``offline`` without one leaves every queue joined. A log-off
 during a call takes effect when the call ends (no after-call work follows).
 
+The agent's *overall* state (its own key, ``a:<agent>``, as the pseudo-queue ``OVERALL``) is ``on_call`` or
+``acw`` if it is so in any queue, else ``available`` if available in any, else ``paused``. Its own figures of
+its calls (answered, completed) come from its work (``work_facts``).
+
 Events within the agent's horizon stay *pending* and are walked again when one arrives out of order; older
-ones are folded into the *base*. Work reaches the agent one hop after its call's events, so the horizon is
-two grace periods behind the bucket's watermark. The walk stops at the watermark: a wrap-up time that lies
-beyond it is announced as an ``agent_next`` fact (the state the queue will show from then), so that a reader
-at a later instant can tell the state without waiting for the next event of this bucket.
+ones are folded into the *base*. Work reaches the agent one hop after its call's events, and behind whatever
+its partition still has to read, so the horizon is at least two grace periods, by default an hour
+(``SessionConfig.agent_history_ms``), behind the bucket's watermark. An input later than the last walk's last
+point goes on from that walk instead of walking again (``walk(resume=...)``). The walk stops at the
+watermark: a wrap-up time that lies beyond it is announced as an ``agent_next`` fact (the state the queue will
+show from then), so that a reader at a later instant can tell the state without waiting for the next event of
+this bucket.
 """
 
 from __future__ import annotations
