@@ -78,13 +78,16 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
         # What the calls changed in their agents' work, applied in the agents' buckets (the shell sends it
         # through calls.events)
         while bucket.outbox:
-            update = bucket.outbox.pop(0)
-            agent_key = call_bucket(update.agent).encode()
-            target = buckets.get(agent_key) or buckets.setdefault(agent_key, BucketState(session))
-            for fact in target.apply_work(update) + target.sweep():
-                groups[fact.key].append(fact)
-            bucket.outbox.extend(target.outbox)
-            target.outbox.clear()
+            # the latest update per agent and call of the message, as the shell sends them at a flush
+            latest = {(u.agent, u.call_id): u for u in bucket.outbox}
+            bucket.outbox.clear()
+            for update in latest.values():
+                agent_key = call_bucket(update.agent).encode()
+                target = buckets.get(agent_key) or buckets.setdefault(agent_key, BucketState(session))
+                for fact in target.apply_work(update) + target.sweep():
+                    groups[fact.key].append(fact)
+                bucket.outbox.extend(target.outbox)
+                target.outbox.clear()
         t2 = time.perf_counter()
         for fact_key, facts in groups.items():
             wire = [[key.decode(), offset, [to_wire(f) for f in facts]]]

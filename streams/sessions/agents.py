@@ -180,13 +180,21 @@ def acw_until(work: Work, rules: Rules) -> int:
 class _Activity:
     """What the agent's calls say at time t."""
 
-    __slots__ = ("works", "rules")
+    __slots__ = ("works", "rules", "all_points")
 
     def __init__(self, works: Iterable[Work], rules: Rules) -> None:
         # In order of start, then queue: what ``at`` picks among equal times never depends on an end (an update
         # that ends a stretch changes nothing before the end)
         self.works = sorted(works, key=lambda w: (w.start_ms, w.queue, w.end_ms))
         self.rules = rules
+        out: set[int] = set()
+        for w in self.works:
+            out.add(w.start_ms)
+            if w.end_ms >= 0:
+                out.add(w.end_ms)
+                out.add(acw_until(w, rules))
+        #: Every time at which the activity changes, in order.
+        self.all_points = sorted(out)
 
     def at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
         """(on a call, queues of the open calls, end of the last ended call or -1, its wrap-up end)."""
@@ -206,29 +214,24 @@ class _Activity:
                 last_end, until = w.end_ms, acw_until(w, self.rules)
         return on_call, tuple(queues), last_end, until
 
-    def points(self, lo: int) -> set[int]:
+    def points(self, lo: int) -> list[int]:
         """The times at or after ``lo`` at which the activity changes."""
-        out: set[int] = set()
-        for w in self.works:
-            out.add(w.start_ms)
-            if w.end_ms >= 0:
-                out.add(w.end_ms)
-                out.add(acw_until(w, self.rules))
-        return {t for t in out if t >= lo}
+        points = self.all_points
+        return points[bisect_left(points, lo) :]
 
 
-def _apply_event(base: Base, ev: AgentEvent, rules: Rules, on_call: bool) -> None:
+def _apply_event(base: Base, ev: AgentEvent, rules: Rules, activity: _Activity) -> None:
     """One explicit event changes the membership and the explicit states (not what is shown)."""
     state = ON_CALL_ALIASES.get(ev.state, ev.state)
     if ev.queue is not None:
         queues: Iterable[str] = (ev.queue,)
     else:
-        queues = {*rules.static, *base.members}
+        queues = sorted({*rules.static, *base.members})  # in one order in every process
     if state == "offline":
         for q in queues:
             if q in rules.static:
                 continue  # a static member stays in its queues (the queues file says so)
-            if on_call:
+            if activity.at(ev.ts_ms)[0]:  # on a call: leaves when it ends
                 if q in base.members:
                     base.leaving.add(q)
             else:
@@ -324,15 +327,17 @@ def walk(
     before: bool = False,
     resume: WalkResult | None = None,
     resume_at: int = 0,
+    activity: _Activity | None = None,
 ) -> WalkResult:
     """Walk from ``base`` over the pending events and the work, up to ``until`` (the watermark).
 
     With ``before``, stop short of ``until`` (a fold: the base becomes the state just before it). With
-    ``resume``, go on from where that walk stopped (``resume_at`` its ``last_t`` + 1), or from just before its
+    ``resume``, go on from where that walk (which is used up) stopped (``resume_at`` its ``last_t`` + 1), or from just before its
     last point (``resume_at`` its ``last_t``): valid when the inputs changed nothing before ``resume_at``
     (``AgentSession`` checks).
     """
-    activity = _Activity(works, rules)
+    if activity is None:
+        activity = _Activity(works, rules)
     n = len(pending)
     if resume is None:
         state = base.copy()
@@ -341,11 +346,14 @@ def walk(
         closed: list[Fact] = []
         i = 0
     else:
+        # The walk takes over the one it goes on from (its state and its list of closed intervals): that one
+        # is not used again.
         if resume_at > resume.last_t:
-            state, closed = resume.base.copy(), list(resume.closed)
+            state, closed = resume.base, resume.closed
         else:
             assert resume.prev is not None
-            state, closed = resume.prev.copy(), resume.closed[: resume.prev_closed]
+            state, closed = resume.prev, resume.closed
+            del closed[resume.prev_closed :]
         lo = resume_at
         i = bisect_left([ev.ts_ms for ev in pending], lo)
         points = sorted({*activity.points(lo), *(pending[j].ts_ms for j in range(i, n))})
@@ -365,7 +373,7 @@ def walk(
         last_t = t
         while i < n and pending[i].ts_ms <= t:
             ev = pending[i]
-            _apply_event(state, ev, rules, activity.at(ev.ts_ms)[0])
+            _apply_event(state, ev, rules, activity)
             i += 1
         now = _shown_at(state, t, activity, rules)
         for q, shown in list(state.shown.items()):
@@ -446,7 +454,7 @@ class AgentSession:
     next change, or ``NEVER``), so a bucket swept at every message and one swept only when due hold the same.
     """
 
-    __slots__ = ("base", "pending", "works", "seen", "until", "derivation", "work_facts")
+    __slots__ = ("base", "pending", "works", "seen", "until", "derivation", "work_facts", "activity")
 
     def __init__(
         self,
@@ -466,8 +474,9 @@ class AgentSession:
         self.until = until
         #: The last walk and the limit it went to (not persisted).
         self.derivation: tuple[int, WalkResult] | None = None
-        #: ``work_facts`` of ``works`` (not persisted).
+        #: ``work_facts`` of ``works``, and ``works`` as a walk reads them (not persisted).
         self.work_facts: list[Fact] | None = None
+        self.activity: _Activity | None = None
 
     def _starts(self, ts: int) -> None:
         """An input at ``ts``: a timeline that shows nothing yet starts no later than it."""
@@ -481,29 +490,32 @@ class AgentSession:
     def _all_works(self) -> list[Work]:
         return [w for ws in self.works.values() for w in ws]
 
+    def _activity(self, rules: Rules) -> _Activity:
+        activity = self.activity
+        if activity is None:
+            activity = self.activity = _Activity(self._all_works(), rules)
+        return activity
+
     def derived(self, agent: str, rules: Rules, until: int) -> WalkResult:
         """The walk up to ``until`` (cached: a walk holds up to its next change)."""
         cached = self.derivation
         if cached is not None and cached[0] <= until and (cached[1].next_ms < 0 or until < cached[1].next_ms):
             return cached[1]
-        result = walk(agent, self.base, self.pending, self._all_works(), rules, until)
+        result = walk(agent, self.base, self.pending, (), rules, until, activity=self._activity(rules))
         self.derivation = (until, result)
         return result
 
     def facts(self, agent: str, rules: Rules, until: int) -> list[Fact]:
         """The agent's facts: closed intervals since the base, open states, announced changes, its calls."""
         result = self.derived(agent, rules, until)
-        return result.closed + result.open + result.next + self._work_facts(agent, rules)
+        return result.closed + result.open + result.next + self._work_facts(agent)
 
-    def _work_facts(self, agent: str, rules: Rules) -> list[Fact]:
+    def _work_facts(self, agent: str) -> list[Fact]:
         """The agent's own figures of its calls (key ``a:<agent>``): answered, and completed once ended."""
         cached = self.work_facts
         if cached is None:
             cached = self.work_facts = work_facts(agent, self.works)
         return cached
-
-    def _emitted(self, agent: str, rules: Rules) -> list[Fact]:
-        return self.facts(agent, rules, self.until) if self.until >= 0 else []
 
     def _changed(
         self, agent: str, rules: Rules, wm: int, change: Callable[[], None], changed_from: int = -1
@@ -514,11 +526,7 @@ class AgentSession:
         went no further than it, the new walk goes on from there instead of walking everything again.
         """
         prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
-        old = (
-            prior.closed + prior.open + prior.next + self._work_facts(agent, rules)
-            if prior is not None
-            else []
-        )
+        old = prior.closed + prior.open + prior.next + self._work_facts(agent) if prior is not None else []
         change()
         if prior is not None and (
             changed_from > prior.last_t or (changed_from == prior.last_t and prior.prev is not None)
@@ -535,10 +543,10 @@ class AgentSession:
                 resume_at=resume_at,
             )
         else:
-            result = walk(agent, self.base, self.pending, self._all_works(), rules, wm)
+            result = walk(agent, self.base, self.pending, (), rules, wm, activity=self._activity(rules))
         self.derivation = (wm, result)
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
-        return diff(old, result.closed + result.open + result.next + self._work_facts(agent, rules))
+        return diff(old, result.closed + result.open + result.next + self._work_facts(agent))
 
     def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
         """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
@@ -560,7 +568,7 @@ class AgentSession:
                 self.works[update.call_id] = update.works
             else:
                 self.works.pop(update.call_id, None)
-            self.work_facts = None
+            self.work_facts = self.activity = None
 
         return self._changed(update.agent, rules, wm, change, changed_from)
 
@@ -601,7 +609,9 @@ class AgentSession:
             return
         cached = self.derivation
         works = self._all_works()
-        result = walk(agent, self.base, self.pending, works, rules, before, before=True)
+        result = walk(
+            agent, self.base, self.pending, (), rules, before, before=True, activity=self._activity(rules)
+        )
         self.base = result.base
         self.pending = [ev for ev in self.pending if ev.ts_ms >= before]
         last = _last_ended(works)
@@ -611,7 +621,7 @@ class AgentSession:
                 for w in call_works
             ):
                 del self.works[call_id]
-                self.work_facts = None
+                self.work_facts = self.activity = None
         self.derivation = None
         if cached is not None:
             # The last walk holds on, but for the intervals now folded (they close before ``before``, and

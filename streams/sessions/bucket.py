@@ -89,7 +89,19 @@ class Applied(NamedTuple):
 class BucketState:
     """All sessionizer state of one message key, and the operations on it."""
 
-    __slots__ = ("config", "hw", "wm", "calls", "tombstones", "agents", "due", "outbox", "late_work")
+    __slots__ = (
+        "config",
+        "hw",
+        "wm",
+        "agent_wm",
+        "calls",
+        "tombstones",
+        "agents",
+        "due",
+        "agent_due",
+        "outbox",
+        "late_work",
+    )
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -97,14 +109,20 @@ class BucketState:
         self.hw = -1
         #: Watermark: the largest event time seen (ms), ``None`` before the first event.
         self.wm: int | None = None
+        #: The latest time of the agents' work received (from the buckets of their calls, -1: none). It does
+        #: not move ``wm``: work from a partition running ahead must not make this bucket's own events late.
+        #: The agents' timelines go up to the later of the two (``agent_clock``).
+        self.agent_wm = -1
         #: Every call that is open or ended less than the grace period ago.
         self.calls: dict[str, CallSession] = {}
         #: The finalized calls, kept for the dedup TTL.
         self.tombstones = Tombstones()
         self.agents: dict[str, AgentSession] = {}
         #: No housekeeping is due before the watermark reaches this (a lower bound; not persisted, so a
-        #: restored bucket sweeps in full at its first message).
+        #: restored bucket sweeps in full at its first message); ``agent_due`` likewise for the agents'
+        #: timelines, on ``agent_clock``.
         self.due = 0
+        self.agent_due = 0
         #: What this bucket's calls changed in their agents' work, for the agents' buckets (drained by the
         #: shell after each message; not persisted: a replay derives it again).
         self.outbox: list[WorkUpdate] = []
@@ -241,10 +259,14 @@ class BucketState:
             AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue, event.reason or "")
         )
         rules = self.config.agent_rules(agent)
-        assert self.wm is not None
-        facts = session.add(agent, item, rules, self.wm)
-        self._agent_due(session, agent, rules)
+        facts = session.add(agent, item, rules, self.agent_clock())
+        self._agent_due(session, event.ts_ms + self.config.housekeeping_ms)
         return _new(Applied, ("ok", facts, "", ""))
+
+    def agent_clock(self) -> int:
+        """How far the agents' timelines go: the watermark, or the latest work received if that is later."""
+        wm = self.wm
+        return self.agent_wm if wm is None or self.agent_wm > wm else wm
 
     def apply_work(self, update: WorkUpdate) -> list[Fact]:
         """Apply an agent's work on one call, as the call's bucket derived it (an upsert: replays converge).
@@ -252,29 +274,29 @@ class BucketState:
         It is not judged late: the call's bucket already admitted its events. Its times move the watermark.
         """
         ts = max((max(w.start_ms, w.end_ms, w.wrapup_ms) for w in update.works), default=-1)
-        if ts >= 0 and (self.wm is None or ts > self.wm):
-            self.wm = ts
+        if ts > self.agent_wm:
+            self.agent_wm = ts
         session = self.agents.get(update.agent)
         if session is None:
             if not update.works:
                 return []
             session = self.agents[update.agent] = AgentSession()
-        if self.wm is None:
+        clock = self.agent_clock()
+        if clock < 0:
             return []
-        if ts >= 0 and ts + self.config.housekeeping_ms < self.due:
-            self.due = ts + self.config.housekeeping_ms
         rules = self.config.agent_rules(update.agent)
         if session.folded_away(update, rules):
             self.late_work += 1
-        facts = session.set_work(update, rules, self.wm)
-        self._agent_due(session, update.agent, rules)
+        facts = session.set_work(update, rules, clock)
+        self._agent_due(session, ts + self.config.housekeeping_ms)
         return facts
 
-    def _agent_due(self, session: AgentSession, agent: str, rules: Rules) -> None:
-        """An agent's state changes at its next point without an event: the sweep must come by then."""
+    def _agent_due(self, session: AgentSession, bound: int) -> None:
+        """The agents' housekeeping is due no later than ``bound``, nor than the session's next change."""
         n = session.next_ms()
-        if 0 <= n < self.due:
-            self.due = n
+        due = min(bound, n) if n >= 0 else bound
+        if due < self.agent_due:
+            self.agent_due = due
 
     # -- housekeeping ---------------------------------------------------------------------------------------
     def sweep(self) -> list[Fact]:
@@ -283,11 +305,20 @@ class BucketState:
         Runs on event time (the watermark) only, so it is deterministic; call it after each message.
         """
         wm = self.wm
-        if wm is None or wm < self.due:
+        if wm is None:
             return []
+        clock = self.agent_clock()
+        facts: list[Fact] = []
+        if wm >= self.due:
+            self._sweep_calls(wm, facts)
+        if clock >= self.agent_due:
+            self._sweep_agents(wm, clock, facts)
+        return facts
+
+    def _sweep_calls(self, wm: int, facts: list[Fact]) -> None:
+        """Expire, finalize and forget calls (rule 3)."""
         cfg = self.config
         min_talk = cfg.contact_min_talk_ms
-        facts: list[Fact] = []
         final_before = wm - cfg.grace_ms
         # The next watermark at which anything below can happen (see ``due``).
         due = _NEVER
@@ -322,14 +353,21 @@ class BucketState:
         oldest = self.tombstones.oldest_chunk()
         if oldest is not None:
             due = min(due, oldest + TOMB_CHUNK_MS + cfg.dedup_ttl_ms)
+        self.due = due
+
+    def _sweep_agents(self, wm: int, clock: int, facts: list[Fact]) -> None:
+        """Move the agents' timelines on to ``clock``, fold them, forget old event ids."""
+        cfg = self.config
+        forget_before = wm - cfg.dedup_ttl_ms
         # An agent's work comes one hop after its call's events: its timeline folds at least two grace periods
         # back, and by default an hour.
         fold_lag = max(2 * cfg.grace_ms, cfg.agent_history_ms)
-        fold_before = wm - fold_lag
+        fold_before = clock - fold_lag
+        due = _NEVER
         for agent in list(self.agents):
             agent_session = self.agents[agent]
             rules = cfg.agent_rules(agent)
-            facts.extend(agent_session.advance(agent, rules, wm))
+            facts.extend(agent_session.advance(agent, rules, clock))
             fold_from = agent_session.fold_from(rules)
             if 0 <= fold_from <= fold_before:
                 agent_session.fold(agent, rules, fold_before)
@@ -346,8 +384,7 @@ class BucketState:
                 due = min(due, n)
             if agent_session.seen:
                 due = min(due, next(iter(agent_session.seen.values())) + cfg.dedup_ttl_ms)
-        self.due = due
-        return facts
+        self.agent_due = due
 
     # -- persistence ------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -359,6 +396,7 @@ class BucketState:
         return {
             "hw": self.hw,
             "wm": self.wm,
+            "awm": self.agent_wm,
             "calls": {c: [ev.to_wire() for ev in s.events] for c, s in self.calls.items()},
             "chunks": self.tombstones.slots_wire(),
             "agents": {a: s.to_wire() for a, s in self.agents.items()},
@@ -375,6 +413,7 @@ class BucketState:
         bucket = cls(config)
         bucket.hw = data["hw"]
         bucket.wm = data["wm"]
+        bucket.agent_wm = data.get("awm", -1)
         bucket.calls = {
             c: CallSession([StoredEvent.from_wire(ev) for ev in evs]) for c, evs in data["calls"].items()
         }

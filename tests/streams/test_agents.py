@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from streams.events import CallEvent, call_bucket
 from streams.facts import Fact
 from streams.sessions import BucketState, SessionConfig
-from streams.sessions.agents import AgentEvent, AgentSession, Work, WorkUpdate, walk
+from streams.sessions.agents import NEVER, AgentEvent, AgentSession, Work, WorkUpdate, walk
 
 T0 = 1_767_225_600_000
 CFG = SessionConfig(
@@ -469,3 +469,16 @@ def test_a_walk_that_goes_on_from_the_last_gives_what_walking_it_all_again_gives
             fresh.next_ms,
         )
         assert got.base.to_wire()[1:] == fresh.base.to_wire()[1:]  # the state it reached (not where it began)
+
+
+def test_work_from_a_partition_running_ahead_makes_none_of_the_bucket_s_own_events_late():
+    bucket = BucketState(CFG)
+    assert bucket.apply(E("q", "queue", 0, call="c1", queue="sales")).status == "ok"
+    # an agent of this bucket answered a call an hour later, in a bucket whose partition is read ahead
+    bucket.apply_work(WorkUpdate("zoe", "elsewhere", (Work("sales", T0 + 3_600_000),)))
+    # this bucket's own call goes on at 10 s: not late (grace is 120 s behind this bucket's own events)
+    assert bucket.apply(E("h", "abandon", 10, call="c1")).status == "ok"
+    assert bucket.wm == T0 + 10_000 and bucket.agent_wm == T0 + 3_600_000
+    # zoe's timeline goes up to the work it has: on the call since an hour in
+    facts = bucket.sweep()
+    assert facts == [] and bucket.agents["zoe"].until == NEVER
