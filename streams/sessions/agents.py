@@ -310,10 +310,21 @@ class WalkResult(NamedTuple):
     next_ms: int
     #: The last point the walk went through (``base`` is the state after it).
     last_t: int
-    #: The state before that last point, and how many closed intervals there were then (a walk can go on
-    #: from there when an input changes the last point itself).
-    prev: Base | None = None
-    prev_closed: int = 0
+    #: Every few points, the state after a point and how many intervals were closed by then: a later walk
+    #: goes on from the last mark before what an input changes instead of walking it all again.
+    marks: tuple[Mark, ...] = ()
+
+
+class Mark(NamedTuple):
+    """The state of a walk after point ``t``, with ``closed`` intervals closed by then."""
+
+    t: int
+    state: Base
+    closed: int
+
+
+#: A walk marks its state every this many points.
+MARK_EVERY = 8
 
 
 def walk(
@@ -332,9 +343,8 @@ def walk(
     """Walk from ``base`` over the pending events and the work, up to ``until`` (the watermark).
 
     With ``before``, stop short of ``until`` (a fold: the base becomes the state just before it). With
-    ``resume``, go on from where that walk (which is used up) stopped (``resume_at`` its ``last_t`` + 1), or from just before its
-    last point (``resume_at`` its ``last_t``): valid when the inputs changed nothing before ``resume_at``
-    (``AgentSession`` checks).
+    ``resume``, go on from where that walk (which is used up) stopped, or from its last mark before
+    ``resume_at``: valid when the inputs changed nothing before ``resume_at`` (``AgentSession`` checks).
     """
     if activity is None:
         activity = _Activity(works, rules)
@@ -345,31 +355,30 @@ def walk(
         points = sorted({lo, *activity.points(lo), *(ev.ts_ms for ev in pending if ev.ts_ms >= lo)})
         closed: list[Fact] = []
         i = 0
+        marks: list[Mark] = []
+        last_t = lo - 1
     else:
         # The walk takes over the one it goes on from (its state and its list of closed intervals): that one
         # is not used again.
+        closed = resume.closed
         if resume_at > resume.last_t:
-            state, closed = resume.base, resume.closed
+            state, last_t, marks = resume.base, resume.last_t, list(resume.marks)
         else:
-            assert resume.prev is not None
-            state, closed = resume.prev, resume.closed
-            del closed[resume.prev_closed :]
-        lo = resume_at
+            k = bisect_left([m.t for m in resume.marks], resume_at) - 1
+            assert k >= 0
+            mark = resume.marks[k]
+            state, last_t, marks = mark.state.copy(), mark.t, list(resume.marks[: k + 1])
+            del closed[mark.closed :]
+        lo = last_t + 1
         i = bisect_left([ev.ts_ms for ev in pending], lo)
         points = sorted({*activity.points(lo), *(pending[j].ts_ms for j in range(i, n))})
-    last_t = lo - 1
-    prev: Base | None = None
-    prev_closed = 0
-    if resume is not None and resume_at > resume.last_t:  # nothing of that walk is undone
-        last_t, prev, prev_closed = resume.last_t, resume.prev, resume.prev_closed
     next_ms = -1
     stop = until - 1 if before else until
-    for j, t in enumerate(points):
+    since_mark = 0
+    for t in points:
         if t > stop:
             next_ms = t
             break
-        if not before and (j + 1 == len(points) or points[j + 1] > stop):
-            prev, prev_closed = state.copy(), len(closed)  # before the last point
         last_t = t
         while i < n and pending[i].ts_ms <= t:
             ev = pending[i]
@@ -387,6 +396,10 @@ def walk(
             was = state.shown.get(q)
             if was is None or (was.status, was.reason) != (status, reason):
                 state.shown[q] = Shown(status, reason, t)
+        since_mark += 1
+        if since_mark == MARK_EVERY and not before:
+            marks.append(Mark(t, state.copy(), len(closed)))
+            since_mark = 0
     if before:
         state.horizon = until
         return WalkResult(state, closed, [], [], -1, until - 1)
@@ -409,7 +422,7 @@ def walk(
                         value[1],
                     )
                 )
-    return WalkResult(state, closed, open_facts, nexts, next_ms, last_t, prev, prev_closed)
+    return WalkResult(state, closed, open_facts, nexts, next_ms, last_t, tuple(marks))
 
 
 def _key(agent: str, queue: str) -> str:
@@ -527,23 +540,27 @@ class AgentSession:
         """
         prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
         old = prior.closed + prior.open + prior.next + self._work_facts(agent) if prior is not None else []
-        change()
-        if prior is not None and (
-            changed_from > prior.last_t or (changed_from == prior.last_t and prior.prev is not None)
+        horizon = self.base.horizon
+        change()  # (what was emitted is worked out first: a change may move the horizon of an empty timeline)
+        activity = self._activity(rules)
+        if (
+            prior is not None
+            and horizon == self.base.horizon
+            and (changed_from > prior.last_t or (prior.marks and changed_from > prior.marks[0].t))
         ):
-            resume_at = min(changed_from, prior.last_t + 1)
             result = walk(
                 agent,
                 self.base,
                 self.pending,
-                self._all_works(),
+                (),
                 rules,
                 wm,
                 resume=prior,
-                resume_at=resume_at,
+                resume_at=changed_from,
+                activity=activity,
             )
         else:
-            result = walk(agent, self.base, self.pending, (), rules, wm, activity=self._activity(rules))
+            result = walk(agent, self.base, self.pending, (), rules, wm, activity=activity)
         self.derivation = (wm, result)
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
         return diff(old, result.closed + result.open + result.next + self._work_facts(agent))
@@ -625,14 +642,11 @@ class AgentSession:
         self.derivation = None
         if cached is not None:
             # The last walk holds on, but for the intervals now folded (they close before ``before``, and
-            # come first) and, if its last point was folded, where it could go on from before that point.
+            # come first) and the marks before ``before`` (the events they would walk again are folded).
             limit, r = cached
             k = bisect_left([f.ts_ms for f in r.closed], before)
-            prev = r.prev if r.last_t >= before else None
-            self.derivation = (
-                limit,
-                r._replace(closed=r.closed[k:], prev=prev, prev_closed=max(0, r.prev_closed - k)),
-            )
+            marks = tuple(m._replace(closed=m.closed - k) for m in r.marks if m.t >= before and m.closed >= k)
+            self.derivation = (limit, r._replace(closed=r.closed[k:], marks=marks))
 
     def idle(self) -> bool:
         """Nothing left to keep: no queue, no pending event, no work, no remembered id."""

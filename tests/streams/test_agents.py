@@ -418,7 +418,7 @@ def agent_inputs(draw):
     """An agent's explicit events and work updates of a few calls, roughly in time order, some out of it."""
     out, t = [], 0
     calls: dict[str, list] = {}
-    for i in range(draw(st.integers(1, 14))):
+    for i in range(draw(st.integers(1, 30))):  # enough points for a walk to mark its state (MARK_EVERY)
         t += draw(st.integers(-20, 40))
         if draw(st.integers(0, 5)) == 0:
             out.append(("fold", draw(st.integers(0, 120))))
@@ -440,7 +440,7 @@ def agent_inputs(draw):
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(agent_inputs())
 def test_a_walk_that_goes_on_from_the_last_gives_what_walking_it_all_again_gives(inputs):
     rules = CFG.agent_rules("carol")
@@ -448,8 +448,8 @@ def test_a_walk_that_goes_on_from_the_last_gives_what_walking_it_all_again_gives
     for item in inputs:
         if item[0] == "fold":
             session.advance("carol", rules, wm)
-            # inputs go back at most 14 x 20 s: a fold 300 s back never folds what a later input changes
-            session.fold("carol", rules, wm - (300 + item[1]) * 1000)
+            # inputs go back at most 30 x 20 s: a fold 600 s back never folds what a later input changes
+            session.fold("carol", rules, wm - (600 + item[1]) * 1000)
         elif item[0] == "event":
             _, t, eid, state, queue = item
             ts = T0 + t * 1000
