@@ -38,7 +38,7 @@ this bucket.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from itertools import zip_longest
 from typing import NamedTuple
@@ -177,10 +177,14 @@ def acw_until(work: Work, rules: Rules) -> int:
     return work.end_ms + rules.wrapup_ms(work.queue)
 
 
+#: What no call says (before the first stretch of work).
+_IDLE: tuple[bool, tuple[str, ...], int, int] = (False, (), -1, -1)
+
+
 class _Activity:
     """What the agent's calls say at time t."""
 
-    __slots__ = ("works", "rules", "all_points")
+    __slots__ = ("works", "rules", "all_points", "droppable_from", "cache")
 
     def __init__(self, works: Iterable[Work], rules: Rules) -> None:
         # In order of start, then queue: what ``at`` picks among equal times never depends on an end (an update
@@ -195,9 +199,37 @@ class _Activity:
                 out.add(acw_until(w, rules))
         #: Every time at which the activity changes, in order.
         self.all_points = sorted(out)
+        #: The earliest ``before`` from which a fold drops the work of a call (``NEVER``: none).
+        self.droppable_from = NEVER
+        #: Index in ``all_points`` -> ``at`` there.
+        self.cache: dict[int, tuple[bool, tuple[str, ...], int, int]] = {}
+
+    def set_droppable(self, works: dict[str, tuple[Work, ...]]) -> _Activity:
+        """Work out ``droppable_from`` for ``works`` (by call), the stretches this activity is made of."""
+        last = _last_ended(self.works)
+        out = NEVER
+        for call_works in works.values():
+            if any(w is last or w.end_ms < 0 for w in call_works):
+                continue
+            out = min(out, max(max(w.end_ms, acw_until(w, self.rules)) for w in call_works))
+        self.droppable_from = out
+        return self
 
     def at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
-        """(on a call, queues of the open calls, end of the last ended call or -1, its wrap-up end)."""
+        """(on a call, queues of the open calls, end of the last ended call or -1, its wrap-up end).
+
+        It changes only at ``all_points``: the value at the last point at or before ``t`` (worked out once).
+        """
+        i = bisect_right(self.all_points, t) - 1
+        if i < 0:
+            return _IDLE
+        cache = self.cache
+        value = cache.get(i)
+        if value is None:
+            value = cache[i] = self._at(self.all_points[i])
+        return value
+
+    def _at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
         on_call = False
         queues: list[str] = []
         last_end, until = -1, -1
@@ -506,7 +538,7 @@ class AgentSession:
     def _activity(self, rules: Rules) -> _Activity:
         activity = self.activity
         if activity is None:
-            activity = self.activity = _Activity(self._all_works(), rules)
+            activity = self.activity = _Activity(self._all_works(), rules).set_droppable(self.works)
         return activity
 
     def derived(self, agent: str, rules: Rules, until: int) -> WalkResult:
@@ -539,15 +571,25 @@ class AgentSession:
         went no further than it, the new walk goes on from there instead of walking everything again.
         """
         prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
-        old = prior.closed + prior.open + prior.next + self._work_facts(agent) if prior is not None else []
         horizon = self.base.horizon
+        old_closed = prior.closed if prior is not None else []
+        old_rest = prior.open + prior.next if prior is not None else []
+        n_old = len(old_closed)
+        old_work = self._work_facts(agent) if prior is not None else []
         change()  # (what was emitted is worked out first: a change may move the horizon of an empty timeline)
         activity = self._activity(rules)
+        kept = 0  # closed intervals the new walk keeps from the last (the same objects: not compared)
         if (
             prior is not None
             and horizon == self.base.horizon
             and (changed_from > prior.last_t or (prior.marks and changed_from > prior.marks[0].t))
         ):
+            if changed_from > prior.last_t:
+                kept = n_old
+            else:
+                k = bisect_left([m.t for m in prior.marks], changed_from) - 1
+                kept = prior.marks[k].closed
+            old_tail = old_closed[kept:]  # before the walk takes the list over
             result = walk(
                 agent,
                 self.base,
@@ -560,10 +602,15 @@ class AgentSession:
                 activity=activity,
             )
         else:
+            old_tail = old_closed
             result = walk(agent, self.base, self.pending, (), rules, wm, activity=activity)
         self.derivation = (wm, result)
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
-        return diff(old, result.closed + result.open + result.next + self._work_facts(agent))
+        changes = diff(old_tail + old_rest, result.closed[kept:] + result.open + result.next)
+        new_work = self._work_facts(agent)
+        if new_work is not old_work:
+            changes.extend(diff(old_work, new_work))
+        return changes
 
     def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
         """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
@@ -609,11 +656,7 @@ class AgentSession:
     def fold_from(self, rules: Rules) -> int:
         """The earliest ``before`` at which a fold changes anything (-1: none would)."""
         out = self.pending[0].ts_ms + 1 if self.pending else NEVER
-        last = _last_ended(self._all_works())
-        for works in self.works.values():
-            if any(w is last or w.end_ms < 0 for w in works):
-                continue
-            out = min(out, max(max(w.end_ms, acw_until(w, rules)) for w in works))
+        out = min(out, self._activity(rules).droppable_from)
         return out if out < NEVER else -1
 
     def fold(self, agent: str, rules: Rules, before: int) -> None:
