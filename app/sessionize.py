@@ -102,6 +102,7 @@ class Sessionizer(CheckpointedStage):
                 if raw
                 else BucketState(self.session)
             )
+            bucket.defer_agents = True  # an agent's inputs of one message: one walk, at the sweep
             self.buckets[key] = bucket
         return bucket
 

@@ -57,6 +57,12 @@ def messages_of(n: int, scale: float) -> list[tuple[bytes, bytes]]:
     return messages
 
 
+def _bucket(session: SessionConfig) -> BucketState:
+    bucket = BucketState(session)
+    bucket.defer_agents = True  # as the shell does: an agent's inputs of one message, one walk
+    return bucket
+
+
 def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
     validation = ValidationConfig(max_clock_skew_ms=10**13)
     session = SessionConfig()
@@ -68,7 +74,7 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
         t0 = time.perf_counter()
         parsed, _ = parse_message(value, validation, START_MS)
         t1 = time.perf_counter()
-        bucket = buckets.get(key) or buckets.setdefault(key, BucketState(session))
+        bucket = buckets.get(key) or buckets.setdefault(key, _bucket(session))
         groups: dict[str, list] = defaultdict(list)
         for event in parsed:
             for fact in bucket.apply(event).facts:
@@ -81,10 +87,15 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
             # the latest update per agent and call of the message, as the shell sends them at a flush
             latest = {(u.agent, u.call_id): u for u in bucket.outbox}
             bucket.outbox.clear()
+            by_bucket: dict[bytes, list] = defaultdict(list)
             for update in latest.values():
-                agent_key = call_bucket(update.agent).encode()
-                target = buckets.get(agent_key) or buckets.setdefault(agent_key, BucketState(session))
-                for fact in target.apply_work(update) + target.sweep():
+                by_bucket[call_bucket(update.agent).encode()].append(update)
+            for agent_key, updates in by_bucket.items():  # one message per agents' bucket
+                target = buckets.get(agent_key) or buckets.setdefault(agent_key, _bucket(session))
+                for update in updates:
+                    for fact in target.apply_work(update):
+                        groups[fact.key].append(fact)
+                for fact in target.sweep():
                     groups[fact.key].append(fact)
                 bucket.outbox.extend(target.outbox)
                 target.outbox.clear()

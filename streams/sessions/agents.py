@@ -492,6 +492,14 @@ def _open(agent: str, queue: str, shown: Shown) -> Fact:
 NEVER = 2**62
 
 
+class _Staged(NamedTuple):
+    """What was emitted before changes were staged: the walk, the calls' own figures, the horizon."""
+
+    prior: WalkResult | None
+    work: list[Fact]
+    horizon: int
+
+
 class AgentSession:
     """One agent's timeline: a folded base, explicit events and work still within the horizon, seen ids.
 
@@ -499,7 +507,18 @@ class AgentSession:
     next change, or ``NEVER``), so a bucket swept at every message and one swept only when due hold the same.
     """
 
-    __slots__ = ("base", "pending", "works", "seen", "until", "derivation", "work_facts", "activity")
+    __slots__ = (
+        "base",
+        "pending",
+        "works",
+        "seen",
+        "until",
+        "derivation",
+        "work_facts",
+        "activity",
+        "staged",
+        "staged_from",
+    )
 
     def __init__(
         self,
@@ -522,6 +541,9 @@ class AgentSession:
         #: ``work_facts`` of ``works``, and ``works`` as a walk reads them (not persisted).
         self.work_facts: list[Fact] | None = None
         self.activity: _Activity | None = None
+        #: Changes applied and not yet walked (``stage``), and the earliest time they change.
+        self.staged: _Staged | None = None
+        self.staged_from = NEVER
 
     def _starts(self, ts: int) -> None:
         """An input at ``ts``: a timeline that shows nothing yet starts no later than it."""
@@ -570,22 +592,39 @@ class AgentSession:
         ``changed_from``: the change alters nothing before this time (-1: unknown). When the last emitted walk
         went no further than it, the new walk goes on from there instead of walking everything again.
         """
-        prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
-        horizon = self.base.horizon
+        self.stage(agent, rules, change, changed_from)
+        return self.settle(agent, rules, wm)
+
+    def stage(self, agent: str, rules: Rules, change: Callable[[], None], changed_from: int = -1) -> None:
+        """Apply ``change`` now and walk later (``settle``): several changes of a message, one walk."""
+        staged = self.staged
+        if staged is None:
+            prior = self.derived(agent, rules, self.until) if self.until >= 0 else None
+            self.staged = _Staged(
+                prior, self._work_facts(agent) if prior is not None else [], self.base.horizon
+            )
+            self.staged_from = changed_from
+        elif changed_from < self.staged_from:
+            self.staged_from = changed_from
+        change()  # (what was emitted is worked out first: a change may move the horizon of an empty timeline)
+
+    def settle(self, agent: str, rules: Rules, wm: int) -> list[Fact]:
+        """Walk after the staged changes: the difference between the facts last emitted and those at ``wm``."""
+        staged, changed_from = self.staged, self.staged_from
+        assert staged is not None
+        self.staged = None
+        prior = staged.prior
         old_closed = prior.closed if prior is not None else []
         old_rest = prior.open + prior.next if prior is not None else []
-        n_old = len(old_closed)
-        old_work = self._work_facts(agent) if prior is not None else []
-        change()  # (what was emitted is worked out first: a change may move the horizon of an empty timeline)
         activity = self._activity(rules)
         kept = 0  # closed intervals the new walk keeps from the last (the same objects: not compared)
         if (
             prior is not None
-            and horizon == self.base.horizon
+            and staged.horizon == self.base.horizon
             and (changed_from > prior.last_t or (prior.marks and changed_from > prior.marks[0].t))
         ):
             if changed_from > prior.last_t:
-                kept = n_old
+                kept = len(old_closed)
             else:
                 k = bisect_left([m.t for m in prior.marks], changed_from) - 1
                 kept = prior.marks[k].closed
@@ -608,21 +647,25 @@ class AgentSession:
         self.until = result.next_ms - 1 if result.next_ms >= 0 else NEVER
         changes = diff(old_tail + old_rest, result.closed[kept:] + result.open + result.next)
         new_work = self._work_facts(agent)
-        if new_work is not old_work:
-            changes.extend(diff(old_work, new_work))
+        if new_work is not staged.work:
+            changes.extend(diff(staged.work, new_work))
         return changes
 
-    def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int) -> list[Fact]:
-        """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes."""
+    def add(self, agent: str, item: AgentEvent, rules: Rules, wm: int, *, later: bool = False) -> list[Fact]:
+        """Insert one explicit event (the bucket's watermark is now ``wm``); return the facts it changes.
+
+        With ``later``, only stage it (``settle`` walks).
+        """
 
         def change() -> None:
             self._starts(item.ts_ms)
             _insert_sorted(self.pending, item)
 
-        return self._changed(agent, rules, wm, change, item.ts_ms)
+        self.stage(agent, rules, change, item.ts_ms)
+        return [] if later else self.settle(agent, rules, wm)
 
-    def set_work(self, update: WorkUpdate, rules: Rules, wm: int) -> list[Fact]:
-        """Replace the agent's work on one call; return the facts it changes."""
+    def set_work(self, update: WorkUpdate, rules: Rules, wm: int, *, later: bool = False) -> list[Fact]:
+        """Replace the agent's work on one call; return the facts it changes (with ``later``: only stage it)."""
         changed_from = _changed_from(self.works.get(update.call_id, ()), update.works, rules)
 
         def change() -> None:
@@ -634,7 +677,8 @@ class AgentSession:
                 self.works.pop(update.call_id, None)
             self.work_facts = self.activity = None
 
-        return self._changed(update.agent, rules, wm, change, changed_from)
+        self.stage(update.agent, rules, change, changed_from)
+        return [] if later else self.settle(update.agent, rules, wm)
 
     def folded_away(self, update: WorkUpdate, rules: Rules) -> bool:
         """Whether the update changes the work before the horizon, which the base has folded (too late)."""

@@ -101,6 +101,8 @@ class BucketState:
         "agent_due",
         "outbox",
         "late_work",
+        "defer_agents",
+        "staged",
     )
 
     def __init__(self, config: SessionConfig) -> None:
@@ -128,6 +130,10 @@ class BucketState:
         self.outbox: list[WorkUpdate] = []
         #: Work updates that changed what an agent's timeline had already folded (counted by the shell).
         self.late_work = 0
+        #: With ``defer_agents`` (the shell's way), an agent's inputs of one message are walked once, at the
+        #: next ``sweep``: ``apply`` returns no facts for them; ``staged`` are the agents waiting for it.
+        self.defer_agents = False
+        self.staged: dict[str, None] = {}
 
     # -- events -------------------------------------------------------------------------------------------
     def apply(self, event: CallEvent) -> Applied:
@@ -259,8 +265,12 @@ class BucketState:
             AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue, event.reason or "")
         )
         rules = self.config.agent_rules(agent)
-        facts = session.add(agent, item, rules, self.agent_clock())
-        self._agent_due(session, event.ts_ms + self.config.housekeeping_ms)
+        defer = self.defer_agents
+        facts = session.add(agent, item, rules, self.agent_clock(), later=defer)
+        if defer:
+            self.staged[agent] = None
+        else:
+            self._agent_due(session, event.ts_ms + self.config.housekeeping_ms)
         return _new(Applied, ("ok", facts, "", ""))
 
     def agent_clock(self) -> int:
@@ -287,8 +297,24 @@ class BucketState:
         rules = self.config.agent_rules(update.agent)
         if session.folded_away(update, rules):
             self.late_work += 1
-        facts = session.set_work(update, rules, clock)
-        self._agent_due(session, ts + self.config.housekeeping_ms)
+        defer = self.defer_agents
+        facts = session.set_work(update, rules, clock, later=defer)
+        if defer:
+            self.staged[update.agent] = None
+        else:
+            self._agent_due(session, ts + self.config.housekeeping_ms)
+        return facts
+
+    def settle_agents(self) -> list[Fact]:
+        """Walk the agents whose inputs were staged (``defer_agents``); the facts they change."""
+        facts: list[Fact] = []
+        if self.staged:
+            clock = self.agent_clock()
+            for agent in self.staged:
+                session = self.agents[agent]
+                facts.extend(session.settle(agent, self.config.agent_rules(agent), clock))
+                self._agent_due(session, clock + self.config.housekeeping_ms)
+            self.staged.clear()
         return facts
 
     def _agent_due(self, session: AgentSession, bound: int) -> None:
@@ -304,11 +330,11 @@ class BucketState:
 
         Runs on event time (the watermark) only, so it is deterministic; call it after each message.
         """
+        facts = self.settle_agents()
         wm = self.wm
         if wm is None:
-            return []
+            return facts
         clock = self.agent_clock()
-        facts: list[Fact] = []
         if wm >= self.due:
             self._sweep_calls(wm, facts)
         if clock >= self.agent_due:

@@ -48,15 +48,34 @@ def A(eid, sec, agent, state, queue=None, reason=None):
 class World:
     """Buckets by message key, with the work updates routed between them as the shell does (in order)."""
 
-    def __init__(self, config: SessionConfig = CFG) -> None:
+    def __init__(self, config: SessionConfig = CFG, defer: bool = False) -> None:
         self.config = config
+        #: Walk an agent once per message, at the sweep, as the shell does.
+        self.defer = defer
         self.buckets: dict[str, BucketState] = {}
         self.emitted: list[Fact] = []
         #: Work updates sent and not yet delivered: (agent bucket, update).
         self.in_flight: list[tuple[str, WorkUpdate]] = []
 
     def bucket(self, key: str) -> BucketState:
-        return self.buckets.setdefault(key, BucketState(self.config))
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = BucketState(self.config)
+            bucket.defer_agents = self.defer
+        return bucket
+
+    def send_message(self, events: list[CallEvent]) -> None:
+        """Events of one message (of one bucket each, as producers batch them), then the sweep."""
+        by_key: dict[str, list[CallEvent]] = {}
+        for event in events:
+            by_key.setdefault(event.key, []).append(event)
+        for key, evs in by_key.items():
+            bucket = self.bucket(key)
+            for event in evs:
+                self.emitted += bucket.apply(event).facts
+            self.emitted += bucket.sweep()
+            self._collect(bucket)
+        self.deliver()
 
     def send(self, event: CallEvent, deliver: bool = True) -> str:
         bucket = self.bucket(event.key)
@@ -283,6 +302,10 @@ def _final(events, deliver_late: bool):
     for ev in events:
         w.send(ev, deliver=not deliver_late)
     w.deliver()
+    return _end(w)
+
+
+def _end(w):
     w.send(A("end", 200, "dave", "available", "sales"))
     return w.intervals(), w.shown(200)
 
@@ -306,6 +329,11 @@ def test_in_every_arrival_order_the_agent_s_timeline_is_the_in_order_one():
                 [e.event_id for e in order],
                 late,
             )
+        # as the shell does it: several events a message, each agent walked once a message
+        w = World(defer=True)
+        for i in range(0, len(order), 3):
+            w.send_message(list(order[i : i + 3]))
+        assert _end(w) == (expected, {("dave", "sales"): ("on_call", "")}), [e.event_id for e in order]
 
 
 STATIC_SCENARIO = [
