@@ -23,6 +23,7 @@ from app.metrics import exported_states
 from app.settings import Settings
 from streams import counters
 from streams.kpi import KpiEngine, agents_at, read_agent, read_key
+from streams.sessions.agents import OVERALL_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -251,4 +252,4 @@ def merge_agents(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _overall_of(queues: dict[str, dict[str, Any]]) -> str:
     """An agent's overall state from its queues alone (its own figures not yet seen)."""
     states = {q["state"] for q in queues.values()}
-    return next((st for st in ("on_call", "acw", "available", "paused") if st in states), "offline")
+    return next((st for st in OVERALL_ORDER if st in states), "offline")

@@ -29,6 +29,7 @@ from typing import Any, TypedDict
 
 from streams import counters
 from streams.config import TargetsConfig
+from streams.events import AGENT_STATE_ALIASES
 from streams.facts import (
     WIRE_RECORDS,
     AgentWire,
@@ -53,8 +54,6 @@ RETENTION_MS = 50 * 3600_000
 #: An agent-state interval whose whole minutes span at least this long is kept as a span, not per minute.
 SPAN_MIN_MS = 60 * MINUTE_MS
 AGENT_MEMBER_STATES = ("available", "on_call", "acw", "paused")
-#: Earlier names of agent states in stored state (``busy`` is ``on_call``), renamed on restore.
-_STATE_ALIASES = {"busy": "on_call"}
 #: At most this many pause reasons per queue are told apart; the rest are counted as ``other``.
 MAX_PAUSE_REASONS = 20
 SURVEY_BANDS = {
@@ -295,7 +294,7 @@ class KpiEngine:
         if type(f) is AgentWire:
             if len(wire) == 6:  # written before agent facts had a reason
                 f = _new(AgentWire, (*wire, ""))
-            status = _STATE_ALIASES.get(f.status, f.status)
+            status = AGENT_STATE_ALIASES.get(f.status, f.status)
             if f.kind == "agent":
                 self._upsert(state.agents, f.agent, [status, f.since_ms, f.reason], s)
             elif f.kind == "agent_next":
@@ -473,17 +472,17 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
 
 def _agent_value(value: list[Any]) -> list[Any]:
     """A stored agent value as it is now: [status, since, reason] (earlier: [status, since], ``busy``)."""
-    status = _STATE_ALIASES.get(value[0], value[0])
+    status = AGENT_STATE_ALIASES.get(value[0], value[0])
     return [status, value[1], value[2] if len(value) > 2 else ""]
 
 
 def _renamed_span(span: str) -> str:
     agent_state, first, end = _span(span)
-    return _span_key(_STATE_ALIASES.get(agent_state, agent_state), first, end)
+    return _span_key(AGENT_STATE_ALIASES.get(agent_state, agent_state), first, end)
 
 
 def _rename_agent_counters(c: dict[str, int]) -> None:
-    for old, new in _STATE_ALIASES.items():
+    for old, new in AGENT_STATE_ALIASES.items():
         value = c.pop(counters.agent_ms(old), None)
         if value is not None:
             _add(c, counters.agent_ms(new), value)

@@ -43,12 +43,8 @@ from collections.abc import Callable, Iterable
 from itertools import zip_longest
 from typing import NamedTuple
 
+from streams.events import AGENT_STATE_ALIASES
 from streams.facts import Fact, agent_fact, agent_key, diff, queue_key
-
-#: The states an agent shows in a queue it serves (``offline`` is not being in the queue).
-MEMBER_STATES = ("available", "on_call", "acw", "paused")
-#: Earlier name of ``on_call``, still accepted in input and read from stored state.
-ON_CALL_ALIASES = {"busy": "on_call"}
 
 
 class AgentEvent(NamedTuple):
@@ -254,7 +250,7 @@ class _Activity:
 
 def _apply_event(base: Base, ev: AgentEvent, rules: Rules, activity: _Activity) -> None:
     """One explicit event changes the membership and the explicit states (not what is shown)."""
-    state = ON_CALL_ALIASES.get(ev.state, ev.state)
+    state = AGENT_STATE_ALIASES.get(ev.state, ev.state)
     if ev.queue is not None:
         queues: Iterable[str] = (ev.queue,)
     else:
@@ -277,10 +273,6 @@ def _apply_event(base: Base, ev: AgentEvent, rules: Rules, activity: _Activity) 
         base.explicit[q] = Explicit(state, ev.reason if state == "paused" else "", ev.ts_ms)
 
 
-#: Explicit states about a call: once a later call has ended and been wrapped up, they no longer hold.
-_CALL_STATES = frozenset(("on_call",))
-
-
 def _shown_at(base: Base, t: int, activity: _Activity, rules: Rules) -> dict[str, tuple[str, str]]:
     """The state (status, reason) each queue shows at ``t`` (after ``base`` took every event up to ``t``)."""
     on_call, call_queues, last_end, until = activity.at(t)
@@ -299,7 +291,8 @@ def _shown_at(base: Base, t: int, activity: _Activity, rules: Rules) -> dict[str
             out[q] = ("on_call", "")
         elif in_acw and (explicit is None or explicit.ts_ms <= last_end):
             out[q] = ("acw", "")
-        elif explicit is not None and not (explicit.status in _CALL_STATES and explicit.ts_ms <= last_end):
+        # (an explicit on_call no later than the last call's end was about that call: it no longer holds)
+        elif explicit is not None and not (explicit.status == "on_call" and explicit.ts_ms <= last_end):
             out[q] = (explicit.status, explicit.reason)
         else:
             out[q] = ("available", "")
@@ -313,7 +306,7 @@ def _shown_at(base: Base, t: int, activity: _Activity, rules: Rules) -> dict[str
 #: The pseudo-queue of an agent's overall state (across its queues; its facts go to the agent's key).
 OVERALL = "\x00"
 #: Which state of its queues an agent's overall state is, first to last.
-_OVERALL_ORDER = ("on_call", "acw", "available", "paused")
+OVERALL_ORDER = ("on_call", "acw", "available", "paused")
 
 
 def _overall(shown: dict[str, tuple[str, str]]) -> tuple[str, str]:
@@ -322,7 +315,7 @@ def _overall(shown: dict[str, tuple[str, str]]) -> tuple[str, str]:
     A paused agent's reason is that of its first queue (by name) it is paused in.
     """
     states = {status for status, _reason in shown.values()}
-    for status in _OVERALL_ORDER:
+    for status in OVERALL_ORDER:
         if status in states:
             reason = (
                 min((q, r) for q, (st, r) in shown.items() if st == status)[1] if status == "paused" else ""
@@ -756,7 +749,7 @@ class AgentSession:
             state, queues, pending, seen = data
             assert isinstance(state, str) and isinstance(queues, dict) and isinstance(pending, list)
             assert isinstance(seen, dict)
-            status = ON_CALL_ALIASES.get(state, state)
+            status = AGENT_STATE_ALIASES.get(state, state)
             horizon = min((int(p[0]) for p in pending), default=max(queues.values(), default=0))
             in_queues = queues.items() if status != "offline" else {}.items()
             base = Base(
