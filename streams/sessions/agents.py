@@ -203,12 +203,7 @@ class _Activity:
     def set_droppable(self, works: dict[str, tuple[Work, ...]]) -> _Activity:
         """Work out ``droppable_from`` for ``works`` (by call), the stretches this activity is made of."""
         last = _last_ended(self.works)
-        out = NEVER
-        for call_works in works.values():
-            if any(w is last or w.end_ms < 0 for w in call_works):
-                continue
-            out = min(out, max(max(w.end_ms, acw_until(w, self.rules)) for w in call_works))
-        self.droppable_from = out
+        self.droppable_from = min((_done_by(ws, last, self.rules) for ws in works.values()), default=NEVER)
         return self
 
     def at(self, t: int) -> tuple[bool, tuple[str, ...], int, int]:
@@ -705,18 +700,13 @@ class AgentSession:
         if before <= self.base.horizon:
             return
         cached = self.derivation
-        works = self._all_works()
-        result = walk(
-            agent, self.base, self.pending, (), rules, before, before=True, activity=self._activity(rules)
-        )
+        activity = self._activity(rules)
+        result = walk(agent, self.base, self.pending, (), rules, before, before=True, activity=activity)
         self.base = result.base
         self.pending = [ev for ev in self.pending if ev.ts_ms >= before]
-        last = _last_ended(works)
+        last = _last_ended(activity.works)
         for call_id, call_works in list(self.works.items()):
-            if not any(
-                w is last or w.end_ms < 0 or w.end_ms > before or acw_until(w, rules) > before
-                for w in call_works
-            ):
+            if _done_by(call_works, last, rules) <= before:
                 del self.works[call_id]
                 self.work_facts = self.activity = None
         self.derivation = None
@@ -824,6 +814,13 @@ def _changed_from(old: tuple[Work, ...], new: tuple[Work, ...], rules: Rules) ->
         elif acw_until(a, rules) != acw_until(b, rules):
             out = min(out, a.end_ms)  # the wrap-up begins at the end
     return out
+
+
+def _done_by(call_works: tuple[Work, ...], last: Work | None, rules: Rules) -> int:
+    """When a call's work stops mattering to the walk (``NEVER`` while open, or when it ended last)."""
+    if any(w is last or w.end_ms < 0 for w in call_works):
+        return NEVER
+    return max(acw_until(w, rules) for w in call_works)  # (the end of wrap-up is never before the end)
 
 
 def _last_ended(works: list[Work]) -> Work | None:

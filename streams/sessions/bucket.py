@@ -43,6 +43,8 @@ class SessionConfig:
     reject_within_ms: int = field(init=False, repr=False, compare=False)
     #: Derived: the soonest housekeeping an applied event can need (grace, call timeout, dedup TTL).
     housekeeping_ms: int = field(init=False, repr=False, compare=False)
+    #: Derived: how far behind its clock an agent's timeline folds (``agent_history_ms``, at least 2 x grace).
+    agent_fold_lag_ms: int = field(init=False, repr=False, compare=False)
     #: Derived: queue -> wrap-up time, and the agents' rules built so far.
     _wrapup: Callable[[str], int] = field(init=False, repr=False, compare=False)
     _rules: dict[str, Rules] = field(init=False, repr=False, compare=False)
@@ -64,6 +66,7 @@ class SessionConfig:
         object.__setattr__(
             self, "housekeeping_ms", min(self.grace_ms, self.call_timeout_ms, self.dedup_ttl_ms)
         )
+        object.__setattr__(self, "agent_fold_lag_ms", max(2 * self.grace_ms, self.agent_history_ms))
         wrapup, default = self.wrapup_ms, self.default_wrapup_ms
         object.__setattr__(self, "_wrapup", lambda queue: wrapup.get(queue, default))
         object.__setattr__(self, "_rules", {})
@@ -265,12 +268,8 @@ class BucketState:
             AgentEvent, (event.ts_ms, event.event_id, event.state or "", event.queue, event.reason or "")
         )
         rules = self.config.agent_rules(agent)
-        defer = self.defer_agents
-        facts = session.add(agent, item, rules, self.agent_clock(), later=defer)
-        if defer:
-            self.staged[agent] = None
-        else:
-            self._agent_due(session, event.ts_ms + self.config.housekeeping_ms)
+        facts = session.add(agent, item, rules, self.agent_clock(), later=self.defer_agents)
+        self._walked_or_staged(agent, session, event.ts_ms)
         return _new(Applied, ("ok", facts, "", ""))
 
     def agent_clock(self) -> int:
@@ -281,7 +280,8 @@ class BucketState:
     def apply_work(self, update: WorkUpdate) -> list[Fact]:
         """Apply an agent's work on one call, as the call's bucket derived it (an upsert: replays converge).
 
-        It is not judged late: the call's bucket already admitted its events. Its times move the watermark.
+        It is not judged late: the call's bucket already admitted its events. Its times move ``agent_wm``, not the
+        watermark (they may lie ahead of this bucket's own events).
         """
         ts = max((max(w.start_ms, w.end_ms, w.wrapup_ms) for w in update.works), default=-1)
         if ts > self.agent_wm:
@@ -297,13 +297,16 @@ class BucketState:
         rules = self.config.agent_rules(update.agent)
         if session.folded_away(update, rules):
             self.late_work += 1
-        defer = self.defer_agents
-        facts = session.set_work(update, rules, clock, later=defer)
-        if defer:
-            self.staged[update.agent] = None
+        facts = session.set_work(update, rules, clock, later=self.defer_agents)
+        self._walked_or_staged(update.agent, session, ts)
+        return facts
+
+    def _walked_or_staged(self, agent: str, session: AgentSession, ts: int) -> None:
+        """After an agent's input at ``ts``: it waits for ``settle_agents``, or its housekeeping comes due."""
+        if self.defer_agents:
+            self.staged[agent] = None
         else:
             self._agent_due(session, ts + self.config.housekeeping_ms)
-        return facts
 
     def settle_agents(self) -> list[Fact]:
         """Walk the agents whose inputs were staged (``defer_agents``); the facts they change."""
@@ -387,7 +390,7 @@ class BucketState:
         forget_before = wm - cfg.dedup_ttl_ms
         # An agent's work comes one hop after its call's events: its timeline folds at least two grace periods
         # back, and by default an hour.
-        fold_lag = max(2 * cfg.grace_ms, cfg.agent_history_ms)
+        fold_lag = cfg.agent_fold_lag_ms
         fold_before = clock - fold_lag
         due = _NEVER
         for agent in list(self.agents):
