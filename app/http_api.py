@@ -53,14 +53,7 @@ def register(
         local = queues_json(engine, settings, api_now())
         if request.query.get("local"):
             return web.json(local)
-        for url in _other_workers(app, aggregates):
-            try:
-                async with app.http_client.get(f"{url}/api/v1/queues?local=1") as response:
-                    remote = await response.json()
-            except Exception as exc:  # a worker may be going away; say so, answer the rest
-                log.warning("could not reach worker %s: %s", url, exc)
-                local.setdefault("unreachable", []).append(url)
-                continue
+        for remote in await _others(local, "/api/v1/queues?local=1"):
             local["queues"].extend(remote["queues"])
             local["campaigns"].extend(remote["campaigns"])
         local["queues"].sort(key=lambda q: q["queue"])
@@ -95,20 +88,25 @@ def register(
             out["unreachable"] = data["unreachable"]
         return web.json(out)
 
+    async def _others(local: dict, path: str) -> list[dict]:
+        """Every other worker's answer to ``path``; those that cannot be reached are listed in ``local``."""
+        answers = []
+        for url in _other_workers(app, aggregates):
+            try:
+                async with app.http_client.get(url + path) as response:
+                    answers.append(await response.json())
+            except Exception as exc:  # a worker may be going away; say so, answer the rest
+                log.warning("could not reach worker %s: %s", url, exc)
+                local.setdefault("unreachable", []).append(url)
+        return answers
+
     async def _agents(request: Any, only: str | None) -> dict:
         """This worker's agents (``?local=1``), or every worker's, merged by agent."""
         local = agents_json(engine, settings, api_now(), only)
         if request.query.get("local"):
             return local
-        parts = [local]
         query = "?local=1" + (f"&agent={quote(only, safe='')}" if only is not None else "")
-        for url in _other_workers(app, aggregates):
-            try:
-                async with app.http_client.get(f"{url}/api/v1/agents{query}") as response:
-                    parts.append(await response.json())
-            except Exception as exc:  # a worker may be going away; say so, answer the rest
-                log.warning("could not reach worker %s: %s", url, exc)
-                local.setdefault("unreachable", []).append(url)
+        parts = [local, *await _others(local, "/api/v1/agents" + query)]
         merged = merge_agents([a for part in parts for a in part["agents"]])
         return {**{k: v for k, v in local.items() if k != "agents"}, "agents": merged}
 

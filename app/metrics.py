@@ -158,7 +158,7 @@ class PipelineCounters:
         late: Any,
         retracted: Any,
         unexpected: Any,
-        agent_work_late: Any = None,
+        agent_work_late: Any,
     ) -> None:
         self.events = events
         self.rejected = rejected
@@ -209,14 +209,19 @@ def make_counters(registry: CollectorRegistry) -> PipelineCounters:
     return PipelineCounters(events, rejected, duplicate, late, retracted, unexpected, agent_work_late)
 
 
+def first_seen(engine: KpiEngine, prefix: str) -> list[KeyState]:
+    """The keys of one kind (``q:``, ``c:``, ``a:``) that hold facts, first seen first."""
+    return sorted(
+        (s for k, s in engine.keys.items() if k.startswith(prefix) and s.first),
+        key=lambda s: (s.first, s.key),
+    )
+
+
 def exported_states(engine: KpiEngine, max_keys: int) -> list[KeyState]:
     """The keys to export, the ones beyond ``max_keys`` per kind folded into ``q:_other`` / ``c:_other``."""
     out: list[KeyState] = []
     for prefix in ("q:", "c:"):
-        states = sorted(
-            (s for k, s in engine.keys.items() if k.startswith(prefix) and s.first),
-            key=lambda s: (s.first, s.key),
-        )
+        states = first_seen(engine, prefix)
         out.extend(states[:max_keys])
         if len(states) > max_keys:
             out.append(merge_states(states[max_keys:], prefix + OTHER))
@@ -376,9 +381,7 @@ AGENT_COUNTERS = {
 
 def agent_metrics(engine: KpiEngine, max_agents: int, now: int) -> Iterator[Any]:
     """The per-agent series of the first ``max_agents`` agents this worker holds (by first fact)."""
-    states = sorted(
-        (s for k, s in engine.keys.items() if k.startswith("a:") and s.first), key=lambda s: (s.first, s.key)
-    )[:max_agents]
+    states = first_seen(engine, "a:")[:max_agents]
     reads = {s.key: read_agent(s, engine.config, now) for s in states}
     gauge = GaugeMetricFamily(
         "callpulse_agent_state", "1 for the agent's state now (all 0: logged off).", labels=["agent", "state"]

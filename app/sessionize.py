@@ -250,8 +250,7 @@ class Sessionizer(CheckpointedStage):
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
         if bucket.late_work:
-            if self.counters.agent_work_late is not None:
-                self.counters.agent_work_late.inc(bucket.late_work)
+            self.counters.agent_work_late.inc(bucket.late_work)
             log.warning(
                 "%d work updates reached agent timelines after CALLPULSE_AGENT_HISTORY had folded what they change",
                 bucket.late_work,
@@ -290,7 +289,7 @@ class Sessionizer(CheckpointedStage):
 
 
 def _work(data: list[Any]) -> Work:
-    """A stretch of work from its JSON array (earlier senders wrote its first four fields only).
+    """A stretch of work from its JSON array (its last two fields may be left out: no hold, no transfer).
 
     Raises:
         ValueError, TypeError: it is not one.
