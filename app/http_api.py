@@ -2,8 +2,9 @@
 
 A worker holds only the queues, campaigns and agents of the partitions it actively owns. ``/api/v1/queues`` merges
 the answers of every worker of the ``aggregates`` table (``?local=1``: this worker's alone; the workers it
-could not reach are listed under ``unreachable``). ``/api/v1/queues/{queue}`` is answered by the worker
-that owns the queue's calls.facts partition (forwarded there unless ``?local=1``). ``/api/v1/agents`` and
+could not reach are listed under ``unreachable``). ``/api/v1/queues/{queue}`` and its waiting callers
+(``/api/v1/queues/{queue}/callers``) are answered by the worker that owns the queue's calls.facts partition
+(forwarded there unless ``?local=1``). ``/api/v1/agents`` and
 ``/api/v1/agents/{agent}`` merge every worker's answer like ``/api/v1/queues`` (an agent's states in its
 queues come from the workers of those queues). Times are RFC 3339 UTC.
 """
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from app.metrics import exported_states
 from app.settings import Settings
 from streams import counters
-from streams.kpi import KpiEngine, agents_at, read_agent, read_key
+from streams.kpi import KpiEngine, agents_at, read_agent, read_key, waiting_callers
 from streams.sessions.agents import OVERALL_ORDER
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def register(
     facts_topic: Any,
     now_ms: Callable[[KpiEngine], int],
 ) -> None:
-    """Serve ``/metrics``, ``/api/v1/queues[/{queue}]`` and ``/api/v1/agents[/{agent}]`` from ``app``'s web server."""
+    """Serve ``/metrics``, ``/api/v1/queues[/{queue}[/callers]]`` and ``/api/v1/agents[/{agent}]`` from ``app``'s web server."""
 
     def api_now() -> int:
         return now_ms(engine)
@@ -62,17 +63,33 @@ def register(
 
     @app.page("/api/v1/queues/{queue}")
     async def queue_page(web: Any, request: Any, queue: str) -> Any:
+        return await _queue_answer(
+            web, request, queue, "", lambda state: queue_json(state, engine, api_now())
+        )
+
+    @app.page("/api/v1/queues/{queue}/callers")
+    async def callers_page(web: Any, request: Any, queue: str) -> Any:
+        def answer(state: Any) -> dict:
+            return callers_json(state, engine, settings, api_now())
+
+        return await _queue_answer(web, request, queue, "/callers", answer)
+
+    async def _queue_answer(
+        web: Any, request: Any, queue: str, tail: str, answer: Callable[[Any], dict]
+    ) -> Any:
+        """Answer about one queue here if this worker owns its facts partition, else forward to the owner."""
         try:
             owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
         except Exception:  # no assignment known yet: answer from here
             owner = settings.api_url.rstrip("/")
         if not request.query.get("local") and owner != settings.api_url.rstrip("/"):
-            async with app.http_client.get(f"{owner}/api/v1/queues/{queue}?local=1") as response:
+            url = f"{owner}/api/v1/queues/{quote(queue, safe='')}{tail}?local=1"
+            async with app.http_client.get(url) as response:
                 return web.json(await response.json(), status=response.status)
         state = engine.keys.get(f"q:{queue}")
         if state is None:
             return web.json({"error": f"queue {queue!r} has no data"}, status=404)
-        return web.json(queue_json(state, engine, api_now()))
+        return web.json(answer(state))
 
     @app.page("/api/v1/agents")
     async def agents_page(web: Any, request: Any) -> Any:
@@ -147,6 +164,26 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
         }
     out["windows"] = windows
     return out
+
+
+def callers_json(state: Any, engine: KpiEngine, settings: Settings, now: int) -> dict:
+    """The callers waiting in one queue, in the order they are served (their pseudonyms, never a number)."""
+    return {
+        "queue": state.name,
+        "now": _iso(now),
+        "clock": settings.clock,
+        "callers": [
+            {
+                "position": w.position,
+                "call_id": w.call,
+                "caller": w.caller or None,
+                "priority": w.priority,
+                "waiting_since": _iso(w.since_ms),
+                "wait_seconds": (now - w.since_ms) / 1000,
+            }
+            for w in waiting_callers(state, engine.config, now)
+        ],
+    }
 
 
 def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:

@@ -112,6 +112,8 @@ class CallEvent(NamedTuple):
     scale: str | None = None
     state: str | None = None
     tenant: str | None = None
+    #: The caller's priority in the queue (higher is served first), where the source gives one.
+    priority: int | None = None
 
     @property
     def key(self) -> str:

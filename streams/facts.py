@@ -18,7 +18,8 @@ completed      ``talk_ms``, ``hold_ms``, ``holds``, ``acw_ms``, ``transferred`` 
 expired        call idle for CALLPULSE_CALL_TIMEOUT
 survey         ``scale``, ``score``
 attempt, connected, contact, conversion   outbound, keyed by campaign
-live           the call's live status in a queue: ``status`` waiting|talking|held since ``since_ms``
+live           the call's live status in a queue: ``status`` waiting|talking|held since ``since_ms``,
+               with the caller's pseudonym (``caller``) and priority (``priority``)
 agent          an agent's open state in a queue since ``since_ms`` (``agent``, ``status``, ``reason``:
                why paused)
 agent_next     the state an agent's open state turns into at ``since_ms`` without another event (the end
@@ -81,6 +82,10 @@ class Fact(NamedTuple):
     status: str = ""
     since_ms: int = 0
     agent: str = ""
+    #: The caller's pseudonym (``live``: the waiting, talking or held caller; "" when the source gives none).
+    caller: str = ""
+    #: The caller's priority in the queue (``live``; higher is served first, 0 when the source gives none).
+    priority: int = 0
     sign: int = 1
 
     def retraction(self) -> Fact:
@@ -97,18 +102,46 @@ class Fact(NamedTuple):
 
     @classmethod
     def decode(cls, data: list[Any]) -> Fact:
-        """Inverse of ``encode``."""
+        """Inverse of ``encode`` (also of the 18-field form written before facts had a caller and priority)."""
+        if len(data) == _FIELDS_BEFORE_CALLER:
+            return cls(*data[:-1], "", 0, data[-1])
         return cls(*data)
 
 
 _new = tuple.__new__
+#: Fields of a fact before ``caller`` and ``priority`` were added (tombstones may hold that form).
+_FIELDS_BEFORE_CALLER = 18
 
 
 # Constructors of the most frequent facts (every field given: a third of the cost of keyword arguments).
-def live_fact(key: str, ts_ms: int, call: str, status: str, since_ms: int) -> Fact:
-    """A call's live status in a queue (``live``)."""
+def live_fact(
+    key: str, ts_ms: int, call: str, status: str, since_ms: int, caller: str = "", priority: int = 0
+) -> Fact:
+    """A call's live status in a queue (``live``), with its caller's pseudonym and priority."""
     return _new(
-        Fact, ("live", key, ts_ms, "live:" + call, call, 0, "", 0, 0, 0, 0, 0, "", 0, status, since_ms, "", 1)
+        Fact,
+        (
+            "live",
+            key,
+            ts_ms,
+            "live:" + call,
+            call,
+            0,
+            "",
+            0,
+            0,
+            0,
+            0,
+            0,
+            "",
+            0,
+            status,
+            since_ms,
+            "",
+            caller,
+            priority,
+            1,
+        ),
     )
 
 
@@ -117,7 +150,7 @@ def agent_fact(
 ) -> Fact:
     """An agent's open state (``agent``), its next state (``agent_next``) or a closed interval (``agent_time``)."""
     return _new(
-        Fact, (kind, key, ts_ms, fid, "", 0, reason, 0, 0, 0, 0, 0, "", 0, status, since_ms, agent, 1)
+        Fact, (kind, key, ts_ms, fid, "", 0, reason, 0, 0, 0, 0, 0, "", 0, status, since_ms, agent, "", 0, 1)
     )
 
 
@@ -198,6 +231,9 @@ class LiveWire(NamedTuple):
     call: str
     status: str
     since_ms: int
+    #: The caller's pseudonym and priority (written since callers are listed; older facts lack them).
+    caller: str = ""
+    priority: int = 0
 
 
 class AgentWire(NamedTuple):

@@ -12,7 +12,7 @@ State per aggregation key (``q:<queue>`` or ``c:<campaign>``):
   decrease, but a retraction does decrease a total: the exported value is ``max(hwm, total)``, so a
   retraction is absorbed by the next increments instead of looking like a counter reset. Windowed KPIs and
   live values are always exact;
-- ``live`` (calls waiting / talking / on hold with their since-time), ``agents`` (per agent: state, since,
+- ``live`` (calls waiting / talking / on hold with their since-time, caller pseudonym and priority), ``agents`` (per agent: state, since,
   pause reason) and ``agents_next`` (per agent: the state it turns into at a time beyond the stream time,
   the end of after-call work, with no event to say so: read as in force once ``now`` passes it);
 - ``applied``: per source (a sessionizer bucket) the last source offset applied, so a re-emitted batch of
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from streams import counters
 from streams.config import TargetsConfig
@@ -205,7 +205,7 @@ class KeyState:
         state.wm = data["wm"]
         state.first = data["first"]
         state.applied = data["applied"]
-        state.live = data["live"]
+        state.live = {c: _live_value(v) for c, v in data["live"].items()}
         state.agents = {a: _agent_value(v) for a, v in data["agents"].items()}
         state.agents_next = data.get("agents_next", {})
         state.totals = data["totals"]
@@ -289,7 +289,9 @@ class KpiEngine:
             state.first = ts
         counts: list[tuple[str, int]]
         if type(f) is LiveWire:
-            self._upsert(state.live, f.call, [f.status, f.since_ms], s)
+            if len(wire) == 6:  # written before live facts had a caller and a priority
+                f = _new(LiveWire, (*wire, "", 0))
+            self._upsert(state.live, f.call, [f.status, f.since_ms, f.caller, f.priority], s)
             return
         if type(f) is AgentWire:
             if len(wire) == 6:  # written before agent facts had a reason
@@ -470,6 +472,11 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
     return merged
 
 
+def _live_value(value: list[Any]) -> list[Any]:
+    """A stored live value as it is now: [status, since, caller, priority] (earlier: [status, since])."""
+    return value if len(value) == 4 else [value[0], value[1], "", 0]
+
+
 def _agent_value(value: list[Any]) -> list[Any]:
     """A stored agent value as it is now: [status, since, reason] (earlier: [status, since], ``busy``)."""
     status = AGENT_STATE_ALIASES.get(value[0], value[0])
@@ -542,7 +549,7 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
     targets = config.targets.for_queue(state.name)
     timeout = config.call_timeout_ms
     live = [v for v in state.live.values() if now_ms - v[1] < timeout]
-    waiting = [since for status, since in live if status == "waiting"]
+    waiting = [v[1] for v in live if v[0] == "waiting"]
     agents = {s: 0 for s in AGENT_MEMBER_STATES}
     paused: dict[str, int] = {}
     now_agents = agents_at(state, now_ms)
@@ -582,8 +589,8 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             "calls_waiting": len(waiting),
             "oldest_wait_seconds": (now_ms - min(waiting)) / 1000 if waiting else 0.0,
             "calls_waiting_over_sl": sum(1 for since in waiting if now_ms - since > targets.sl_threshold_ms),
-            "calls_talking": sum(1 for status, _ in live if status == "talking"),
-            "calls_on_hold": sum(1 for status, _ in live if status == "held"),
+            "calls_talking": sum(1 for v in live if v[0] == "talking"),
+            "calls_on_hold": sum(1 for v in live if v[0] == "held"),
             "agents": agents,
             "agents_staffed": sum(agents.values()),
             "agents_paused": dict(sorted(paused.items())),
@@ -629,6 +636,34 @@ def read_agent(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any
             "longest_idle_ms": longest,
         }
     return {"state": current[:3] if current is not None else None, "windows": windows}
+
+
+class Waiting(NamedTuple):
+    """A caller waiting in a queue, at its place in line (``waiting_callers``)."""
+
+    position: int
+    call: str
+    caller: str
+    priority: int
+    since_ms: int
+
+
+def waiting_callers(state: KeyState, config: KpiConfig, now_ms: int) -> list[Waiting]:
+    """The callers waiting in a queue at ``now_ms``, in the order they are served.
+
+    Higher priority first, then the longer wait, then the call id (a fixed order for equal times); a call
+    silent for longer than the call timeout is not waiting any more (as for ``calls_waiting``).
+    """
+    timeout = config.call_timeout_ms
+    waiting = sorted(
+        (-v[3], v[1], call, v[2])
+        for call, v in state.live.items()
+        if v[0] == "waiting" and now_ms - v[1] < timeout
+    )
+    return [
+        Waiting(i, call, caller, -neg_priority, since)
+        for i, (neg_priority, since, call, caller) in enumerate(waiting, start=1)
+    ]
 
 
 def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | None]:

@@ -36,6 +36,8 @@ MIN_EPOCH_S = 0
 #: The agent states accepted in input: the canonical ones and their earlier names.
 AGENT_STATE_NAMES = (*AGENT_STATES, *AGENT_STATE_ALIASES)
 MAX_EPOCH_S = 4_102_444_800
+#: Largest priority accepted, either sign (Asterisk's QUEUE_PRIO is a C int; a wider one is a mistake).
+MAX_PRIORITY = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,15 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
     state: str | None = None
     scale: str | None = None
     score: int | None = None
+    priority = obj.get("priority")
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not -MAX_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise EventValidationError(
+            "wrong_type", f"field priority must be a whole number in -{MAX_PRIORITY}..{MAX_PRIORITY}"
+        )
 
     if etype == "agent_state":
         agent = _req_str(obj, "agent", "for agent_state")
@@ -249,6 +260,7 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
             scale,
             state,
             tenant,
+            priority,
         ),
     )
 

@@ -68,6 +68,10 @@ class InboundWalk:
         self.works: dict[str, list[Work]] = {}
         self.last_work: tuple[str, int] | None = None
         self.unexpected: list[Unexpected] = []
+        #: The caller's pseudonym (from the ring or a queue event, the latest that names one; "" when none)
+        #: and priority in the current queue (from its queue event; 0 when none).
+        self.caller = ""
+        self.priority = 0
         #: What the last ``continue_with`` changed.
         self.changes: list[Fact] = []
 
@@ -141,23 +145,34 @@ class InboundWalk:
         self.hold_ms = self.holds = 0
 
     # -- the actions of the transition table -------------------------------------------------------------------
+    def _caller_of(self, ev: StoredEvent) -> None:
+        """A ring or queue event names the caller; a queue event gives the priority in its queue."""
+        if ev.detail:
+            self.caller = ev.detail
+        if ev.type == "queue":
+            self.priority = ev.extra if type(ev.extra) is int else 0
+
     def ring(self, ev: StoredEvent) -> None:
         """The call arrived (before any queue, for instance in an IVR)."""
         self.state = IVR
+        self._caller_of(ev)
 
     def enter_queue(self, ev: StoredEvent) -> None:
         """A stint in a queue begins."""
+        self._caller_of(ev)
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
     def requeue(self, ev: StoredEvent) -> None:
         """A queue event while queued: the same queue again goes on with the stint; another is a transfer."""
         if ev.queue == self.q:
             return
+        self._caller_of(ev)
         self._leave_queue("exited", ev.ts_ms, ev.event_id, "transfer")
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
     def queue_after_talk(self, ev: StoredEvent) -> None:
         """The agent sent the caller to a queue: the conversation completes as transferred."""
+        self._caller_of(ev)
         self._complete(ev.ts_ms, ev.event_id, 1)
         self._start_stint(ev.queue or "", ev.ts_ms, ev.event_id)
 
@@ -323,13 +338,17 @@ class InboundWalk:
 
     def result(self) -> Derivation:
         """The derivation so far; the walk's own lists are copied, so stepping on leaves it intact."""
-        facts, call_id, state = list(self.facts), self.call_id, self.state
+        facts, call_id, state, caller = list(self.facts), self.call_id, self.state, self.caller
         if state == QUEUED:
-            facts.append(live_fact(queue_key(self.q), self.enq, call_id, "waiting", self.enq))
+            facts.append(
+                live_fact(queue_key(self.q), self.enq, call_id, "waiting", self.enq, caller, self.priority)
+            )
         elif state == CONNECTED and self.ans_q:
-            facts.append(live_fact(queue_key(self.ans_q), self.ans, call_id, "talking", self.ans))
+            facts.append(live_fact(queue_key(self.ans_q), self.ans, call_id, "talking", self.ans, caller))
         elif state == HELD and self.ans_q:
-            facts.append(live_fact(queue_key(self.ans_q), self.hold_start, call_id, "held", self.hold_start))
+            facts.append(
+                live_fact(queue_key(self.ans_q), self.hold_start, call_id, "held", self.hold_start, caller)
+            )
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
         return Derivation(

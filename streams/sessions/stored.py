@@ -13,6 +13,8 @@ exit, refused                 reason                campaign (outbound)
 hangup                        disposition           campaign (outbound)
 transfer                      target                campaign (outbound)
 dial                          campaign              campaign
+ring                          caller (pseudonym)    campaign (outbound)
+queue                         caller (pseudonym)    priority (inbound), campaign (outbound)
 survey                        scale                 score
 (other types)                 None                  campaign (outbound)
 ============================  ====================  ==============================
@@ -58,6 +60,12 @@ class StoredEvent(NamedTuple):
             detail = event.campaign
         elif t == "survey":
             detail, extra = event.scale, event.score
+        elif t == "queue":
+            detail = event.caller
+            if not event.outbound and event.priority is not None:
+                extra = event.priority
+        elif t == "ring":
+            detail = event.caller
         else:
             detail = None
         # tuple.__new__: a third of the cost of calling the class (once per event)

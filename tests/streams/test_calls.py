@@ -154,6 +154,31 @@ def test_live_status_follows_the_call():
         assert live.get("c1") == expected
 
 
+def test_the_live_fact_names_the_caller_and_the_priority_in_the_queue():
+    bucket = BucketState(CFG)
+    seen = []
+    for event in [
+        E("1", "ring", 0, caller="p-ring"),
+        E("2", "queue", 5, queue="q", priority=3),
+        E("3", "queue", 9, queue="r"),  # moved on: a priority is a queue's, so none in r
+        E("4", "answer", 20, agent="a1"),
+        E("5", "hangup", 30),
+    ]:
+        seen += [
+            (f.status, f.caller, f.priority, f.sign) for f in bucket.apply(event).facts if f.kind == "live"
+        ]
+    assert seen == [
+        ("waiting", "p-ring", 3, 1),
+        ("waiting", "p-ring", 3, -1),  # left q (r's value is another identity)
+        ("waiting", "p-ring", 0, 1),
+        ("talking", "p-ring", 0, 1),
+        ("talking", "p-ring", 0, -1),
+    ]
+    # A queue event that names the caller (the Asterisk adapter's ENTERQUEUE) names it without a ring.
+    facts, _, _ = run([E("1", "queue", 0, call="c2", queue="q", caller="p-queue")], sweep=False)
+    assert [(f.caller, f.priority) for f in facts if f.kind == "live"] == [("p-queue", 0)]
+
+
 @pytest.mark.parametrize("ending", ["abandon", "hangup"])
 def test_a_caller_hanging_up_in_queue_abandons(ending):
     emitted, _, _ = run([E("1", "queue", 0, queue="q"), E("2", ending, 7)])

@@ -36,14 +36,9 @@ def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
             transferred=1,
         ): ["completed", T, 1, 120_000, 30_000, 2, 15_000, 1],
         Fact("survey", "q:a", T, "survey:e7", "c1", scale="nps", score=9): ["survey", T, 1, "nps", 9],
-        Fact("live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T - 5): [
-            "live",
-            T,
-            1,
-            "c1",
-            "waiting",
-            T - 5,
-        ],
+        Fact(
+            "live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T - 5, caller="5f0c", priority=2
+        ): ["live", T, 1, "c1", "waiting", T - 5, "5f0c", 2],
         Fact("agent", "q:a", T, "agent:ag:a", agent="ag", status="on_call", since_ms=T - 7): [
             "agent",
             T,
@@ -103,6 +98,9 @@ def test_the_fast_constructors_fill_every_field_in_its_place():
     assert live_fact("q:a", T, "c1", "held", T - 3) == Fact(
         "live", "q:a", T, "live:c1", "c1", status="held", since_ms=T - 3
     )
+    assert live_fact("q:a", T, "c1", "waiting", T, "5f0c", 1) == Fact(
+        "live", "q:a", T, "live:c1", "c1", status="waiting", since_ms=T, caller="5f0c", priority=1
+    )
     assert agent_fact("agent_time", "q:a", T, "agent_time:ag:a:1", "ag", "acw", T - 9) == Fact(
         "agent_time", "q:a", T, "agent_time:ag:a:1", agent="ag", status="acw", since_ms=T - 9
     )
@@ -125,3 +123,11 @@ def test_the_aggregator_reads_a_wire_fact_by_name():
         completed.transferred,
     ) == (120_000, 30_000, 2, 15_000, 1)
     assert from_wire(["conversion", T, 1]) == PlainWire("conversion", T, 1)
+
+
+def test_a_fact_stored_before_callers_were_kept_decodes_with_no_caller():
+    # A tombstone's open completion written by the 18-field form: kind .. agent, then the sign.
+    old = ["completed", "q:a", T, "completed:e6", "c1", 0, "", 120_000, 0, 0, 0, 0, "", 0, "", 0, "", -1]
+    fact = Fact.decode(old)
+    assert (fact.talk_ms, fact.caller, fact.priority, fact.sign) == (120_000, "", 0, -1)
+    assert Fact.decode(fact.encode()) == fact

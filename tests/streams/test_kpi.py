@@ -16,6 +16,7 @@ from streams.kpi import (
     merge_states,
     read_key,
     survey_band,
+    waiting_callers,
 )
 from streams.windows import WindowSpec
 
@@ -273,6 +274,71 @@ def test_live_values_tick_with_now():
         [Fact("live", "q:sales", T0, "l1", "c1", status="waiting", since_ms=T0, sign=-1)],
     )
     assert read_key(state, eng.config, T0 + 30 * SEC)["live"]["calls_waiting"] == 1
+
+
+def test_the_waiting_callers_are_listed_in_the_order_they_are_served():
+    eng = engine()
+
+    def waiting(call, sec, caller="", priority=0, sign=1):
+        ts = T0 + sec * SEC
+        return Fact(
+            "live",
+            "q:sales",
+            ts,
+            "live:" + call,
+            call,
+            status="waiting",
+            since_ms=ts,
+            caller=caller,
+            priority=priority,
+            sign=sign,
+        )
+
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        0,
+        [
+            waiting("c1", 0, "p1"),
+            waiting("c2", 5, "p2", priority=2),
+            waiting("c3", 5, "p3", priority=2),  # same time and priority as c2: the call id decides
+            waiting("c4", 8, "p4", priority=1),
+            waiting("c5", 1, "p5"),
+            Fact("live", "q:sales", T0, "live:c6", "c6", status="talking", since_ms=T0, caller="p6"),
+        ],
+    )
+    state = eng.keys["q:sales"]
+    # Priority 2 first (c2, c3 by id), then 1 (c4), then 0 by entry: c1 (t=0) before c5 (t=1).
+    got = waiting_callers(state, eng.config, T0 + 60 * SEC)
+    assert [(w.position, w.call, w.caller, w.priority, (w.since_ms - T0) // SEC) for w in got] == [
+        (1, "c2", "p2", 2, 5),
+        (2, "c3", "p3", 2, 5),
+        (3, "c4", "p4", 1, 8),
+        (4, "c1", "p1", 0, 0),
+        (5, "c5", "p5", 0, 1),
+    ]
+    apply_facts(eng, "q:sales", "b1", 1, [waiting("c2", 5, "p2", priority=2, sign=-1)])  # c2 answered
+    assert [w.call for w in waiting_callers(state, eng.config, T0 + 60 * SEC)] == ["c3", "c4", "c1", "c5"]
+    # Past the call timeout (3600 s) an entry is an orphan: c1 (t=0) goes, c5 (t=1) stays a second longer.
+    assert [w.call for w in waiting_callers(state, eng.config, T0 + 3600 * SEC)] == ["c3", "c4", "c5"]
+
+
+def test_live_values_written_before_callers_were_kept_still_count_and_retract():
+    eng = engine()
+    # The 6-field wire form of a live fact (before caller and priority).
+    eng.apply_wire("q:sales", "b1", 0, [["live", T0, 1, "c1", "waiting", T0]])
+    # ... and a live value stored as [status, since] by then.
+    snapshot = eng.keys["q:sales"].snapshot()
+    restored = KeyState.restore(
+        "q:sales", {**snapshot, "live": {**snapshot["live"], "c2": ["waiting", T0 + SEC]}}, {}
+    )
+    eng.keys["q:sales"] = restored
+    assert [w.call for w in waiting_callers(restored, eng.config, T0 + 5 * SEC)] == ["c1", "c2"]
+    eng.apply_wire("q:sales", "b1", 1, [["live", T0 + SEC, -1, "c2", "waiting", T0 + SEC]])
+    assert [(w.call, w.caller, w.priority) for w in waiting_callers(restored, eng.config, T0 + 5 * SEC)] == [
+        ("c1", "", 0)
+    ]
 
 
 def test_occupancy_counts_closed_intervals_and_open_states_up_to_now():

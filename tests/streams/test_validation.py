@@ -230,3 +230,24 @@ def test_a_valid_event_carries_every_field_in_its_place():
     )
     # busy is the earlier name of on_call
     assert (agent.agent, agent.state, agent.call_id, agent.queue) == ("a1", "on_call", None, None)
+
+
+@pytest.mark.parametrize(
+    ("priority", "accepted"),
+    [
+        (0, 0),
+        (2, 2),
+        (-1, -1),
+        (1_000_000, 1_000_000),  # the bound is inclusive
+        (True, None),  # a JSON boolean is not a number here
+        (1.5, None),
+        ("1", None),
+        (1_000_001, None),
+    ],
+)
+def test_a_priority_is_a_whole_number(priority, accepted):
+    if accepted is None:
+        assert reason_of(ev(priority=priority)) == "wrong_type"
+    else:
+        assert validate_event(ev(priority=priority), CFG, NOW_MS).priority == accepted
+    assert validate_event(ev(), CFG, NOW_MS).priority is None
