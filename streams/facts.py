@@ -104,7 +104,7 @@ class Fact(NamedTuple):
     def decode(cls, data: list[Any]) -> Fact:
         """Inverse of ``encode`` (also of the 18-field form written before facts had a caller and priority)."""
         if len(data) == _FIELDS_BEFORE_CALLER:
-            return cls(*data[:-1], "", 0, data[-1])
+            return tuple.__new__(cls, (*data[:-1], "", 0, data[-1]))
         return cls(*data)
 
 
