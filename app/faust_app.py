@@ -130,6 +130,15 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "callpulse_faust"))
     engine = KpiEngine(settings.kpi)
     interval = settings.checkpoint_interval
+    targets = settings.targets
+
+    def facts_partition(fact_key: str) -> int | None:
+        # The queues of a group share the partition of the group's key (their expected waits read each other).
+        routing = targets.routing_key(fact_key)
+        if routing == fact_key:
+            return None
+        return int(app.producer.key_partition(TOPIC_FACTS, routing.encode("utf-8")).partition)
+
     sessionizer = Sessionizer(
         sessions,
         facts_topic,
@@ -139,6 +148,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         settings.validation,
         counters,
         interval,
+        facts_partition=facts_partition,
     )
     aggregator = Aggregator(aggregates, engine, interval)
     sessionizer.on_fatal = aggregator.on_fatal = app.crash

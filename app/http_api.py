@@ -79,7 +79,8 @@ def register(
     ) -> Any:
         """Answer about one queue here if this worker owns its facts partition, else forward to the owner."""
         try:
-            owner = str(app.router.external_topic_key_store(facts_topic, f"q:{queue}".encode())).rstrip("/")
+            routing = settings.targets.routing_key("q:" + queue).encode()
+            owner = str(app.router.external_topic_key_store(facts_topic, routing)).rstrip("/")
         except Exception:  # no assignment known yet: answer from here
             owner = settings.api_url.rstrip("/")
         if not request.query.get("local") and owner != settings.api_url.rstrip("/"):

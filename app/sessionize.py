@@ -55,9 +55,12 @@ class Sessionizer(CheckpointedStage):
         counters: PipelineCounters,
         interval_s: float,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        facts_partition: Callable[[str], int | None] = lambda _key: None,
     ) -> None:
         super().__init__(table, interval_s)
         self.facts_topic = facts_topic
+        #: The calls.facts partition of a fact key, when it is not the key's own (a grouped queue's: its group's)
+        self.facts_partition = facts_partition
         self.deadletter_topic = deadletter_topic
         self.events_topic = events_topic
         self.rejected = counters.rejected
@@ -139,7 +142,11 @@ class Sessionizer(CheckpointedStage):
             if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
                 return
             self.pending.append(
-                await self.facts_topic.send(key=fact_key.encode("utf-8"), value=orjson.dumps(groups))
+                await self.facts_topic.send(
+                    key=fact_key.encode("utf-8"),
+                    value=orjson.dumps(groups),
+                    partition=self.facts_partition(fact_key),
+                )
             )
         for agent_bucket, updates in work.items():
             if generation != self.generation:

@@ -22,6 +22,9 @@ class QueueTargets:
     abandon_goal: float = 0.05
     wrapup_s: float = 0.0
     members: tuple[str, ...] = ()
+    #: The queues of one group share their agents (and see each other's callers): their facts share one
+    #: calls.facts partition, and the expected wait of a queue is worked out over its group ("": alone).
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.sl_threshold_s < 0 or self.short_abandon_s < 0 or self.wrapup_s < 0:
@@ -55,6 +58,7 @@ QUEUE_FILE_FIELDS = {
     "abandon_goal": "abandon_goal",
     "wrapup": "wrapup_s",
     "members": "members",
+    "group": "group",
 }
 
 
@@ -68,6 +72,22 @@ class TargetsConfig:
     def for_queue(self, queue: str) -> QueueTargets:
         """The targets of a queue (the defaults for a queue the queues file does not name)."""
         return self.queues.get(queue, self.default)
+
+    def group_of(self, queue: str) -> str:
+        """The group of a queue ("" for a queue in none)."""
+        return self.for_queue(queue).group
+
+    def queues_of_group(self, group: str) -> tuple[str, ...]:
+        """The queues of a group, in the queues file's order."""
+        return tuple(q for q, t in self.queues.items() if t.group == group)
+
+    def routing_key(self, fact_key: str) -> str:
+        """The key that picks a facts message's partition: a grouped queue's group (``g:<group>``), else the key."""
+        if fact_key.startswith("q:"):
+            group = self.for_queue(fact_key[2:]).group
+            if group:
+                return "g:" + group
+        return fact_key
 
     def static_members(self) -> dict[str, tuple[str, ...]]:
         """Agent -> the queues the queues file makes it a static member of."""
@@ -112,6 +132,12 @@ def targets_from_mapping(default: QueueTargets, data: object, source: str) -> Ta
                     msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field 'members' must be a list of agent ids, not {value!r}."
                     raise ConfigError(msg)
                 changes["members"] = tuple(dict.fromkeys(value))
+                continue
+            if name == "group":
+                if not isinstance(value, str) or not value:
+                    msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field 'group' must be a name, not {value!r}."
+                    raise ConfigError(msg)
+                changes["group"] = value
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 msg = f"CALLPULSE_QUEUES_FILE {source}: queue {queue!r} field {name!r} must be a number, not {value!r}."

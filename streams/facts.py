@@ -178,6 +178,8 @@ class WaitWire(NamedTuple):
     ts_ms: int
     sign: int
     wait_ms: int
+    #: The call (its announced wait is scored when it leaves the queue; "" in facts written before).
+    call: str = ""
 
 
 class ExitedWire(NamedTuple):
@@ -188,6 +190,7 @@ class ExitedWire(NamedTuple):
     sign: int
     wait_ms: int
     reason: str
+    call: str = ""
 
 
 class RefusedWire(NamedTuple):

@@ -23,11 +23,11 @@ Ratios are derived on read from their parts; a zero denominator gives no value (
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
-from streams import counters
+from streams import counters, ewt
 from streams.config import TargetsConfig
 from streams.events import AGENT_STATE_ALIASES
 from streams.facts import (
@@ -82,6 +82,8 @@ class KpiConfig:
     windows: WindowSpec = WindowSpec()
     call_timeout_ms: int = 4 * 3600_000
     dedup_ttl_ms: int = 24 * 3600_000
+    #: The estimator of the announced expected wait (``streams.ewt.ESTIMATORS``).
+    ewt_estimator: str = ewt.DEFAULT_ESTIMATOR
 
     @property
     def wait_bounds_s(self) -> tuple[float, ...]:
@@ -137,6 +139,9 @@ class KeyState:
         "exported",
         "minutes",
         "spans",
+        "answers",
+        "stints",
+        "told",
         "dirty_minutes",
         "deleted_minutes",
         "touch_seq",
@@ -164,6 +169,15 @@ class KeyState:
         #: ``"<agent state>|<first minute>|<end minute>"`` -> count: every minute in [first, end) holds
         #: count x 60 s of that state (see ``SPAN_MIN_MS``).
         self.spans: dict[str, int] = {}
+        #: The queue's latest answered waits [answer time, wait], in answer order (``ewt.ANSWERS_KEPT``).
+        self.answers: list[list[int]] = []
+        #: The queue's stints that ended lately [end, start, outcome, found the line empty (0/1)], in end order:
+        #: the rates of the expected wait (``ewt.RATE_WINDOW_MS`` and ``_SCORED_KEPT_MS`` behind ``wm``).
+        self.stints: list[list[int]] = []
+        #: call -> what it was told on entering the queue: [entered, scored at (-1: not yet), priority, callers
+        #: ahead, other callers in the line, one announcement (ms) per ``ewt.ESTIMATORS`` (-1: none)]; a scored
+        #: one is kept ``_SCORED_KEPT_MS``, for a correction to take back exactly what was scored.
+        self.told: dict[str, list[int]] = {}
         self.dirty_minutes: set[int] = set()
         self.deleted_minutes: set[int] = set()
         #: Minutes the facts message ``touch_seq`` has already added to (not persisted).
@@ -195,6 +209,9 @@ class KeyState:
             "hist": self.hist,
             "hwm": self.hwm,
             "spans": self.spans,
+            "answers": self.answers,
+            "stints": self.stints,
+            "told": self.told,
         }
 
     @classmethod
@@ -212,6 +229,9 @@ class KeyState:
         state.hist = data["hist"]
         state.hwm = data["hwm"]
         state.spans = {_renamed_span(span): n for span, n in data.get("spans", {}).items()}
+        state.answers = data.get("answers", [])
+        state.stints = data.get("stints", [])
+        state.told = data.get("told", {})
         for minute in minutes.values():
             _rename_agent_counters(minute["c"])
         state.exported = dict(state.hwm)
@@ -254,6 +274,13 @@ class KpiEngine:
         self.keys: dict[str, KeyState] = {}
         self.wait_bounds_ms = [round(b * 1000) for b in config.wait_bounds_s]
         self.talk_bounds_ms = [b * 1000 for b in TALK_BOUNDS_S]
+        self.error_bounds_ms = [b * 1000 for b in ewt.ERROR_BOUNDS_S]
+        self.default_estimator = config.ewt_estimator
+        #: scope -> the last ``_rates`` it answered, with what it was asked (dropped when a stint or a waiting caller
+        #: of the scope comes or goes; derived from the keys' state, not persisted).
+        self._rate_cache: dict[
+            str, tuple[tuple[int, tuple[int, ...]], tuple[float | None, float, float | None]]
+        ] = {}
 
     # -- writing ----------------------------------------------------------------------------------------------
     def state(self, key: str) -> KeyState:
@@ -292,6 +319,13 @@ class KpiEngine:
             if len(wire) == 6:  # written before live facts had a caller and a priority
                 f = _new(LiveWire, (*wire, "", 0))
             self._upsert(state.live, f.call, [f.status, f.since_ms, f.caller, f.priority], s)
+            if s > 0 and f.status == "waiting" and state.key.startswith("q:"):
+                told = state.told.get(f.call)
+                if told is None or told[0] != f.since_ms:
+                    state.told[f.call] = self.announce(state, f.call, f.since_ms, f.priority)
+                self._rates_changed(state)
+            elif f.status == "waiting":
+                self._rates_changed(state)
             return
         if type(f) is AgentWire:
             if len(wire) == 6:  # written before agent facts had a reason
@@ -320,6 +354,9 @@ class KpiEngine:
             if minute is not None:
                 _add(minute["w"], str(w), s)
             self._observe(state, _WAIT_HISTOGRAM[kind], self.wait_bounds_ms, w, s)
+            if state.key.startswith("q:"):  # (an agent's own figures count its answers too: no stint)
+                call = wire[-1] if len(wire) == (6 if type(f) is ExitedWire else 5) else ""
+                counts += self._stint(state, kind, ts, w, call, s)
         elif type(f) is CompletedWire:
             talk, acw = f.talk_ms, f.acw_ms
             counts = [
@@ -344,6 +381,138 @@ class KpiEngine:
                 if minute is not None:
                     _add(minute["c"], name, s * value)
                 _add(totals, name, s * value)
+
+    # -- expected wait -----------------------------------------------------------------------------------------
+    # Everything the estimators read, and every announcement not yet scored, is in the key's state (``answers``,
+    # ``stints``, ``told``), never in its minutes: a checkpoint cut short persists a prefix of the minutes, and
+    # an announcement worked out again from minutes ahead of the key's state would differ from the first.
+    def _stint(
+        self, state: KeyState, kind: str, ts: int, wait: int, call: str, sign: int
+    ) -> list[tuple[str, int]]:
+        """A queue stint ended (answered, abandoned, exited): what the estimators learn, and its score's counters."""
+        start = ts - wait
+        told = state.told.get(call) if call else None
+        if told is not None and (told[0] != start or (sign > 0) == (told[1] >= 0)):
+            told = None  # another stint's, or (scored, unscored) already: a replay of what the state holds
+        if kind == "answered":
+            _insort(state.answers, [ts, wait], sign, ewt.ANSWERS_KEPT)
+        outcome = _STINT_ANSWERED_AT_ONCE if kind == "answered" and wait == 0 else _STINT_OUTCOMES[kind]
+        empty_line = 1 if told is not None and told[_TOLD_OTHERS] == 0 else 0
+        _insort(state.stints, [ts, start, outcome, empty_line], sign, 0)
+        self._rates_changed(state)
+        if told is None:
+            return []
+        told[1] = ts if sign > 0 else -1
+        counts: list[tuple[str, int]] = []
+        default = self.default_estimator
+        for i, name in enumerate(ewt.ESTIMATORS):
+            announced = max(told[_TOLD_FIRST + i], 0)
+            if kind == "answered":
+                err_ds = round((announced - wait) / 100)
+                counts += [
+                    (ewt.scored(name), 1),
+                    (ewt.error_sum(name), err_ds),
+                    (ewt.error_squares(name), err_ds**2),
+                ]
+                if name == default:
+                    self._observe(state, ewt.ERROR_HISTOGRAM, self.error_bounds_ms, announced - wait, sign)
+            elif kind == "abandoned":
+                counts += [(ewt.censored(name), 1), (ewt.censored_over(name), 1 if wait > announced else 0)]
+        return counts
+
+    def announce(self, state: KeyState, call: str, entered_ms: int, priority: int) -> list[int]:
+        """What a caller entering the queue at ``entered_ms`` is told (see ``KeyState.told``)."""
+        view, line = self.scope_view(state, entered_ms)
+        ahead = sum(1 for p, since, other in line if (-p, since, other) < (-priority, entered_ms, call))
+        others = sum(1 for _p, _since, other in line if other != call)
+        told = ewt.estimates(view, ahead, line_empty=others == 0)
+        return [
+            entered_ms,
+            -1,
+            priority,
+            ahead,
+            others,
+            *(round(v) if v is not None else -1 for v in told.values()),
+        ]
+
+    def scope_states(self, state: KeyState) -> list[KeyState]:
+        """The queue and the other queues of its group (those this engine holds: all, as they share a partition)."""
+        group = self.config.targets.group_of(state.name)
+        if not group:
+            return [state]
+        keys = self.keys
+        others = [keys[k] for q in self.config.targets.queues_of_group(group) if (k := "q:" + q) in keys]
+        return others if state in others else [state, *others]
+
+    def scope_view(self, state: KeyState, now_ms: int) -> tuple[ewt.ScopeView, list[tuple[int, int, str]]]:
+        """What the estimators read for a queue at ``now_ms``, and the scope's line (priority, since, call)."""
+        timeout = self.config.call_timeout_ms
+        scope = self.scope_states(state)
+        line = [
+            (v[3], v[1], call)
+            for st in scope
+            for call, v in st.live.items()
+            if v[0] == "waiting" and v[1] <= now_ms and now_ms - v[1] < timeout
+        ]
+        own = [
+            v[1]
+            for v in state.live.values()
+            if v[0] == "waiting" and v[1] <= now_ms and now_ms - v[1] < timeout
+        ]
+        answers = state.answers
+        upto = bisect_right(answers, [now_ms, 2**62])
+        rate, theta, empty_wait = self._rates(scope, [since for _p, since, _c in line], now_ms)
+        view = ewt.ScopeView(
+            [(a[0], a[1]) for a in answers[:upto]],
+            now_ms - min(own) if own else 0,
+            rate,
+            theta,
+            empty_wait,
+            ewt.best_of(state.totals),
+        )
+        return view, line
+
+    def _rates_changed(self, state: KeyState) -> None:
+        """A stint of ``state`` came or went: what ``_rates`` found over its scope no longer holds."""
+        self._rate_cache.pop(self.config.targets.routing_key(state.key), None)
+
+    def _rates(
+        self, scope: list[KeyState], open_since: list[int], now_ms: int
+    ) -> tuple[float | None, float, float | None]:
+        """R, theta and the mean wait at an empty line, over the window (now - RATE_WINDOW, now].
+
+        R: answers per ms with someone waiting; theta: abandons per ms waited; the mean wait of the answered
+        callers who had found the line empty (None: fewer than ``ewt.MIN_EMPTY_LINE``). The callers still
+        waiting since ``open_since`` wait up to ``now``.
+        """
+        lo, hi = now_ms - ewt.RATE_WINDOW_MS, now_ms
+        scope_id = self.config.targets.routing_key(scope[0].key)
+        cached = self._rate_cache.get(scope_id)
+        if cached is not None and cached[0] == (now_ms, tuple(open_since)):
+            return cached[1]
+        pieces = [(since, hi) for since in open_since if since < hi]
+        answered = abandoned = empty = empty_ms = 0
+        for st in scope:
+            stints = st.stints
+            for end, start, outcome, empty_line in stints[bisect_right(stints, [lo, 2**62]) :]:
+                if end > hi:
+                    break
+                pieces.append((start, end))
+                if outcome == _STINT_OUTCOMES["answered"]:
+                    answered += 1
+                    if empty_line:
+                        empty += 1
+                        empty_ms += end - start
+                elif outcome == _STINT_OUTCOMES["abandoned"]:
+                    abandoned += 1
+                elif outcome == _STINT_ANSWERED_AT_ONCE and empty_line:
+                    empty += 1
+        busy, waited = ewt.union_and_sum(pieces, lo, hi)
+        rate = answered / busy if busy >= ewt.MIN_BUSY_MS and answered else None
+        empty_wait = empty_ms / empty if empty >= ewt.MIN_EMPTY_LINE else None
+        result = (rate, abandoned / waited if waited else 0.0, empty_wait)
+        self._rate_cache[scope_id] = ((now_ms, tuple(open_since)), result)
+        return result
 
     @staticmethod
     def _upsert(table: dict[str, list[Any]], ident: str, value: list[Any], sign: int) -> None:
@@ -431,6 +600,15 @@ class KpiEngine:
                 count = state.spans.pop(span)
                 if end > first_kept:
                     _add(state.spans, _span_key(agent_state, first_kept, end), count)
+        # A caller told on entry who never left (its call expired) is forgotten after the call timeout, one scored
+        # after _SCORED_KEPT_MS; stints older than the rates' window and _SCORED_KEPT_MS go too.
+        gone, scored_before = state.wm - self.config.call_timeout_ms, state.wm - _SCORED_KEPT_MS
+        for call in [c for c, t in state.told.items() if t[0] < gone or 0 <= t[1] < scored_before]:
+            del state.told[call]
+        old = bisect_left(state.stints, [state.wm - ewt.RATE_WINDOW_MS - _SCORED_KEPT_MS])
+        if old:
+            del state.stints[:old]
+            self._rates_changed(state)
         forget = state.wm - self.config.dedup_ttl_ms
         for src in [s for s, (_off, ts) in state.applied.items() if ts < forget]:
             del state.applied[src]
@@ -470,6 +648,28 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
         merged.agents.update({f"{st.key}/{a}": v for a, v in st.agents.items()})
         merged.agents_next.update({f"{st.key}/{a}": v for a, v in st.agents_next.items()})
     return merged
+
+
+#: A stint's outcome in ``KeyState.stints`` (persisted).
+_STINT_OUTCOMES = {"answered": 0, "abandoned": 1, "exited": 2}
+#: Answered without a wait (an agent was free): it says nothing of how fast the line moves.
+_STINT_ANSWERED_AT_ONCE = 3
+#: Where a ``told`` entry's fields are.
+_TOLD_OTHERS = 4
+_TOLD_FIRST = 5
+#: How long a scored announcement is kept for a correction (a retraction comes within the grace period).
+_SCORED_KEPT_MS = 15 * MINUTE_MS
+
+
+def _insort(items: list[list[int]], item: list[int], sign: int, keep: int) -> None:
+    """Add (sign 1) or take back (sign -1) an item of a sorted list; ``keep`` > 0: only the last ``keep``."""
+    i = bisect_left(items, item)
+    if sign > 0:
+        items.insert(i, item)
+        if 0 < keep < len(items):
+            del items[0]
+    elif i < len(items) and items[i] == item:
+        del items[i]
 
 
 def _live_value(value: list[Any]) -> list[Any]:

@@ -450,7 +450,7 @@ async def test_an_answered_call_sends_the_agent_s_work_to_its_bucket_and_it_come
         # ann's own figures: her overall state (on the call from sales), one call answered, completed with
         # 60 s of talk, no hold, no wrap-up, not transferred
         ("a:ann", "agent_time", ms(70), 1, "ann", "on_call", ms(10), "sales"),
-        ("a:ann", "answered", ms(10), 1, 0),
+        ("a:ann", "answered", ms(10), 1, 0, "c1"),
         ("a:ann", "completed", ms(70), 1, 60_000, 0, 0, 0, 0),
         ("q:sales", "agent_time", ms(70), 1, "ann", "on_call", ms(10), ""),
     ]

@@ -153,9 +153,23 @@ def bucket_states(sessionizer):
     }
 
 
+def counts_of(totals):
+    """The totals but the expected-wait scores (those are compared with the run without a crash)."""
+    return {name: n for name, n in totals.items() if not name.startswith("ewt_")}
+
+
 def key_states(engine):
     return {
-        key: (s.totals, s.hist, s.live, s.agents, {m: (v["c"], v["w"]) for m, v in s.minutes.items()})
+        key: (
+            s.totals,
+            s.hist,
+            s.live,
+            s.agents,
+            s.told,
+            s.answers,
+            s.stints,
+            {m: (v["c"], v["w"]) for m, v in s.minutes.items()},
+        )
         for key, s in engine.keys.items()
     }
 
@@ -178,7 +192,7 @@ async def test_the_sessionizer_recovers_exactly_from_a_crash_anywhere(stages):
     facts = [(op[1], op[2]) for op in run if op[0] == "facts"]
     await aggregate_all(p, facts)
     for queue in "qr":
-        assert p.engine.keys[f"q:{queue}"].totals == EXPECTED
+        assert counts_of(p.engine.keys[f"q:{queue}"].totals) == EXPECTED
     reference = key_states(p.engine)
     assert (
         len(events) == 44 and sum(1 for op in run if op[0] == "commit") == 15
@@ -203,7 +217,7 @@ async def test_the_aggregator_recovers_exactly_from_a_crash_anywhere(stages):
     run = list(log.ops)
     reference = key_states(p.engine)
     for queue in "qr":
-        assert p.engine.keys[f"q:{queue}"].totals == EXPECTED
+        assert counts_of(p.engine.keys[f"q:{queue}"].totals) == EXPECTED
     assert sum(1 for op in run if op[0] == "commit") >= 5
     for cut in range(len(run) + 1):
         log.ops = run[:cut]
@@ -234,7 +248,7 @@ async def sessionize_then_aggregate(p, log, deliveries):
     for offsets in deliveries:
         await deliver(s, "calls.events", events, offsets)
     await aggregate_all(p, [(op[1], op[2]) for op in log.ops if op[0] == "facts"])
-    return {queue: p.engine.keys[f"q:{queue}"].totals for queue in "qr"}
+    return {queue: counts_of(p.engine.keys[f"q:{queue}"].totals) for queue in "qr"}
 
 
 async def test_messages_the_consumer_skipped_are_read_from_the_broker_and_applied_first(stages):

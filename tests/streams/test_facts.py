@@ -8,12 +8,13 @@ T = 1_767_225_600_000
 def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
     cases = {
         Fact("entered", "q:a", T, "entered:e1", "c1"): ["entered", T, 1],
-        Fact("answered", "q:a", T, "answered:e2", "c1", wait_ms=12_000): ["answered", T, 1, 12_000],
+        Fact("answered", "q:a", T, "answered:e2", "c1", wait_ms=12_000): ["answered", T, 1, 12_000, "c1"],
         Fact("abandoned", "q:a", T, "abandoned:e3", "c1", wait_ms=9_000, sign=-1): [
             "abandoned",
             T,
             -1,
             9_000,
+            "c1",
         ],
         Fact("exited", "q:a", T, "exited:e4", "c1", wait_ms=5_000, reason="timeout"): [
             "exited",
@@ -21,6 +22,7 @@ def test_the_wire_form_holds_what_the_aggregator_reads_per_kind():
             1,
             5_000,
             "timeout",
+            "c1",
         ],
         Fact("refused", "q:a", T, "refused:e5", "c1", reason="full"): ["refused", T, 1, "full"],
         Fact(
