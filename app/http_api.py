@@ -22,9 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from app.metrics import exported_states
 from app.settings import Settings
-from streams import counters
+from streams import counters, ewt
 from streams.kpi import KpiEngine, agents_at, read_agent, read_key, waiting_callers
 from streams.sessions.agents import OVERALL_ORDER
+from streams.validation import MAX_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,20 @@ def register(
 
         return await _queue_answer(web, request, queue, "/callers", answer)
 
+    @app.page("/api/v1/queues/{queue}/ewt")
+    async def ewt_page(web: Any, request: Any, queue: str) -> Any:
+        try:
+            position = _whole(request.query.get("position"), "position", 1)
+            priority = _whole(request.query.get("priority"), "priority", -MAX_PRIORITY) or 0
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+
+        def answer(state: Any) -> dict:
+            return ewt_json(state, engine, settings, api_now(), position, priority)
+
+        tail = "/ewt" + ("?" + request.query_string if request.query_string else "")
+        return await _queue_answer(web, request, queue, tail, answer)
+
     async def _queue_answer(
         web: Any, request: Any, queue: str, tail: str, answer: Callable[[Any], dict]
     ) -> Any:
@@ -84,13 +99,16 @@ def register(
         except Exception:  # no assignment known yet: answer from here
             owner = settings.api_url.rstrip("/")
         if not request.query.get("local") and owner != settings.api_url.rstrip("/"):
-            url = f"{owner}/api/v1/queues/{quote(queue, safe='')}{tail}?local=1"
+            url = f"{owner}/api/v1/queues/{quote(queue, safe='')}{tail}{'&' if '?' in tail else '?'}local=1"
             async with app.http_client.get(url) as response:
                 return web.json(await response.json(), status=response.status)
         state = engine.keys.get(f"q:{queue}")
         if state is None:
             return web.json({"error": f"queue {queue!r} has no data"}, status=404)
-        return web.json(answer(state))
+        try:
+            return web.json(answer(state))
+        except LookupError as exc:
+            return web.json({"error": str(exc).strip("'\"")}, status=404)
 
     @app.page("/api/v1/agents")
     async def agents_page(web: Any, request: Any) -> Any:
@@ -152,11 +170,12 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
             "start": _iso(w["start_ms"]),
             "end": _iso(w["end_ms"]),
             "kpis": w["kpis"],
-            "counts": counters.readable(w["counts"]),
+            "counts": counters.readable({k: v for k, v in w["counts"].items() if not k.startswith("ewt_")}),
         }
     if state.kind == "queue":
         targets = engine.config.targets.for_queue(state.name)
-        out["live"] = data["live"]
+        expected = engine.expected_wait(state, now)["estimates"][engine.config.ewt_estimator]
+        out["live"] = {**data["live"], "expected_wait_seconds": _seconds(expected)}
         out["targets"] = {
             "sl_threshold_seconds": targets.sl_threshold_s,
             "short_abandon_seconds": targets.short_abandon_s,
@@ -185,6 +204,51 @@ def callers_json(state: Any, engine: KpiEngine, settings: Settings, now: int) ->
             for w in waiting_callers(state, engine.config, now)
         ],
     }
+
+
+def _whole(raw: str | None, name: str, low: int) -> int | None:
+    """A query parameter that is a whole number of at least ``low`` (None when absent)."""
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low or value > MAX_PRIORITY:
+        msg = f"{name} must be a whole number from {low} to {MAX_PRIORITY}, not {raw!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _seconds(ms: float | None) -> float | None:
+    return round(ms / 1000, 3) if ms is not None else None
+
+
+def ewt_json(
+    state: Any, engine: KpiEngine, settings: Settings, now: int, position: int | None, priority: int
+) -> dict:
+    """The expected wait of a caller of one queue: the announced one, every estimator's, and their accuracy."""
+    found = engine.expected_wait(state, now, position, priority)
+    estimates = {name: _seconds(ms) for name, ms in found["estimates"].items()}
+    data = read_key(state, engine.config, now)
+    best = ewt.best_of(state.totals)
+    out: dict[str, Any] = {"queue": state.name, "now": _iso(now), "clock": settings.clock}
+    out["caller"] = (
+        {"position": position, "waited_seconds": found["waited_ms"] / 1000}
+        if position is not None
+        else {"position": None, "priority": priority}
+    )
+    out.update(
+        {
+            "estimator": settings.ewt_estimator,
+            "expected_wait_seconds": estimates[settings.ewt_estimator],
+            "best_estimator": best,
+            "callers_ahead": found["ahead"],
+            "estimates": estimates,
+            "accuracy": {name: ewt.accuracy(w["counts"]) for name, w in data["windows"].items()},
+        }
+    )
+    return out
 
 
 def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from app.settings import Settings
-from streams import counters
+from streams import counters, ewt
 from streams.events import (
     EVENT_TYPES,
     EXIT_REASONS,
@@ -320,6 +320,15 @@ class KpiCollector(Collector):
             for s in queues:
                 hist.add_metric([s.name], *_histogram(s, hist_name, TALK_BOUNDS_S))
             yield hist
+        hist = HistogramMetricFamily(
+            "callpulse_ewt_error_seconds",
+            "Expected wait announced at entry minus the wait, of answered calls (CALLPULSE_EWT_ESTIMATOR; "
+            "negative: callers waited longer than told).",
+            labels=["queue"],
+        )
+        for s in queues:
+            hist.add_metric([s.name], *_histogram(s, ewt.ERROR_HISTOGRAM, ewt.ERROR_BOUNDS_S))
+        yield hist
 
         for name, (kpi, kind, doc) in WINDOW_GAUGES.items():
             label = "queue" if kind == "queue" else "campaign"
@@ -335,6 +344,17 @@ class KpiCollector(Collector):
             for s in queues:
                 gauge.add_metric([s.name], reads[s.key]["live"][field])
             yield gauge
+        gauge = GaugeMetricFamily(
+            "callpulse_expected_wait_seconds",
+            "Expected wait of a caller entering the queue now (CALLPULSE_EWT_ESTIMATOR; none before any answer).",
+            labels=["queue"],
+        )
+        for s in queues:
+            if s.name != OTHER:
+                expected = engine.expected_wait(s, now)["estimates"][config.ewt_estimator]
+                if expected is not None:
+                    gauge.add_metric([s.name], expected / 1000)
+        yield gauge
         gauge = GaugeMetricFamily(
             "callpulse_agents", "Agents who are members of the queue, by state.", labels=["queue", "state"]
         )

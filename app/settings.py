@@ -26,6 +26,7 @@ import orjson
 import yaml
 
 from streams.config import QueueTargets, TargetsConfig, targets_from_mapping
+from streams.ewt import DEFAULT_ESTIMATOR, ESTIMATORS
 from streams.exceptions import ConfigError
 from streams.kpi import KpiConfig
 from streams.sessions import SessionConfig
@@ -214,6 +215,13 @@ SPECS: dict[str, Spec] = {
         "false",
         "Export per-agent series on /metrics (agent ids are high-cardinality; off by default).",
     ),
+    "EWT_ESTIMATOR": Spec(
+        _choice(*ESTIMATORS),
+        DEFAULT_ESTIMATOR,
+        "The estimator of the expected wait announced (the gauge, the API's expected_wait_seconds) and of "
+        "callpulse_ewt_error_seconds: best (the one with the lowest measured error per queue), qlm, ql, hol, les "
+        "or asterisk.",
+    ),
     "MAX_AGENTS": Spec(
         _number(1, 100_000, integer=True),
         "500",
@@ -292,6 +300,7 @@ class Settings:
     dedup_ttl: float
     agent_history: float
     agent_metrics: str
+    ewt_estimator: str
     max_agents: int
     max_queues: int
     max_event_bytes: int
@@ -423,6 +432,7 @@ class Settings:
             windows=WindowSpec(tz=self.tz, day_start_h=self.day_start, interval_min=int(self.interval)),
             call_timeout_ms=round(self.call_timeout * 1000),
             dedup_ttl_ms=round(self.dedup_ttl * 1000),
+            ewt_estimator=self.ewt_estimator,
         )
 
 

@@ -472,6 +472,40 @@ class KpiEngine:
         )
         return view, line
 
+    def expected_wait(
+        self, state: KeyState, now_ms: int, position: int | None = None, priority: int = 0
+    ) -> dict[str, Any]:
+        """Each estimator's expected wait (ms) for a caller of the queue at ``now_ms``.
+
+        Without ``position``: a caller who would enter now with ``priority``. With it: the caller waiting at that
+        place in the queue's line (``waiting_callers``), whose wait so far the history estimators subtract.
+        Returns ``estimates`` (estimator -> ms or None), ``ahead`` (callers in front over the scope) and
+        ``waited_ms``.
+
+        Raises:
+            LookupError: no caller waits at ``position``.
+        """
+        view, line = self.scope_view(state, now_ms)
+        if position is None:
+            ahead = sum(1 for p, _since, _call in line if p >= priority)
+            waited = 0
+            line_empty = not line
+        else:
+            callers = waiting_callers(state, self.config, now_ms)
+            if not 1 <= position <= len(callers):
+                msg = f"no caller waits at position {position} in {state.name} ({len(callers)} waiting)"
+                raise LookupError(msg)
+            w = callers[position - 1]
+            me = (-w.priority, w.since_ms, w.call)
+            ahead = sum(1 for p, since, call in line if (-p, since, call) < me)
+            waited = now_ms - w.since_ms
+            line_empty = False  # someone waits (this caller): no agent is free
+        return {
+            "estimates": ewt.estimates(view, ahead, waited, line_empty=line_empty),
+            "ahead": ahead,
+            "waited_ms": waited,
+        }
+
     def _rates_changed(self, state: KeyState) -> None:
         """A stint of ``state`` came or went: what ``_rates`` found over its scope no longer holds."""
         self._rate_cache.pop(self.config.targets.routing_key(state.key), None)
@@ -571,7 +605,7 @@ class KpiEngine:
         self._prune(state)
         hwm = state.hwm
         for name, value in self.exported_counters(state).items():
-            if value > hwm.get(name, 0):
+            if value > hwm.get(name, 0) or name in _MAY_DECREASE:
                 hwm[name] = value
 
     def exported_counters(self, state: KeyState) -> dict[str, int]:
@@ -650,6 +684,8 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
     return merged
 
 
+#: Exported values that may go down: the sum of a histogram of signed values (announced minus actual wait).
+_MAY_DECREASE = frozenset((counters.histogram_sum(ewt.ERROR_HISTOGRAM),))
 #: A stint's outcome in ``KeyState.stints`` (persisted).
 _STINT_OUTCOMES = {"answered": 0, "abandoned": 1, "exited": 2}
 #: Answered without a wait (an agent was free): it says nothing of how fast the line moves.

@@ -119,3 +119,54 @@ def test_waiting_callers_at_two_instants_match_the_hand_count(broker, worker_fac
         assert got == expected, (t, w.log_tail())
         # No raw number in the answer: only pseudonyms.
         assert "+1555" not in json.dumps(answers)
+    check_expected_wait_at_380(w)
+
+
+#: support's answered waits up to t=380, in answer order: CONNECT minus ENTERQUEUE of each call (lines 29-133;
+#: the same as Asterisk's own holdtime field of each CONNECT line).
+SUPPORT_WAITS = [4, 18, 1, 2, 22, 23, 3, 1, 18]
+
+
+def check_expected_wait_at_380(w):
+    """The expected wait in support at t=380, worked out from the log.
+
+    - asterisk: the holdtime, (3 x old + last) / 4 over SUPPORT_WAITS, about 10.44 s;
+    - les: the last answered wait, 18 s; hol: the longest wait now, .165's 44 s (joined at 336);
+    - R: 9 answers (every one waited) over the time someone waited in support: 112-116, 118-136, 145-146,
+      212-214, 228-260 (two callers), 295-298, 329-330, and 333-380 (.163 until 351, .165 since 336 and the
+      others still waiting): 4 + 18 + 1 + 2 + 32 + 3 + 1 + 47 = 108 s; no abandon, so theta = 0 and ql = qlm:
+      (n + 1) x 108 / 9 = 12 s per caller ahead. A caller entering now has the 6 ahead: 84 s.
+    """
+    held = None
+    for wait in SUPPORT_WAITS:
+        held = wait if held is None else (3 * held + wait) / 4
+    assert held is not None and round(held, 2) == 10.44
+    new = json.loads(w.get("/api/v1/queues/support/ewt"))
+    assert new["estimates"] == {
+        "asterisk": round(held, 3),
+        "les": 18.0,
+        "hol": 44.0,
+        "ql": 84.0,
+        "qlm": 84.0,
+        "best": 84.0,  # qlm until 50 calls are scored
+    }
+    assert (new["estimator"], new["expected_wait_seconds"], new["callers_ahead"]) == ("best", 84.0, 6)
+    # Every answered caller was told on entering (9 scored); nobody abandoned support yet.
+    today = new["accuracy"]["today"]
+    assert {name: (a["answered"], a["abandoned"]) for name, a in today.items()} == dict.fromkeys(
+        ("asterisk", "les", "hol", "ql", "qlm", "best"), (9, 0)
+    )
+    # The first in line (.165, waiting 44 s) has nobody ahead: 12 s; the history estimators subtract its wait.
+    first = json.loads(w.get("/api/v1/queues/support/ewt?position=1"))
+    assert first["caller"] == {"position": 1, "waited_seconds": 44.0}
+    assert (first["callers_ahead"], first["estimates"]["qlm"], first["estimates"]["asterisk"]) == (0, 12.0, 0.0)
+    last = json.loads(w.get("/api/v1/queues/support/ewt?position=6"))
+    assert (last["callers_ahead"], last["estimates"]["qlm"], last["estimates"]["les"]) == (5, 72.0, 18.0)
+    assert json.loads(w.get("/api/v1/queues/support"))["live"]["expected_wait_seconds"] == 84.0
+    for query, status in (("position=7", 404), ("position=0", 400), ("priority=high", 400)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            w.get(f"/api/v1/queues/support/ewt?{query}")
+        assert info.value.code == status, query
+        assert "error" in json.loads(info.value.read())
+    # The gauge of a caller entering now.
+    assert 'callpulse_expected_wait_seconds{queue="support"} 84.0' in w.get("/metrics").decode()
