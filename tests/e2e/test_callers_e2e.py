@@ -159,7 +159,11 @@ def check_expected_wait_at_380(w):
     # The first in line (.165, waiting 44 s) has nobody ahead: 12 s; the history estimators subtract its wait.
     first = json.loads(w.get("/api/v1/queues/support/ewt?position=1"))
     assert first["caller"] == {"position": 1, "waited_seconds": 44.0}
-    assert (first["callers_ahead"], first["estimates"]["qlm"], first["estimates"]["asterisk"]) == (0, 12.0, 0.0)
+    assert (first["callers_ahead"], first["estimates"]["qlm"], first["estimates"]["asterisk"]) == (
+        0,
+        12.0,
+        0.0,
+    )
     last = json.loads(w.get("/api/v1/queues/support/ewt?position=6"))
     assert (last["callers_ahead"], last["estimates"]["qlm"], last["estimates"]["les"]) == (5, 72.0, 18.0)
     assert json.loads(w.get("/api/v1/queues/support"))["live"]["expected_wait_seconds"] == 84.0

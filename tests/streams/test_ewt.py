@@ -30,7 +30,10 @@ def test_the_queue_length_wait_sums_the_rates_of_moving_up_one_place():
 
 def test_each_estimator_from_one_view():
     view = ewt.ScopeView(
-        answers=[(1, 20_000), (2, 40_000)], head_wait_ms=33_000, rate_per_ms=1 / 60_000, theta_per_ms=1 / 120_000
+        answers=[(1, 20_000), (2, 40_000)],
+        head_wait_ms=33_000,
+        rate_per_ms=1 / 60_000,
+        theta_per_ms=1 / 120_000,
     )
     got = ewt.estimates(view, ahead=2, waited_ms=5_000)
     assert got == {
@@ -137,7 +140,14 @@ def test_a_caller_is_told_at_entry_and_scored_when_answered():
     send(eng, "q:sales", 4, enter("c3", 60))
     # holdtime: 20 then (60 + 40) / 4 = 25 s; les 40 s; hol 0 (c3 is alone, at its entry); the line is empty,
     # and fewer than 10 callers found it empty: ql and qlm from R: 1 / R = 25 s
-    assert told(eng, "c3") == {"asterisk": 25.0, "les": 40.0, "hol": 0.0, "ql": 25.0, "qlm": 25.0, "best": 25.0}
+    assert told(eng, "c3") == {
+        "asterisk": 25.0,
+        "les": 40.0,
+        "hol": 0.0,
+        "ql": 25.0,
+        "qlm": 25.0,
+        "best": 25.0,
+    }
     # c1 was told nothing useful: no answer yet (asterisk, les None), R unknown (ql, qlm fall back to None)
     send(eng, "q:sales", 5, *leave("answered", "c3", 90, 30))
     totals = eng.keys["q:sales"].totals
