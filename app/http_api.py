@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from app.metrics import exported_states
 from app.settings import Settings
 from streams import counters, ewt
-from streams.kpi import KpiEngine, agents_at, read_agent, read_key, waiting_callers
+from streams.kpi import KpiEngine, agents_at, read_agent, read_key, read_scores, waiting_callers
 from streams.sessions.agents import OVERALL_ORDER
 from streams.validation import MAX_PRIORITY
 
@@ -82,9 +82,10 @@ def register(
             priority = _whole(request.query.get("priority"), "priority", -MAX_PRIORITY) or 0
         except ValueError as exc:
             return web.json({"error": str(exc)}, status=400)
+        accuracy = request.query.get("accuracy") in ("1", "true")
 
         def answer(state: Any) -> dict:
-            return ewt_json(state, engine, settings, api_now(), position, priority)
+            return ewt_json(state, engine, settings, api_now(), position, priority, accuracy)
 
         tail = "/ewt" + ("?" + request.query_string if request.query_string else "")
         return await _queue_answer(web, request, queue, tail, answer)
@@ -170,7 +171,7 @@ def queue_json(state: Any, engine: KpiEngine, now: int) -> dict:
             "start": _iso(w["start_ms"]),
             "end": _iso(w["end_ms"]),
             "kpis": w["kpis"],
-            "counts": counters.readable({k: v for k, v in w["counts"].items() if not k.startswith("ewt_")}),
+            "counts": counters.readable(w["counts"]),
         }
     if state.kind == "queue":
         targets = engine.config.targets.for_queue(state.name)
@@ -225,12 +226,17 @@ def _seconds(ms: float | None) -> float | None:
 
 
 def ewt_json(
-    state: Any, engine: KpiEngine, settings: Settings, now: int, position: int | None, priority: int
+    state: Any,
+    engine: KpiEngine,
+    settings: Settings,
+    now: int,
+    position: int | None,
+    priority: int,
+    accuracy: bool = False,
 ) -> dict:
-    """The expected wait of a caller of one queue: the announced one, every estimator's, and their accuracy."""
+    """The expected wait of a caller of one queue: the announced one, every estimator's (and their accuracy)."""
     found = engine.expected_wait(state, now, position, priority)
     estimates = {name: _seconds(ms) for name, ms in found["estimates"].items()}
-    data = read_key(state, engine.config, now)
     best = ewt.best_of(state.totals)
     out: dict[str, Any] = {"queue": state.name, "now": _iso(now), "clock": settings.clock}
     out["caller"] = (
@@ -245,9 +251,11 @@ def ewt_json(
             "best_estimator": best,
             "callers_ahead": found["ahead"],
             "estimates": estimates,
-            "accuracy": {name: ewt.accuracy(w["counts"]) for name, w in data["windows"].items()},
         }
     )
+    if accuracy:
+        scores = read_scores(state, engine.config, now)
+        out["accuracy"] = {name: ewt.accuracy(counts) for name, counts in scores.items()}
     return out
 
 

@@ -1,6 +1,7 @@
 """How honest each expected-wait estimator is: announce at entry, score when the caller leaves the queue.
 
     .venv/bin/python bench/ewt.py [--data bank,erlang,profile,asterisk] [--days N]
+    .venv/bin/python bench/ewt.py --latency [--queues 50] [--hours 24]
 
 Each data set's events go, in time order, through the product's own core: the sessionizer's buckets
 (``streams.sessions``), then the KPI engine (``streams.kpi``), which tells every caller entering a queue what
@@ -14,12 +15,19 @@ Data sets:
 - ``erlang``: the simulator's Erlang-A queue (M/M/N+M), at three loads, 24 h each;
 - ``profile``: the simulator's calibrated ``bank`` profile (per-queue agents), ``--days`` days;
 - ``asterisk``: the real Asterisk 20 queue_log files of ``../shared/fixtures`` (few calls: indicative only).
+
+``--latency``: how long the API's answer takes from memory. ``--queues`` Erlang-A queues (170 calls/h, 10
+agents each) run ``--hours`` through the core (cut 10 minutes before their arrivals end, callers waiting); then the expected wait of every queue (for a caller entering
+now, and at place 1) and its JSON answer (``app.http_api.ewt_json``, with every window's accuracy) are timed,
+10 rounds over all queues: p50, p99 and max in ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import heapq
+import itertools
 import random
 import sys
 import time
@@ -168,11 +176,55 @@ def asterisk_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def latency(queues: int, hours: float) -> None:
+    """Time the expected-wait answer of each of ``queues`` busy queues, from memory."""
+    from app.http_api import ewt_json
+    from app.settings import Settings
+
+    runs = [
+        erlang_a(
+            ErlangAConfig(170, 10, 240, 180, hours, queue=f"q{i:02d}"), random.Random(i), START_MS, seed=i
+        )
+        for i in range(queues)
+    ]
+    began = time.monotonic()
+    # Cut before the arrivals end (the simulator then drains every queue): callers are waiting at the cut.
+    cut = START_MS / 1000 + hours * 3600 - 600
+    merged = itertools.takewhile(lambda e: e["ts"] < cut, heapq.merge(*runs, key=lambda e: e["ts"]))
+    engine = run(merged, TargetsConfig())
+    print(f"{queues} queues x {hours:g} h through the core: {time.monotonic() - began:.0f} s")
+    settings = Settings.from_env({})
+    now = engine.stream_time_ms()
+    states = [s for k, s in sorted(engine.keys.items()) if k.startswith("q:")]
+    waiting = sum(sum(1 for v in s.live.values() if v[0] == "waiting") for s in states)
+    for accuracy, rounds in ((False, 10), (True, 2)):
+        times: list[float] = []
+        for _ in range(rounds):
+            for state in states:
+                for position in (None, 1) if any(v[0] == "waiting" for v in state.live.values()) else (None,):
+                    now += 1  # a new instant each time: nothing worked out for the one before is reused
+                    t0 = time.perf_counter()
+                    ewt_json(state, engine, settings, now, position, 0, accuracy)
+                    times.append(time.perf_counter() - t0)
+        times.sort()
+        ms = [1000 * times[int(q * (len(times) - 1))] for q in (0.5, 0.99)]
+        print(
+            f"{'with' if accuracy else 'without'} accuracy: {len(times)} answers, {waiting} callers waiting: "
+            f"p50 {ms[0]:.2f} ms, p99 {ms[1]:.2f} ms, max {1000 * times[-1]:.2f} ms"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="bank,erlang,profile,asterisk")
     ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--queues", type=int, default=50)
+    ap.add_argument("--hours", type=float, default=24)
     args = ap.parse_args()
+    if args.latency:
+        latency(args.queues, args.hours)
+        return
     wanted = set(args.data.split(","))
     header = f"{'data':<22} {'queue':<14} {'calls':>6}  " + "  ".join(f"{e:^20}" for e in ewt.ESTIMATORS)
     print("RMSE / mean error (s) over answered queued calls, announced at entry (ratio to asterisk's RMSE)")

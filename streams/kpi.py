@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from streams import counters, ewt
 from streams.config import TargetsConfig
@@ -95,12 +95,14 @@ class Minute(TypedDict):
     """One minute bucket.
 
     Its counters (``c``), the multiset of queue waits that ended in it (``w``: wait in ms, as a string, ->
-    count), and the offset of the last facts message added to it (``h``).
+    count), and the offset of the last facts message added to it (``h``); the scores of the expected waits
+    announced to the callers who left the queue in it, apart (``e``: ``streams.ewt``'s counters).
     """
 
     c: dict[str, int]
     w: dict[str, int]
     h: int
+    e: NotRequired[dict[str, int]]
 
 
 class Hist(TypedDict):
@@ -356,7 +358,14 @@ class KpiEngine:
             self._observe(state, _WAIT_HISTOGRAM[kind], self.wait_bounds_ms, w, s)
             if state.key.startswith("q:"):  # (an agent's own figures count its answers too: no stint)
                 call = wire[-1] if len(wire) == (6 if type(f) is ExitedWire else 5) else ""
-                counts += self._stint(state, kind, ts, w, call, s)
+                scores = self._stint(state, kind, ts, w, call, s)
+                if scores:  # in their own part of the minute: the windows' KPIs need not sum them
+                    into = minute.setdefault("e", {}) if minute is not None else None
+                    for name, value in scores:
+                        if value:
+                            if into is not None:
+                                _add(into, name, s * value)
+                            _add(state.totals, name, s * value)
         elif type(f) is CompletedWire:
             talk, acw = f.talk_ms, f.acw_ms
             counts = [
@@ -832,6 +841,21 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             "agents_paused": dict(sorted(paused.items())),
         },
     }
+
+
+def read_scores(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, dict[str, int]]:
+    """Per window, the summed scores of the expected waits (``streams.ewt.accuracy`` reads them)."""
+    ranges = config.windows.windows(now_ms)
+    out: dict[str, dict[str, int]] = {w: {} for w in ranges}
+    for start, minute in state.minutes.items():
+        scores = minute.get("e")
+        if scores:
+            for w, (lo, hi) in ranges.items():
+                if lo <= start < hi:
+                    acc = out[w]
+                    for name, value in scores.items():
+                        acc[name] = acc.get(name, 0) + value
+    return out
 
 
 def read_agent(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def check_expected_wait_at_380(w):
     for wait in SUPPORT_WAITS:
         held = wait if held is None else (3 * held + wait) / 4
     assert held is not None and round(held, 2) == 10.44
-    new = json.loads(w.get("/api/v1/queues/support/ewt"))
+    new = json.loads(w.get("/api/v1/queues/support/ewt?accuracy=1"))
     assert new["estimates"] == {
         "asterisk": round(held, 3),
         "les": 18.0,
@@ -158,6 +158,7 @@ def check_expected_wait_at_380(w):
     )
     # The first in line (.165, waiting 44 s) has nobody ahead: 12 s; the history estimators subtract its wait.
     first = json.loads(w.get("/api/v1/queues/support/ewt?position=1"))
+    assert "accuracy" not in first
     assert first["caller"] == {"position": 1, "waited_seconds": 44.0}
     assert (first["callers_ahead"], first["estimates"]["qlm"], first["estimates"]["asterisk"]) == (
         0,

@@ -6,7 +6,7 @@ import pytest
 from streams import ewt
 from streams.config import QueueTargets, TargetsConfig
 from streams.facts import Fact, live_fact, to_wire
-from streams.kpi import KpiConfig, KpiEngine
+from streams.kpi import KpiConfig, KpiEngine, read_scores
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SEC = 1000
@@ -228,4 +228,8 @@ def test_the_scores_are_counted_in_the_window_of_the_exit():
     send(eng, "q:sales", 0, enter("c1", 0))
     send(eng, "q:sales", 1, *leave("answered", "c1", 20, 20))
     minute = eng.keys["q:sales"].minutes[T0]
-    assert minute["c"][ewt.scored("qlm")] == 1 and minute["c"][ewt.error_sum("qlm")] == -200
+    assert minute["e"][ewt.scored("qlm")] == 1 and minute["e"][ewt.error_sum("qlm")] == -200
+    assert not any(name.startswith("ewt_") for name in minute["c"])  # apart from the KPIs' counters
+    scores = read_scores(eng.keys["q:sales"], eng.config, T0 + 30 * SEC)
+    assert ewt.accuracy(scores["5m"])["qlm"]["mean_error_seconds"] == -20.0
+    assert scores["today"] == scores["5m"] and ewt.accuracy(scores["interval"])["qlm"]["answered"] == 1
