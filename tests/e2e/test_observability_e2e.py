@@ -202,10 +202,15 @@ def test_every_dashboard_query_and_every_rule_runs_against_prometheus(broker, wo
         w.value("callpulse_outbound_attempts_total", campaign="renewals") or 0
     ):
         time.sleep(0.5)
-    time.sleep(2)
-    samples = w.metrics()
-    scraped = {name for name, _ in samples}
-    # every name the rules, rule tests and dashboards use is a series this worker exports
+    # every name the rules, rule tests and dashboards use is a series this worker exports (Faust's committed
+    # offsets appear after its first commit, a few seconds in, later on a loaded machine)
+    deadline = time.monotonic() + 60
+    while True:
+        samples = w.metrics()
+        scraped = {name for name, _ in samples}
+        if not names_used() - scraped or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert sorted(names_used() - scraped) == []
 
     instance = f"127.0.0.1:{w.port}"
