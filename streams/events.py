@@ -114,6 +114,9 @@ class CallEvent(NamedTuple):
     tenant: str | None = None
     #: The caller's priority in the queue (higher is served first), where the source gives one.
     priority: int | None = None
+    #: The caller's number when it is a plausible one (``streams.validation.plausible_number``): kept only to
+    #: reach the callback list; never in facts, metrics or logs.
+    number: str | None = None
 
     @property
     def key(self) -> str:

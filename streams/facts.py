@@ -25,10 +25,15 @@ agent          an agent's open state in a queue since ``since_ms`` (``agent``, `
 agent_next     the state an agent's open state turns into at ``since_ms`` without another event (the end
                of after-call work that lies beyond the stream time); ``ts_ms`` is the open state's since
 agent_time     a closed agent-state interval [``since_ms``, ``ts_ms``) (``agent``, ``status``, ``reason``)
+repeat         a call whose caller had another call answered in the queue within the repeat window
+abandon_       an abandon (wait >= S) whose caller reached an agent within the recovery window after it
+recovered      (at that time); ``abandon_unrecovered``: one that did not (at the window's end)
+callback       a caller pending a call back in the queue: ``caller`` (pseudonym; also in ``call``, the
+               upsert's identity), ``since_ms`` its first abandon, ``ts_ms`` its latest
 =============  ======================================================================
 
-``live``, ``agent`` and ``agent_next`` facts are upserts: the aggregator keeps one value per call (``live``)
-or agent (``agent``, ``agent_next``) and key, and a new fact replaces it. So a status change is sent as the new fact alone; a
+``live``, ``agent``, ``agent_next`` and ``callback`` facts are upserts: the aggregator keeps one value per call
+(``live``), agent (``agent``, ``agent_next``) or caller (``callback``) and key, and a new fact replaces it. So a status change is sent as the new fact alone; a
 retraction is sent only when nothing replaces the old value (the call left the queue, the agent logged off).
 """
 
@@ -53,10 +58,13 @@ COUNT_KINDS = (
     "connected",
     "contact",
     "conversion",
+    "repeat",
+    "abandon_recovered",
+    "abandon_unrecovered",
 )
-FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_next", "agent_time")
+FACT_KINDS = (*COUNT_KINDS, "live", "agent", "agent_next", "agent_time", "callback")
 #: Fact kinds that are upserts of a live value rather than counts (see the module docstring).
-LIVE_KINDS = frozenset(("live", "agent", "agent_next"))
+LIVE_KINDS = frozenset(("live", "agent", "agent_next", "callback"))
 
 
 class Fact(NamedTuple):
@@ -252,7 +260,27 @@ class AgentWire(NamedTuple):
     reason: str
 
 
-WireFact = PlainWire | WaitWire | ExitedWire | RefusedWire | CompletedWire | SurveyWire | LiveWire | AgentWire
+class CallbackWire(NamedTuple):
+    """callback (an upsert per caller): its pseudonym and first abandon (``ts_ms``: its latest)."""
+
+    kind: str
+    ts_ms: int
+    sign: int
+    caller: str
+    since_ms: int
+
+
+WireFact = (
+    PlainWire
+    | WaitWire
+    | ExitedWire
+    | RefusedWire
+    | CompletedWire
+    | SurveyWire
+    | LiveWire
+    | AgentWire
+    | CallbackWire
+)
 
 #: The wire record of each fact kind (kinds not named here: ``PlainWire``).
 WIRE_RECORDS: dict[str, type[WireFact]] = {
@@ -266,6 +294,7 @@ WIRE_RECORDS: dict[str, type[WireFact]] = {
     "agent": AgentWire,
     "agent_next": AgentWire,
     "agent_time": AgentWire,
+    "callback": CallbackWire,
 }
 _TO_WIRE = {kind: attrgetter(*record._fields) for kind, record in WIRE_RECORDS.items()}
 _PLAIN = attrgetter(*PlainWire._fields)

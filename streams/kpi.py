@@ -33,6 +33,7 @@ from streams.events import AGENT_STATE_ALIASES
 from streams.facts import (
     WIRE_RECORDS,
     AgentWire,
+    CallbackWire,
     CompletedWire,
     ExitedWire,
     LiveWire,
@@ -135,6 +136,7 @@ class KeyState:
         "live",
         "agents",
         "agents_next",
+        "callbacks",
         "totals",
         "hist",
         "hwm",
@@ -162,6 +164,8 @@ class KeyState:
         self.live: dict[str, list[Any]] = {}
         self.agents: dict[str, list[Any]] = {}
         self.agents_next: dict[str, list[Any]] = {}
+        #: caller pseudonym -> [first abandon, latest abandon] of a caller pending a call back in the queue.
+        self.callbacks: dict[str, list[int]] = {}
         self.totals: dict[str, int] = {}
         self.hist: dict[str, Hist] = {}
         self.hwm: dict[str, int] = {}
@@ -207,6 +211,7 @@ class KeyState:
             "live": self.live,
             "agents": self.agents,
             "agents_next": self.agents_next,
+            "callbacks": self.callbacks,
             "totals": self.totals,
             "hist": self.hist,
             "hwm": self.hwm,
@@ -227,6 +232,7 @@ class KeyState:
         state.live = {c: _live_value(v) for c, v in data["live"].items()}
         state.agents = {a: _agent_value(v) for a, v in data["agents"].items()}
         state.agents_next = data.get("agents_next", {})
+        state.callbacks = data.get("callbacks", {})
         state.totals = data["totals"]
         state.hist = data["hist"]
         state.hwm = data["hwm"]
@@ -328,6 +334,9 @@ class KpiEngine:
                 self._rates_changed(state)
             elif f.status == "waiting":
                 self._rates_changed(state)
+            return
+        if type(f) is CallbackWire:
+            self._upsert(state.callbacks, f.caller, [f.since_ms, ts], s)
             return
         if type(f) is AgentWire:
             if len(wire) == 6:  # written before agent facts had a reason
@@ -690,6 +699,7 @@ def merge_states(states: list[KeyState], key: str) -> KeyState:
         merged.live.update({f"{st.key}/{c}": v for c, v in st.live.items()})
         merged.agents.update({f"{st.key}/{a}": v for a, v in st.agents.items()})
         merged.agents_next.update({f"{st.key}/{a}": v for a, v in st.agents_next.items()})
+        merged.callbacks.update({f"{st.key}/{c}": v for c, v in st.callbacks.items()})
     return merged
 
 
@@ -839,6 +849,7 @@ def read_key(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
             "agents": agents,
             "agents_staffed": sum(agents.values()),
             "agents_paused": dict(sorted(paused.items())),
+            "callbacks_pending": len(state.callbacks),
         },
     }
 
@@ -957,4 +968,8 @@ def kpis(c: dict[str, int], longest_wait_ms: int | None) -> dict[str, float | No
             c.get(counters.survey("nps", "promoter"), 0) - c.get(counters.survey("nps", "detractor"), 0), nps
         ),
         "occupancy_ratio": _ratio(on_calls, staffed),
+        "repeat_call_ratio": _ratio(c.get("repeat", 0), c.get("entered", 0)),
+        "abandon_recovery_ratio": _ratio(
+            c.get("abandon_recovered", 0), c.get("abandon_recovered", 0) + c.get("abandon_unrecovered", 0)
+        ),
     }

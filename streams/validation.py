@@ -67,6 +67,22 @@ def pseudonymise(caller: str, key: bytes) -> str:
     return hmac.new(key, caller.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
+_SEPARATORS = str.maketrans("", "", " -.()/")
+
+
+def plausible_number(caller: str) -> str | None:
+    """The caller field as a number to call back, or None when it is not one.
+
+    Spaces, dashes, dots, slashes and parentheses are dropped, a leading ``+`` is kept; what is left must be 3 to
+    20 digits, not all zeros. ``anonymous``, ``Restricted``, an empty or withheld number are not numbers.
+    """
+    text = caller.strip().translate(_SEPARATORS)
+    digits = text[1:] if text.startswith("+") else text
+    if not (3 <= len(digits) <= 20 and digits.isascii() and digits.isdigit()) or not digits.strip("0"):
+        return None
+    return text
+
+
 def parse_timestamp(value: object) -> int:
     """Return epoch milliseconds from an RFC 3339 string with offset or epoch seconds (a number).
 
@@ -193,7 +209,11 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
             caller = str(caller)
         if not isinstance(caller, str):
             raise EventValidationError("wrong_type", "field caller must be a string")
-        caller = pseudonymise(caller, config.caller_key)
+        number = plausible_number(caller)
+        # The same number written two ways is one caller; what is no number keeps its own pseudonym.
+        caller = pseudonymise(number or caller, config.caller_key)
+    else:
+        number = None
     call_id: str | None = None
     state: str | None = None
     scale: str | None = None
@@ -261,6 +281,7 @@ def validate_event(obj: object, config: ValidationConfig, now_ms: int) -> CallEv
             state,
             tenant,
             priority,
+            number,
         ),
     )
 

@@ -13,6 +13,7 @@ from streams.events import CallEvent
 from streams.facts import Fact, diff
 from streams.sessions.agents import AgentEvent, AgentSession, Rules, Work, WorkUpdate
 from streams.sessions.call import CallSession
+from streams.sessions.callers import Callback, CallerRules, CallerSession, CallerUpdate
 from streams.sessions.derivation import Unexpected
 from streams.sessions.inbound import continues
 from streams.sessions.stored import StoredEvent, insert_sorted
@@ -39,6 +40,8 @@ class SessionConfig:
     default_wrapup_ms: int = 0
     #: Agent -> the queues it is a static member of (the queues file's ``members``).
     static_members: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    #: Repeat callers, the callback list, abandon recovery (``streams.sessions.callers``).
+    caller_rules: CallerRules = field(default_factory=CallerRules, compare=False)
     #: Derived: an event more than this behind the watermark is rejected (late or too old).
     reject_within_ms: int = field(init=False, repr=False, compare=False)
     #: Derived: the soonest housekeeping an applied event can need (grace, call timeout, dedup TTL).
@@ -106,6 +109,11 @@ class BucketState:
         "late_work",
         "defer_agents",
         "staged",
+        "callers",
+        "caller_wm",
+        "caller_due",
+        "caller_outbox",
+        "callbacks_out",
     )
 
     def __init__(self, config: SessionConfig) -> None:
@@ -137,6 +145,16 @@ class BucketState:
         #: next ``sweep``: ``apply`` returns no facts for them; ``staged`` are the agents waiting for it.
         self.defer_agents = False
         self.staged: dict[str, None] = {}
+        #: Callers (by pseudonym) whose calls' updates this bucket holds, the latest time of those updates (-1:
+        #: none; like ``agent_wm``, it does not move ``wm``), and when their housekeeping is next due.
+        self.callers: dict[str, CallerSession] = {}
+        self.caller_wm = -1
+        self.caller_due = 0
+        #: What this bucket's calls changed in their callers' history, for the callers' buckets, and the callback
+        #: entries its callers opened, changed (True) or closed (False), for calls.callbacks (drained by the
+        #: shell after each message; not persisted: a replay derives them again).
+        self.caller_outbox: list[CallerUpdate] = []
+        self.callbacks_out: list[tuple[Callback, bool]] = []
 
     # -- events -------------------------------------------------------------------------------------------
     def apply(self, event: CallEvent) -> Applied:
@@ -163,6 +181,8 @@ class BucketState:
             derivation = session.derived(call_id, min_talk)
             if derivation.works is not None:
                 self._work_changed(call_id, None, derivation.works)
+            if derivation.caller is not None:
+                self._caller_changed(None, derivation.caller)
             u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
             return _new(Applied, ("ok", derivation.facts, "", u))
         before = session.derived(call_id, min_talk)
@@ -175,6 +195,8 @@ class BucketState:
             derivation = session.derivation = walk.continue_with(ev, before)
             if derivation.works is not None:
                 self._work_changed(call_id, before.works, derivation.works)
+            if derivation.caller != before.caller:
+                self._caller_changed(before.caller, derivation.caller)
             u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
             return _new(Applied, ("ok", walk.changes, "", u))
         insert_sorted(session.events, ev)
@@ -182,6 +204,8 @@ class BucketState:
         derivation = session.derived(call_id, min_talk)
         if derivation.works is not None or before.works is not None:
             self._work_changed(call_id, before.works, derivation.works)
+        if derivation.caller != before.caller:
+            self._caller_changed(before.caller, derivation.caller)
         u = _unexpected_in(derivation.unexpected, ev.event_id) if derivation.unexpected else ""
         return _new(Applied, ("ok", diff(before.facts, derivation.facts), "", u))
 
@@ -196,6 +220,13 @@ class BucketState:
             works = new.get(agent, ())
             if old.get(agent, ()) != works:
                 self.outbox.append(WorkUpdate(agent, call_id, works))
+
+    def _caller_changed(self, old: CallerUpdate | None, new: CallerUpdate | None) -> None:
+        """Queue the call's new part of its caller's history (an empty one when it has none any more)."""
+        if new is not None and (new.stints or new.reached_ms >= 0):
+            self.caller_outbox.append(new)
+        elif old is not None and (old.stints or old.reached_ms >= 0):
+            self.caller_outbox.append(old._replace(stints=(), reached_ms=-1))
 
     def _admit(self, ts: int) -> Applied | None:
         """Rule 2 for an event that is no duplicate: its rejection when late, else None, the watermark moved.
@@ -301,6 +332,43 @@ class BucketState:
         self._walked_or_staged(update.agent, session, ts)
         return facts
 
+    def caller_clock(self) -> int:
+        """How far the callers' histories go: the watermark, or the latest caller update if that is later."""
+        wm = self.wm
+        return self.caller_wm if wm is None or self.caller_wm > wm else wm
+
+    def apply_caller(self, update: CallerUpdate) -> list[Fact]:
+        """Apply what one call did for its caller, as the call's bucket derived it (an upsert: replays converge)."""
+        ts = update.last_ms()
+        if ts > self.caller_wm:
+            self.caller_wm = ts
+        session = self.callers.get(update.caller)
+        if session is None:
+            if not update.stints and update.reached_ms < 0:
+                return []
+            session = self.callers[update.caller] = CallerSession()
+        if update.stints or update.reached_ms >= 0:
+            session.calls[update.call_id] = update
+        else:
+            session.calls.pop(update.call_id, None)
+        facts = self._derive_caller(update.caller, session, self.caller_clock())
+        if session.calls:
+            self.caller_due = min(self.caller_due, session.oldest_ms() + self.config.caller_rules.keep_ms)
+        return facts
+
+    def _derive_caller(self, caller: str, session: CallerSession, clock: int) -> list[Fact]:
+        facts, opened, closed = session.update(caller, self.config.caller_rules, clock)
+        self.callbacks_out.extend((c, True) for c in opened)
+        self.callbacks_out.extend((c, False) for c in closed)
+        if session.next_ms >= 0:
+            self.caller_due = min(self.caller_due, session.next_ms)
+        return facts
+
+    def pending_callbacks(self, now_ms: int) -> list[Callback]:
+        """The callback entries of this bucket's callers still open at ``now_ms`` (within their TTL)."""
+        ttl = self.config.caller_rules.callback_ttl_ms
+        return [c for s in self.callers.values() for c in s.callbacks if c.last_ms + ttl > now_ms]
+
     def _walked_or_staged(self, agent: str, session: AgentSession, ts: int) -> None:
         """After an agent's input at ``ts``: it waits for ``settle_agents``, or its housekeeping comes due."""
         if self.defer_agents:
@@ -342,7 +410,27 @@ class BucketState:
             self._sweep_calls(wm, facts)
         if clock >= self.agent_due:
             self._sweep_agents(wm, clock, facts)
+        caller_clock = self.caller_clock()
+        if self.callers and caller_clock >= self.caller_due:
+            self._sweep_callers(caller_clock, facts)
         return facts
+
+    def _sweep_callers(self, clock: int, facts: list[Fact]) -> None:
+        """Move the callers' histories on to ``clock`` (time-driven changes), forget old calls and callers."""
+        rules = self.config.caller_rules
+        forget_before = clock - rules.keep_ms
+        self.caller_due = _NEVER
+        for caller in list(self.callers):
+            session = self.callers[caller]
+            forgot = session.forget_before(forget_before)
+            if forgot or 0 <= session.next_ms <= clock:
+                facts.extend(self._derive_caller(caller, session, clock))
+            if session.idle():
+                del self.callers[caller]
+                continue
+            if session.next_ms >= 0:
+                self.caller_due = min(self.caller_due, session.next_ms)
+            self.caller_due = min(self.caller_due, session.oldest_ms() + rules.keep_ms)
 
     def _sweep_calls(self, wm: int, facts: list[Fact]) -> None:
         """Expire, finalize and forget calls (rule 3)."""
@@ -365,6 +453,7 @@ class BucketState:
                 derivation = session.derived(call_id, min_talk)
                 facts.extend(diff(old, derivation.facts))
                 self._work_changed(call_id, old_works, derivation.works)
+                self._caller_changed(None, derivation.caller)
             if derivation.ended and session.last_ts < final_before:
                 self.tombstones.finalize(
                     call_id,
@@ -429,6 +518,8 @@ class BucketState:
             "calls": {c: [ev.to_wire() for ev in s.events] for c, s in self.calls.items()},
             "chunks": self.tombstones.slots_wire(),
             "agents": {a: s.to_wire() for a, s in self.agents.items()},
+            "callers": {c: s.to_wire() for c, s in self.callers.items()},
+            "cwm": self.caller_wm,
         }
 
     @classmethod
@@ -448,6 +539,13 @@ class BucketState:
         }
         bucket.tombstones = Tombstones.restore(data["chunks"], load_chunk)
         bucket.agents = {a: AgentSession.from_wire(s) for a, s in data["agents"].items()}
+        bucket.caller_wm = data.get("cwm", -1)
+        clock = bucket.caller_clock()
+        for caller, wire in data.get("callers", {}).items():
+            session = bucket.callers[caller] = CallerSession.from_wire(caller, wire)
+            session.update(
+                caller, config.caller_rules, clock
+            )  # what it had derived (a pure function of both)
         return bucket
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from streams.facts import Fact
 from streams.sessions.agents import Work
+from streams.sessions.callers import CallerUpdate
 
 if TYPE_CHECKING:
     from streams.sessions.inbound import InboundWalk
@@ -36,3 +37,6 @@ class Derivation:
     unexpected: tuple[Unexpected, ...] = ()
     #: Agent -> its stretches of work on the call (answered, ended, wrapped up), for the agent's timeline.
     works: dict[str, tuple[Work, ...]] | None = None
+    #: What the call did for its caller's history (its stints, when it reached an agent), for the caller's
+    #: bucket; None when the call has no plausible number.
+    caller: CallerUpdate | None = None

@@ -27,6 +27,7 @@ from enum import StrEnum
 
 from streams.facts import Fact, agent_key, live_fact, queue_key
 from streams.sessions.agents import Work
+from streams.sessions.callers import CallerUpdate, Stint
 from streams.sessions.derivation import Derivation, Unexpected
 from streams.sessions.stored import StoredEvent
 
@@ -72,6 +73,11 @@ class InboundWalk:
         #: and priority in the current queue (from its queue event; 0 when none).
         self.caller = ""
         self.priority = 0
+        #: The caller's number (the latest plausible one), its stints in queues, and when it first reached an
+        #: agent: the call's part of its caller's history (``streams.sessions.callers``).
+        self.number = ""
+        self.stints: list[Stint] = []
+        self.reached = -1
         #: What the last ``continue_with`` changed.
         self.changes: list[Fact] = []
 
@@ -95,8 +101,10 @@ class InboundWalk:
     def _start_stint(self, queue: str, ts: int, eid: str) -> None:
         self.state, self.q, self.enq, self.last_q = QUEUED, queue, ts, queue
         self.facts.append(Fact("entered", queue_key(queue), ts, "entered:" + eid, self.call_id))
+        self.stints.append(Stint(queue, ts, "waiting"))
 
     def _leave_queue(self, kind: str, ts: int, eid: str, reason: str = "") -> None:
+        self.stints[-1] = self.stints[-1]._replace(outcome=kind, left_ms=ts)
         self.facts.append(
             Fact(
                 kind,
@@ -110,6 +118,8 @@ class InboundWalk:
         )
 
     def _start_work(self, agent: str | None, ts: int) -> None:
+        if self.reached < 0:
+            self.reached = ts
         self._end_work(ts)
         self.agent = agent or ""
         if agent:
@@ -149,6 +159,8 @@ class InboundWalk:
         """A ring or queue event names the caller; a queue event gives the priority in its queue."""
         if ev.detail:
             self.caller = ev.detail
+        if ev.number:
+            self.number = ev.number
         if ev.type == "queue":
             self.priority = ev.extra if type(ev.extra) is int else 0
 
@@ -302,6 +314,8 @@ class InboundWalk:
             )
         held = self.hold_ms + (ev.ts_ms - self.hold_start if state == HELD else 0)
         self._end_work(ev.ts_ms, held)
+        if state == QUEUED:
+            self.stints[-1] = self.stints[-1]._replace(outcome="expired", left_ms=ev.ts_ms)
         self.state = ENDED
 
     # -- incremental derivation ----------------------------------------------------------------------------
@@ -359,6 +373,9 @@ class InboundWalk:
             self,
             tuple(self.unexpected) if self.unexpected else (),
             {agent: tuple(ws) for agent, ws in self.works.items()} if self.works else None,
+            CallerUpdate(caller, call_id, self.number, tuple(self.stints), self.reached)
+            if self.number and caller
+            else None,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streams.facts import Fact, campaign_key
 from streams.sessions.agents import Work
+from streams.sessions.callers import CallerUpdate
 from streams.sessions.derivation import Derivation
 from streams.sessions.stored import StoredEvent
 
@@ -31,6 +32,8 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
     facts: list[Fact] = []
     dials = answers = hangups = 0
     open_answer = -1
+    #: When the callee first answered (it reached an agent: a call back done).
+    reached = -1
     #: The agent who placed the call is on it from the callee's answer to the hang-up.
     works: dict[str, list[Work]] = {}
     agent = last = ""
@@ -43,6 +46,8 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
             if answers < dials:
                 answers += 1
                 open_answer = ts
+                if reached < 0:
+                    reached = ts
                 facts.append(Fact("connected", key, ts, "connected:" + eid, call_id))
                 if ev.detail and not agent:
                     agent = ev.detail
@@ -70,10 +75,14 @@ def derive_outbound(call_id: str, events: list[StoredEvent], contact_min_talk_ms
             if agent:
                 works[agent][-1] = works[agent][-1]._replace(end_ms=ts)
                 agent = ""
+    callee = next(
+        ((str(ev.extra or ""), ev.number) for ev in events if ev.type == "dial" and ev.number), None
+    )
     return Derivation(
         facts,
         dials > 0 and hangups >= dials,
         "",
         None,
         works={a: tuple(ws) for a, ws in works.items()} if works else None,
+        caller=CallerUpdate(callee[0], call_id, callee[1], (), reached) if callee and callee[0] else None,
     )

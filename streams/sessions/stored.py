@@ -12,14 +12,19 @@ ring_canceled
 exit, refused                 reason                campaign (outbound)
 hangup                        disposition           campaign (outbound)
 transfer                      target                campaign (outbound)
-dial                          campaign              campaign
+dial                          campaign              the callee's pseudonym
 ring                          caller (pseudonym)    campaign (outbound)
 queue                         caller (pseudonym)    priority (inbound), campaign (outbound)
 survey                        scale                 score
 (other types)                 None                  campaign (outbound)
 ============================  ====================  ==============================
 
-The snapshot writes a stored event as the JSON array of its seven fields, in this order.
+``number``: the caller's number on a ``ring``, ``queue`` or ``dial`` (the callee's) event that gives a plausible
+one (None otherwise),
+for the callback list alone: the stored calls (the sessionizer's snapshot) hold it while the call is open.
+
+The snapshot writes a stored event as the JSON array of its fields, in this order (seven before numbers
+were kept).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import NamedTuple
 from streams.events import TYPE_RANK, CallEvent
 
 _new = tuple.__new__
+_FIELDS_BEFORE_NUMBERS = 7
 
 
 class StoredEvent(NamedTuple):
@@ -42,6 +48,8 @@ class StoredEvent(NamedTuple):
     extra: str | int | None
     #: 1 for an event of an outbound call, else 0.
     outbound: int
+    #: The caller's number (``ring``, ``queue``; see the module docstring).
+    number: str | None = None
 
     @classmethod
     def of(cls, event: CallEvent) -> StoredEvent:
@@ -57,7 +65,7 @@ class StoredEvent(NamedTuple):
         elif t == "transfer":
             detail = event.target
         elif t == "dial":
-            detail = event.campaign
+            detail, extra = event.campaign, event.caller
         elif t == "survey":
             detail, extra = event.scale, event.score
         elif t == "queue":
@@ -70,13 +78,25 @@ class StoredEvent(NamedTuple):
             detail = None
         # tuple.__new__: a third of the cost of calling the class (once per event)
         stored: StoredEvent = _new(
-            cls, (event.ts_ms, t, event.event_id, event.queue, detail, extra, 1 if event.outbound else 0)
+            cls,
+            (
+                event.ts_ms,
+                t,
+                event.event_id,
+                event.queue,
+                detail,
+                extra,
+                1 if event.outbound else 0,
+                event.number if t == "ring" or t == "queue" or t == "dial" else None,
+            ),
         )
         return stored
 
     @classmethod
     def from_wire(cls, data: list[object] | tuple[object, ...]) -> StoredEvent:
-        """Inverse of ``to_wire`` (a JSON array from a snapshot)."""
+        """Inverse of ``to_wire`` (a JSON array from a snapshot; seven fields before numbers were kept)."""
+        if len(data) == _FIELDS_BEFORE_NUMBERS:
+            return tuple.__new__(cls, (*data, None))
         return tuple.__new__(cls, data)
 
     def to_wire(self) -> list[object]:

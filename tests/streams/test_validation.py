@@ -220,6 +220,7 @@ def test_a_valid_event_carries_every_field_in_its_place():
         scale=None,
         state=None,
         tenant="t1",
+        number="+15550100",
     )
     survey = validate_event(ev(type="survey", scale="nps", score=9), CFG, NOW_MS)
     assert (survey.scale, survey.score, survey.state, survey.outbound) == ("nps", 9, None, False)
@@ -251,3 +252,26 @@ def test_a_priority_is_a_whole_number(priority, accepted):
     else:
         assert validate_event(ev(priority=priority), CFG, NOW_MS).priority == accepted
     assert validate_event(ev(), CFG, NOW_MS).priority is None
+
+
+@pytest.mark.parametrize(
+    ("caller", "number"),
+    [
+        ("+15550100", "+15550100"),
+        ("+1 (555) 010-0", "+15550100"),  # the same number, written another way
+        ("555.0100", "5550100"),
+        ("101", "101"),  # an extension can be called back
+        ("12", None),  # too short
+        ("anonymous", None),
+        ("Restricted", None),
+        ("0000", None),
+        ("+", None),
+        ("１２３４", None),  # digits of another script are no dialable number
+        ("1" * 21, None),
+    ],
+)
+def test_only_a_plausible_number_is_kept_and_it_names_its_caller_however_written(caller, number):
+    e = validate_event(ev(caller=caller), CFG, NOW_MS)
+    assert e.number == number
+    # the pseudonym is of the number (so two ways of writing it are one caller), else of the field as given
+    assert e.caller == pseudonymise(number or caller, b"k")
