@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from app import batches, compat, http_api, store
 from app.aggregate import Aggregator
 from app.kafka import (
+    TOPIC_CALLBACKS,
     TOPIC_DEADLETTER,
     TOPIC_EVENTS,
     TOPIC_FACTS,
@@ -117,10 +118,11 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
             partitions=partitions,
         )
 
-    events_topic, facts_topic, deadletter_topic = (
+    events_topic, facts_topic, deadletter_topic, callbacks_topic = (
         topic(TOPIC_EVENTS),
         topic(TOPIC_FACTS),
         topic(TOPIC_DEADLETTER),
+        topic(TOPIC_CALLBACKS),
     )
     sessions, aggregates = store.tables(app, partitions)
 
@@ -151,6 +153,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         facts_partition=facts_partition,
     )
     aggregator = Aggregator(aggregates, engine, interval)
+    sessionizer.callbacks_topic = callbacks_topic
     sessionizer.on_fatal = aggregator.on_fatal = app.crash
     aggregator.deadletter_topic, aggregator.rejected = deadletter_topic, counters.rejected
     batches.watch(TOPIC_EVENTS, sessionizer.undecodable.append)
@@ -201,5 +204,7 @@ def build(settings: Settings, embedded: bool) -> Pipeline:
         aggregates=aggregates,
         facts_topic=facts_topic,
         now_ms=now_ms,
+        sessions=sessions,
+        pending_callbacks=sessionizer.pending_callbacks,
     )
     return Pipeline(app, settings, registry, sessionizer, aggregator, engine, sessionize, aggregate)

@@ -11,6 +11,7 @@ queues come from the workers of those queues). Times are RFC 3339 UTC.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from app.settings import Settings
 from streams import counters, ewt
 from streams.kpi import KpiEngine, agents_at, read_agent, read_key, read_scores, waiting_callers
 from streams.sessions.agents import OVERALL_ORDER
+from streams.sessions.callers import Callback
 from streams.validation import MAX_PRIORITY
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def register(
     aggregates: Any,
     facts_topic: Any,
     now_ms: Callable[[KpiEngine], int],
+    sessions: Any = None,
+    pending_callbacks: Callable[[int], list[Callback]] = lambda _now: [],
 ) -> None:
     """Serve ``/metrics``, ``/api/v1/queues[/{queue}[/callers]]`` and ``/api/v1/agents[/{agent}]`` from ``app``'s web server."""
 
@@ -125,12 +129,45 @@ def register(
             out["unreachable"] = data["unreachable"]
         return web.json(out)
 
-    async def _others(local: dict, path: str) -> list[dict]:
+    @app.page("/api/v1/callbacks")
+    async def callbacks_page(web: Any, request: Any) -> Any:
+        denied = _denied(web, request)
+        if denied is not None:
+            return denied
+        now = api_now()
+        queue = request.query.get("queue")
+        local = callbacks_json(pending_callbacks(now), settings, now, queue)
+        if request.query.get("local"):
+            return web.json(local)
+        query = "?local=1" + (f"&queue={quote(queue, safe='')}" if queue is not None else "")
+        auth = {"Authorization": request.headers.get("Authorization", "")}
+        for remote in await _others(local, "/api/v1/callbacks" + query, sessions, auth):
+            local["callbacks"].extend(remote["callbacks"])
+        local["callbacks"].sort(key=lambda c: (c["queue"], c["first_abandon"], c["caller"]))
+        return web.json(local)
+
+    def _denied(web: Any, request: Any) -> Any:
+        """The answer to a request for callers' numbers without the token (None: it has it)."""
+        token = settings.api_token
+        if not token:
+            return web.json(
+                {"error": "this endpoint is off: set CALLPULSE_API_TOKEN to turn it on"}, status=403
+            )
+        given = request.headers.get("Authorization", "").encode("utf-8")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return web.json(
+                {"error": "a bearer token is required (Authorization: Bearer <CALLPULSE_API_TOKEN>)"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="callpulse"'},
+            )
+        return None
+
+    async def _others(local: dict, path: str, table: Any = aggregates, headers: Any = None) -> list[dict]:
         """Every other worker's answer to ``path``; those that cannot be reached are listed in ``local``."""
         answers = []
-        for url in _other_workers(app, aggregates):
+        for url in _other_workers(app, table if table is not None else aggregates):
             try:
-                async with app.http_client.get(url + path) as response:
+                async with app.http_client.get(url + path, headers=headers) as response:
                     answers.append(await response.json())
             except Exception as exc:  # a worker may be going away; say so, answer the rest
                 log.warning("could not reach worker %s: %s", url, exc)
@@ -257,6 +294,26 @@ def ewt_json(
         scores = read_scores(state, engine.config, now)
         out["accuracy"] = {name: ewt.accuracy(counts) for name, counts in scores.items()}
     return out
+
+
+def callbacks_json(entries: list[Callback], settings: Settings, now: int, queue: str | None = None) -> dict:
+    """This worker's callers pending a call back (of ``queue`` alone if given), oldest first, with their numbers."""
+    rows = [
+        {
+            "queue": c.queue,
+            "number": c.number,
+            "caller": c.caller,
+            "first_abandon": _iso(c.since_ms),
+            "last_abandon": _iso(c.last_ms),
+            "attempts": c.attempts,
+            "call_id": c.call_id,
+            "wait_seconds": c.wait_ms / 1000,
+            "pending_seconds": (now - c.since_ms) / 1000,
+        }
+        for c in sorted(entries, key=lambda c: (c.queue, c.since_ms, c.caller))
+        if queue is None or c.queue == queue
+    ]
+    return {"now": _iso(now), "clock": settings.clock, "callbacks": rows}
 
 
 def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 TOPIC_EVENTS = "calls.events"
 TOPIC_FACTS = "calls.facts"
 TOPIC_DEADLETTER = "calls.deadletter"
+#: Changes of the callback list, with the callers' numbers (sensitive: short retention).
+TOPIC_CALLBACKS = "calls.callbacks"
+TOPICS = (TOPIC_EVENTS, TOPIC_FACTS, TOPIC_DEADLETTER, TOPIC_CALLBACKS)
 #: The cluster id ``callpulse broker`` gives the embedded broker; seeing it switches the workarounds on.
 EMBEDDED_CLUSTER_ID = "callpulse-embedded"
 
@@ -149,17 +152,19 @@ async def detect_embedded(settings: Settings, timeout_s: float = 30.0) -> bool:
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create calls.events, calls.facts and calls.deadletter when missing, with CALLPULSE_PARTITIONS partitions."""
+    """Create calls.events, calls.facts, calls.deadletter and calls.callbacks when missing (CALLPULSE_PARTITIONS)."""
     admin = await _admin(settings, timeout_s)
     try:
         existing = set(await admin.list_topics())
         wanted = []
-        for name in (TOPIC_EVENTS, TOPIC_FACTS, TOPIC_DEADLETTER):
+        for name in TOPICS:
             if name in existing:
                 continue
             configs = {}
             if name == TOPIC_DEADLETTER:
                 configs = {"retention.ms": str(int(settings.deadletter_retention * 1000))}
+            elif name == TOPIC_CALLBACKS:
+                configs = {"retention.ms": str(int(settings.callbacks_retention * 1000))}
             wanted.append(
                 NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
             )
@@ -173,7 +178,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             log.info("created topics %s", ", ".join(t.name for t in wanted))
         # Topic metadata propagates asynchronously: wait until every topic is visible.
         for _ in range(100):
-            if {TOPIC_EVENTS, TOPIC_FACTS, TOPIC_DEADLETTER} <= set(await admin.list_topics()):
+            if set(TOPICS) <= set(await admin.list_topics()):
                 break
             await asyncio.sleep(0.1)
     finally:

@@ -75,6 +75,18 @@ QUEUE_COUNTERS = {
         "Rings ended by the caller hanging up while the agent's phone rang (not held against the agent).",
     ),
     "callpulse_holds": ("holds", "Holds of completed calls."),
+    "callpulse_repeat_calls": (
+        "repeat",
+        "Calls whose caller had another call answered in the queue within CALLPULSE_REPEAT_WINDOW.",
+    ),
+    "callpulse_abandons_recovered": (
+        "abandon_recovered",
+        "Abandons (wait >= S) whose caller reached an agent within CALLPULSE_RECOVERY_WINDOW, at that time.",
+    ),
+    "callpulse_abandons_unrecovered": (
+        "abandon_unrecovered",
+        "Abandons (wait >= S) whose caller did not reach an agent within CALLPULSE_RECOVERY_WINDOW, at its end.",
+    ),
 }
 CAMPAIGN_COUNTERS = {
     "callpulse_outbound_attempts": ("attempt", "Outbound dial attempts."),
@@ -124,6 +136,12 @@ WINDOW_GAUGES = {
         "queue",
         "Agent time on calls or in wrap-up / time available, on calls or in wrap-up.",
     ),
+    "callpulse_repeat_call_ratio": ("repeat_call_ratio", "queue", "Repeat calls / calls entered."),
+    "callpulse_abandon_recovery_ratio": (
+        "abandon_recovery_ratio",
+        "queue",
+        "Abandons recovered / abandons recovered or not (decided in the window).",
+    ),
     "callpulse_connection_ratio": ("connection_ratio", "campaign", "Connected / attempts."),
     "callpulse_contact_ratio": ("contact_ratio", "campaign", "Contacts / attempts."),
     "callpulse_conversion_ratio": ("conversion_ratio", "campaign", "Conversions (success) / attempts."),
@@ -137,6 +155,10 @@ LIVE_GAUGES = {
     "callpulse_calls_waiting_over_sl": ("calls_waiting_over_sl", "Callers already waiting longer than T."),
     "callpulse_calls_talking": ("calls_talking", "Calls connected to an agent now."),
     "callpulse_calls_on_hold": ("calls_on_hold", "Calls on hold now."),
+    "callpulse_callbacks_pending": (
+        "callbacks_pending",
+        "Callers on the callback list: abandoned (wait >= S), not reached by an agent since, within CALLPULSE_CALLBACK_TTL.",
+    ),
 }
 CONFIG_GAUGES = {
     "callpulse_sl_threshold_seconds": ("sl_threshold_s", "Service-level threshold T of the queue."),

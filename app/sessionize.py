@@ -10,6 +10,10 @@ an agent's work (``WorkUpdate``) is sent back to calls.events under the agent's 
 header ``callpulse-internal: work``, and buffered and flushed with the facts. Its value is a JSON array of
 ``[agent, call id, [[queue, start, end, wrap-up, hold, transferred], ...]]``. Kafka routes it by the default (murmur2)
 partitioner, so producers of calls.events must use that partitioner too (every Kafka client's default).
+What a call did for its caller (``CallerUpdate``) goes the same way to the caller's bucket, with the header
+``callpulse-internal: caller`` and the value ``[caller, call id, number, [[queue, entered, outcome, left],
+...], reached]`` per call; the callback entries the callers' buckets open, change or close go to
+calls.callbacks, keyed by queue (``callback_record``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,6 +34,7 @@ from streams.events import call_bucket
 from streams.facts import LIVE_KINDS, Fact, to_wire
 from streams.sessions import BucketState, SessionConfig
 from streams.sessions.agents import Work, WorkUpdate
+from streams.sessions.callers import STINT_OUTCOMES, Callback, CallerUpdate, Stint
 from streams.validation import ValidationConfig, parse_message
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,8 @@ FLUSH_S = 0.02
 #: The header that marks an internal message of calls.events (its value: ``work``).
 INTERNAL_HEADER = "callpulse-internal"
 WORK_HEADERS = [(INTERNAL_HEADER, b"work")]
+#: Caller updates: what a call did, for its caller's bucket (``streams.sessions.callers``).
+CALLER_HEADERS = [(INTERNAL_HEADER, b"caller")]
 
 
 class Sessionizer(CheckpointedStage):
@@ -75,6 +83,12 @@ class Sessionizer(CheckpointedStage):
         #: agent bucket -> (agent, call) -> the latest work update [agent, call, works] not yet sent (an upsert:
         #: a later one replaces it); one message per bucket at a flush
         self.work_buffer: dict[str, dict[tuple[str, str], list]] = {}
+        #: caller bucket -> (caller, call) -> the latest caller update not yet sent (an upsert, like work)
+        self.caller_buffer: dict[str, dict[tuple[str, str], list]] = {}
+        #: The changes of the callback list not yet sent to calls.callbacks: (queue, record)
+        self.callbacks_buffer: list[tuple[str, dict[str, Any]]] = []
+        #: calls.callbacks (None: not sent, as in benchmarks)
+        self.callbacks_topic: Any = None
         self.buffered = 0
         self.buffered_since = 0.0
         #: callpulse_events_total's child per event type (a labels() look-up costs a lock and a dict)
@@ -137,6 +151,8 @@ class Sessionizer(CheckpointedStage):
         """Send the buffered facts (one message per fact key, holding its groups in order) and work updates."""
         buffer, self.facts_buffer, self.buffered = self.facts_buffer, {}, 0
         work, self.work_buffer = self.work_buffer, {}
+        callers, self.caller_buffer = self.caller_buffer, {}
+        callbacks, self.callbacks_buffer = self.callbacks_buffer, []
         generation = self.generation
         for fact_key, groups in buffer.items():
             if generation != self.generation:  # revoked meanwhile: the new owner replays these messages
@@ -148,16 +164,24 @@ class Sessionizer(CheckpointedStage):
                     partition=self.facts_partition(fact_key),
                 )
             )
-        for agent_bucket, updates in work.items():
-            if generation != self.generation:
-                return
-            self.pending.append(
-                await self.events_topic.send(
-                    key=agent_bucket.encode("utf-8"),
-                    value=orjson.dumps(list(updates.values())),
-                    headers=WORK_HEADERS,
+        for headers, outbox in ((WORK_HEADERS, work), (CALLER_HEADERS, callers)):
+            for target, updates in outbox.items():
+                if generation != self.generation:
+                    return
+                self.pending.append(
+                    await self.events_topic.send(
+                        key=target.encode("utf-8"),
+                        value=orjson.dumps(list(updates.values())),
+                        headers=headers,
+                    )
                 )
-            )
+        if self.callbacks_topic is not None:
+            for queue, record in callbacks:
+                if generation != self.generation:
+                    return
+                self.pending.append(
+                    await self.callbacks_topic.send(key=queue.encode("utf-8"), value=orjson.dumps(record))
+                )
 
     def flush_due(self) -> bool:
         """Whether buffered facts have waited FLUSH_S."""
@@ -186,12 +210,17 @@ class Sessionizer(CheckpointedStage):
         """Apply one message to its bucket and buffer the facts; stops if a rebalance comes in meanwhile."""
         generation = self.generation
         counters = self.counters
-        if _is_internal(message):
+        internal = _internal(message)
+        if internal is not None:
+            what = "caller update" if internal == b"caller" else "work update"
             try:
-                work_facts = self._apply_work(bucket, message.value)
+                if internal == b"caller":
+                    work_facts = self._apply_callers(bucket, message.value)
+                else:
+                    work_facts = self._apply_work(bucket, message.value)
             except (ValueError, TypeError) as exc:  # not callpulse's own: it changes nothing
                 await self._dead_letter(
-                    message, "invalid_json", f"not a work update message: {exc}", message.value
+                    message, "invalid_json", f"not a {what} message: {exc}", message.value
                 )
                 return
             self._buffer(key, message.offset, work_facts)
@@ -265,11 +294,51 @@ class Sessionizer(CheckpointedStage):
             bucket.late_work = 0
         return groups
 
+    def _apply_callers(self, bucket: BucketState, value: bytes) -> dict[str, list[Fact]]:
+        """Apply a message of caller updates (from the buckets of the callers' calls) to the callers' histories.
+
+        Raises:
+            ValueError, TypeError: the message is not a list of caller updates (checked before any is applied).
+        """
+        updates = [
+            CallerUpdate(
+                str(caller), str(call_id), str(number), tuple(_stint(s) for s in stints), int(reached)
+            )
+            for caller, call_id, number, stints, reached in orjson.loads(value)
+        ]
+        groups: dict[str, list[Fact]] = defaultdict(list)
+        for update in updates:
+            for fact in bucket.apply_caller(update):
+                groups[fact.key].append(fact)
+        for fact in bucket.sweep():
+            groups[fact.key].append(fact)
+        return groups
+
+    def pending_callbacks(self, now_ms: int) -> list[Callback]:
+        """The callback entries of every bucket this worker holds, open at ``now_ms``."""
+        return [c for bucket in self.buckets.values() for c in bucket.pending_callbacks(now_ms)]
+
     def _buffer(self, key: bytes, offset: int, groups: dict[str, list[Fact]]) -> None:
         """Buffer one message's facts per fact key, and the work updates its bucket's calls made."""
         bucket = self.buckets[key]
-        if (groups or bucket.outbox) and not self.buffered:
+        if (groups or bucket.outbox or bucket.caller_outbox) and not self.buffered:
             self.buffered_since = time.monotonic()
+        if bucket.caller_outbox:
+            for c in bucket.caller_outbox:
+                self.caller_buffer.setdefault(call_bucket(c.caller), {})[(c.caller, c.call_id)] = [
+                    c.caller,
+                    c.call_id,
+                    c.number,
+                    [list(s) for s in c.stints],
+                    c.reached_ms,
+                ]
+            self.buffered += len(bucket.caller_outbox)
+            bucket.caller_outbox.clear()
+        if bucket.callbacks_out:
+            clock = bucket.caller_clock()
+            for entry, pending in bucket.callbacks_out:
+                self.callbacks_buffer.append((entry.queue, callback_record(entry, pending, clock)))
+            bucket.callbacks_out.clear()
         if bucket.outbox:
             work = self.work_buffer
             for u in bucket.outbox:
@@ -307,13 +376,45 @@ def _work(data: list[Any]) -> Work:
     return Work(str(data[0]), *(int(x) for x in data[1:]))
 
 
-def _is_internal(message: Any) -> bool:
-    """Whether a calls.events message is callpulse's own (work updates), by its header."""
+def _internal(message: Any) -> bytes | None:
+    """What a calls.events message of callpulse's own holds (``work``, ``caller``), by its header; None: an event."""
     headers = message.headers
     if not headers:
-        return False
+        return None
     items = headers.items() if isinstance(headers, dict) else headers
-    return any(name == INTERNAL_HEADER for name, _value in items)
+    return next((bytes(value) for name, value in items if name == INTERNAL_HEADER), None)
+
+
+def _stint(data: list[Any]) -> Stint:
+    """A stint of a caller update from its JSON array.
+
+    Raises:
+        ValueError, TypeError: it is not one.
+    """
+    if not isinstance(data, list) or len(data) != 4 or data[2] not in STINT_OUTCOMES:
+        msg = f"a stint is an array [queue, entered, outcome, left], not {data!r}"
+        raise ValueError(msg)
+    return Stint(str(data[0]), int(data[1]), str(data[2]), int(data[3]))
+
+
+def callback_record(entry: Callback, pending: bool, at_ms: int) -> dict[str, Any]:
+    """A calls.callbacks record: a caller now on the callback list of a queue (or changed there), or off it."""
+    return {
+        "queue": entry.queue,
+        "status": "pending" if pending else "closed",
+        "number": entry.number,
+        "caller": entry.caller,
+        "first_abandon": _iso(entry.since_ms),
+        "last_abandon": _iso(entry.last_ms),
+        "attempts": entry.attempts,
+        "call_id": entry.call_id,
+        "wait_seconds": entry.wait_ms / 1000,
+        "at": _iso(at_ms),
+    }
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _element_bytes(value: bytes, event_id: str) -> bytes:

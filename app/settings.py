@@ -30,6 +30,7 @@ from streams.ewt import DEFAULT_ESTIMATOR, ESTIMATORS
 from streams.exceptions import ConfigError
 from streams.kpi import KpiConfig
 from streams.sessions import SessionConfig
+from streams.sessions.callers import CallerRules
 from streams.validation import ValidationConfig
 from streams.windows import WindowSpec
 
@@ -244,6 +245,32 @@ SPECS: dict[str, Spec] = {
         _number(0, 86_400), "300", "Events newer than the wall clock by more are rejected as too_new."
     ),
     "CALLER_KEY": Spec(_text, None, "Secret key of the caller-number pseudonyms (HMAC-SHA256).", secret=True),
+    "REPEAT_WINDOW": Spec(
+        _number(0, 366 * 86_400),
+        "86400",
+        "Seconds after an answered call within which the caller's next call to the same queue is a repeat.",
+    ),
+    "CALLBACK_TTL": Spec(
+        _number(0, 366 * 86_400),
+        "86400",
+        "Seconds after a caller's latest abandon that it stays on the callback list without reaching an agent.",
+    ),
+    "RECOVERY_WINDOW": Spec(
+        _number(0, 366 * 86_400),
+        "3600",
+        "Seconds after an abandon within which reaching an agent counts the abandon as recovered.",
+    ),
+    "API_TOKEN": Spec(
+        _text,
+        None,
+        "Bearer token of the endpoints that return callers' numbers (/api/v1/callbacks); unset: they are off.",
+        secret=True,
+    ),
+    "CALLBACKS_RETENTION": Spec(
+        _number(60, 365 * 86_400),
+        "604800",
+        "Retention of calls.callbacks in seconds (it holds callers' numbers).",
+    ),
     "DEADLETTER_RETENTION": Spec(
         _number(60, 365 * 86_400),
         "604800",
@@ -308,6 +335,11 @@ class Settings:
     max_clock_skew: float
     #: Never unset: ``from_env`` draws a random key when CALLPULSE_CALLER_KEY is not set.
     caller_key: str
+    repeat_window: float
+    callback_ttl: float
+    recovery_window: float
+    api_token: str | None
+    callbacks_retention: float
     deadletter_retention: float
     checkpoint_interval: float
     embedded_broker: str
@@ -422,7 +454,16 @@ class Settings:
             wrapup_ms={q: t.wrapup_ms for q, t in self.targets.queues.items()},
             default_wrapup_ms=self.targets.default.wrapup_ms,
             static_members=self.targets.static_members(),
+            caller_rules=CallerRules(
+                repeat_window_ms=round(self.repeat_window * 1000),
+                callback_ttl_ms=round(self.callback_ttl * 1000),
+                recovery_ms=round(self.recovery_window * 1000),
+                short_abandon_ms=self._short_abandon_ms,
+            ),
         )
+
+    def _short_abandon_ms(self, queue: str) -> int:
+        return self.targets.for_queue(queue).short_abandon_ms
 
     @property
     def kpi(self) -> KpiConfig:

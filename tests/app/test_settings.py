@@ -179,6 +179,7 @@ def test_the_fields_are_the_rows_of_specs_with_their_types(tmp_path):
             "CALLPULSE_ADVERTISED_URL": "http://worker-1:6066",
             "CALLPULSE_QUEUES_FILE": str(tmp_path / "queues.yaml"),
             "CALLPULSE_CALLER_KEY": "k",
+            "CALLPULSE_API_TOKEN": "t",
             "CALLPULSE_SECURITY_PROTOCOL": "SASL_SSL",
             "CALLPULSE_SASL_USERNAME": "u",
             "CALLPULSE_SASL_PASSWORD": "pw",
