@@ -24,10 +24,11 @@ import hmac
 import json
 import time
 import urllib.error
+import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import REPO, run_cli
+from tests.e2e.conftest import REPO, consume_all, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +176,116 @@ def check_expected_wait_at_380(w):
         assert "error" in json.loads(info.value.read())
     # The gauge of a caller entering now.
     assert 'callpulse_expected_wait_seconds{queue="support"} 84.0' in w.get("/metrics").decode()
+
+
+# -- repeat callers and the callback list, across a kill -9 -------------------------------------------------
+TOKEN = "callback-token-e2e"
+A, B, D, E = "+15550001", "+15550002", "+15550004", "+15550005"
+
+
+def calls_of(t0: int, calls: list[tuple[str, str | None, str, list[tuple[str, int]]]]) -> str:
+    """JSON Lines of whole calls: (call id, caller, queue, [(event type, seconds after t0)])."""
+    lines = []
+    for call, caller, queue, steps in calls:
+        for etype, sec in steps:
+            event = {"event_id": f"{call}-{etype}-{sec}", "type": etype, "ts": t0 + sec, "call_id": call}
+            if etype == "ring" and caller is not None:
+                event["caller"] = caller
+            if etype == "queue":
+                event["queue"] = queue
+            if etype == "answer":
+                event["agent"] = "ann"
+            lines.append(json.dumps(event))
+    return "\n".join(lines) + "\n"
+
+
+def test_repeats_and_the_callback_list_by_hand_across_a_restart_and_no_number_leaks(
+    broker, worker_factory, tmp_path
+):
+    """Hand count (seconds after t0; S = 10 s):
+
+    first part: A abandons sales after 40 s (on the list); B after 5 s (a short abandon: not on it); an
+    anonymous caller after 40 s (no number: never on it); D is answered at 35; E abandons after 30 s (on it).
+    Then the worker is killed (kill -9) and started again. Second part: D calls sales again at 600, less than
+    24 h after its answered call: 1 repeat; A calls support at 900 and is answered at 910: A leaves the list,
+    and its abandon is recovered (870 s after it, within an hour). At the end: E alone on sales' list.
+    """
+    t0 = int(time.time()) - 7200
+    env = {"CALLPULSE_CLOCK": "event", "CALLPULSE_API_TOKEN": TOKEN}
+    w = worker_factory(**env).start()
+    first = tmp_path / "first.jsonl"
+    first.write_text(
+        calls_of(
+            t0,
+            [
+                ("a1", A, "sales", [("ring", 0), ("queue", 0), ("abandon", 40), ("hangup", 40)]),
+                ("b1", B, "sales", [("ring", 10), ("queue", 10), ("abandon", 15), ("hangup", 15)]),
+                ("c1", "anonymous", "sales", [("ring", 20), ("queue", 20), ("abandon", 60), ("hangup", 60)]),
+                ("d1", D, "sales", [("ring", 30), ("queue", 30), ("answer", 35), ("hangup", 95)]),
+                ("e1", E, "sales", [("ring", 100), ("queue", 100), ("abandon", 130), ("hangup", 130)]),
+            ],
+        )
+    )
+    assert run_cli(broker, "produce", str(first)).returncode == 0
+    w.wait_for("callpulse_callbacks_pending", 2, queue="sales")
+    # The list needs the token: none, a wrong one, then the right one.
+    for headers, status in (({}, 401), ({"Authorization": "Bearer nope"}, 401)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(w.base + "/api/v1/callbacks", headers=headers))
+        assert info.value.code == status
+    listed = callbacks(w)
+    assert [(c["queue"], c["number"], c["attempts"], c["wait_seconds"]) for c in listed] == [
+        ("sales", A, 1, 40.0),
+        ("sales", E, 1, 30.0),
+    ]
+    w.kill()
+    w.start()
+    second = tmp_path / "second.jsonl"
+    second.write_text(
+        calls_of(
+            t0,
+            [
+                ("d2", D, "sales", [("ring", 600), ("queue", 600), ("answer", 610), ("hangup", 700)]),
+                ("a2", A, "support", [("ring", 900), ("queue", 900), ("answer", 910), ("hangup", 960)]),
+            ],
+        )
+    )
+    assert run_cli(broker, "produce", str(second)).returncode == 0
+    w.wait_for("callpulse_callbacks_pending", 1, queue="sales")
+    w.wait_for("callpulse_repeat_calls_total", 1, queue="sales")
+    w.wait_for("callpulse_abandons_recovered_total", 1, queue="sales")
+    assert w.value("callpulse_abandons_unrecovered_total", queue="sales") == 0
+    listed = callbacks(w)
+    assert [(c["queue"], c["number"], c["first_abandon"]) for c in listed] == [
+        ("sales", E, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 + 130)))
+    ]
+    # calls.callbacks told of A and E coming onto the list and of A leaving it (at least once each)
+    records = [json.loads(r.value) for r in consume_all(broker, "calls.callbacks", 3)]
+    assert {(r["number"], r["status"]) for r in records} == {(A, "pending"), (E, "pending"), (A, "closed")}
+    # No number anywhere else: every other answer of the API, /metrics, the worker's logs, calls.facts.
+    numbers = [n.lstrip("+") for n in (A, B, D, E)]
+    seen = {
+        path: w.get(path).decode()
+        for path in (
+            "/metrics",
+            "/api/v1/queues",
+            "/api/v1/queues/sales",
+            "/api/v1/queues/sales/callers",
+            "/api/v1/queues/sales/ewt?accuracy=1",
+            "/api/v1/agents",
+        )
+    }
+    seen["logs"] = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
+    facts = consume_all(broker, "calls.facts", 10**6, timeout=5)
+    assert facts
+    seen["calls.facts"] = "\n".join(r.value.decode() for r in facts)
+    leaks = [(where, n) for where, text in seen.items() for n in numbers if n in text]
+    assert leaks == []
+
+
+def callbacks(w) -> list[dict]:
+    request = urllib.request.Request(
+        w.base + "/api/v1/callbacks", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["callbacks"]
