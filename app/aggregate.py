@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from app.checkpoint import CheckpointedStage
-from app.store import minute_key, parse_aggregate_key, state_key
-from streams.kpi import KeyState, KpiEngine, Minute
+from app.store import hour_key, minute_key, parse_aggregate_key, parse_hour_key, state_key
+from streams.kpi import Hour, KeyState, KpiEngine, Minute
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,17 @@ class Aggregator(CheckpointedStage):
         """Load every key of ``partitions`` from the store (after a rebalance, before processing resumes)."""
         states: dict[str, dict] = {}
         minutes: dict[str, dict[int, Minute]] = defaultdict(dict)
+        hours: dict[str, dict[int, Hour]] = defaultdict(dict)
         for raw_key, raw_value in self.table.data.items():
             if raw_value is None:
                 continue
             value = orjson.loads(raw_value)
             if value.get("p") not in partitions:
+                continue
+            hour = parse_hour_key(raw_key)
+            if hour is not None:
+                del value["p"]
+                hours[hour[0]][hour[1]] = value
                 continue
             parsed = parse_aggregate_key(raw_key)
             if parsed is None:
@@ -63,23 +69,33 @@ class Aggregator(CheckpointedStage):
                 minutes[key][start] = value
         for key in set(states) | set(minutes):
             if key in states:
-                self.engine.keys[key] = KeyState.restore(key, states[key], minutes[key])
+                self.engine.keys[key] = KeyState.restore(key, states[key], minutes[key], hours.get(key))
             else:  # minutes of a key whose state was never checkpointed: a replay rebuilds it
                 self.engine.state(key).minutes = minutes[key]
+                self.engine.state(key).hours = hours.get(key, {})
         log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:
         """The writes of the partition's changed queues/campaigns, and each key state with its ``hwm``.
 
-        Per key: its changed minute buckets, its deleted ones (``None``), then its key state, settled first
-        (past retention forgotten, exported values raised to the totals).
+        Per key: its changed hours (before the minutes folded into them go), its changed minute buckets, its
+        deleted ones (``None``), then its key state, settled first (past retention forgotten or folded into
+        hours, exported values raised to the totals).
         """
         items: list[tuple[bytes, bytes | None]] = []
         staged: list[tuple[KeyState, dict[str, int]]] = []
         for key in self.dirty.pop(partition, ()):
             state = self.engine.keys[key]
-            # Minutes first, the key state last: a checkpoint cut short leaves a prefix (one changelog
-            # partition keeps order), so a persisted key state implies its minutes are persisted too.
+            # Hours, then minutes, the key state last: a checkpoint cut short leaves a prefix (one changelog
+            # partition keeps order), so a persisted key state implies its minutes are persisted too, and a
+            # minute deleted implies its hour (which lists the minutes folded into it) is persisted.
+            for start in state.dirty_hours:
+                hour = state.hours.get(start)
+                if hour is None:
+                    items.append((hour_key(key, start), None))
+                else:
+                    items.append((hour_key(key, start), orjson.dumps({**hour, "p": partition})))
+            state.dirty_hours = set()
             for start in state.dirty_minutes:
                 minute = dict(state.minutes[start])
                 minute["p"] = partition

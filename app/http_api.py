@@ -24,7 +24,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from app.metrics import exported_states
 from app.settings import Settings
 from streams import counters, ewt
-from streams.kpi import KpiEngine, agents_at, read_agent, read_key, read_scores, waiting_callers
+from streams.kpi import (
+    KpiEngine,
+    agents_at,
+    read_agent,
+    read_key,
+    read_peaks,
+    read_scores,
+    read_volume,
+    waiting_callers,
+)
 from streams.sessions.agents import OVERALL_ORDER
 from streams.sessions.callers import Callback
 from streams.validation import MAX_PRIORITY
@@ -128,6 +137,51 @@ def register(
         if "unreachable" in data:
             out["unreachable"] = data["unreachable"]
         return web.json(out)
+
+    @app.page("/api/v1/queues/{queue}/volume")
+    async def volume_page(web: Any, request: Any, queue: str) -> Any:
+        try:
+            weeks = _whole(request.query.get("weeks"), "weeks", 1) or 4
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        if weeks > settings.volume_weeks:
+            message = f"weeks must be at most CALLPULSE_VOLUME_WEEKS={settings.volume_weeks}, not {weeks}"
+            return web.json({"error": message}, status=400)
+
+        def answer(state: Any) -> dict:
+            return volume_json(state, engine, settings, api_now(), weeks)
+
+        return await _queue_answer(web, request, queue, f"/volume?weeks={weeks}", answer)
+
+    @app.page("/api/v1/queues/{queue}/peaks")
+    async def peaks_page(web: Any, request: Any, queue: str) -> Any:
+        window = request.query.get("window", "today")
+        if window not in ("today", "interval", "1h", "15m", "5m"):
+            return web.json(
+                {"error": f"window must be today, interval, 1h, 15m or 5m, not {window!r}"}, status=400
+            )
+
+        def answer(state: Any) -> dict:
+            now = api_now()
+            rows = read_peaks(state, engine.config, now, window)
+            return {
+                "queue": state.name,
+                "now": _iso(now),
+                "clock": settings.clock,
+                "window": window,
+                "intervals": [
+                    {
+                        "start": _iso(r["start_ms"]),
+                        "end": _iso(r["end_ms"]),
+                        "peak_waiting": r["waiting"],
+                        "peak_talking": r["talking"],
+                        "offered": r["offered"],
+                    }
+                    for r in rows
+                ],
+            }
+
+        return await _queue_answer(web, request, queue, f"/peaks?window={window}", answer)
 
     @app.page("/api/v1/callbacks")
     async def callbacks_page(web: Any, request: Any) -> Any:
@@ -314,6 +368,41 @@ def callbacks_json(entries: list[Callback], settings: Settings, now: int, queue:
         if queue is None or c.queue == queue
     ]
     return {"now": _iso(now), "clock": settings.clock, "callbacks": rows}
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def volume_json(state: Any, engine: KpiEngine, settings: Settings, now: int, weeks: int) -> dict:
+    """A queue's calls per local weekday and hour of day over the last ``weeks`` weeks: totals and means per day."""
+    data = read_volume(state, engine.config, now, weeks)
+    counts = data["counts"]
+    offered = [
+        [counts["answered"][d][h] + counts["abandoned"][d][h] + counts["exited"][d][h] for h in range(24)]
+        for d in range(7)
+    ]
+    by_day = {}
+    for d, day in enumerate(WEEKDAYS):
+        days = data["days"][d]
+        by_day[day] = {
+            "days": days,
+            "offered": offered[d],
+            "offered_per_day": [round(n / days, 3) if days else None for n in offered[d]],
+            "answered": counts["answered"][d],
+            "abandoned": counts["abandoned"][d],
+            "short_abandoned": counts["short_abandoned"][d],
+            "entered": counts["entered"][d],
+        }
+    return {
+        "queue": state.name,
+        "now": _iso(now),
+        "clock": settings.clock,
+        "tz": engine.config.windows.tz,
+        "weeks": weeks,
+        "start": _iso(data["start_ms"]),
+        "end": _iso(data["end_ms"]),
+        "weekdays": by_day,
+    }
 
 
 def queues_json(engine: KpiEngine, settings: Settings, now: int) -> dict:

@@ -260,6 +260,11 @@ SPECS: dict[str, Spec] = {
         "3600",
         "Seconds after an abandon within which reaching an agent counts the abandon as recovered.",
     ),
+    "VOLUME_WEEKS": Spec(
+        _number(1, 53, integer=True),
+        "8",
+        "Weeks of hourly call volume kept per queue (GET /api/v1/queues/{queue}/volume).",
+    ),
     "API_TOKEN": Spec(
         _text,
         None,
@@ -338,6 +343,7 @@ class Settings:
     repeat_window: float
     callback_ttl: float
     recovery_window: float
+    volume_weeks: int
     api_token: str | None
     callbacks_retention: float
     deadletter_retention: float
@@ -474,6 +480,7 @@ class Settings:
             call_timeout_ms=round(self.call_timeout * 1000),
             dedup_ttl_ms=round(self.dedup_ttl * 1000),
             ewt_estimator=self.ewt_estimator,
+            volume_weeks=self.volume_weeks,
         )
 
 

@@ -99,6 +99,11 @@ def minute_key(key: str, minute_ms: int) -> bytes:
     return f"m|{key}|{minute_ms}".encode()
 
 
+def hour_key(key: str, hour_ms: int) -> bytes:
+    """Store key of one local hour of a queue (its volume by hour and weekday, past the minutes' retention)."""
+    return f"h|{key}|{hour_ms}".encode()
+
+
 def parse_aggregate_key(raw: bytes) -> tuple[str, int | None] | None:
     """``(fact key, None)`` for a state key, ``(fact key, minute_ms)`` for a minute key, else None."""
     text = raw.decode()
@@ -106,5 +111,14 @@ def parse_aggregate_key(raw: bytes) -> tuple[str, int | None] | None:
         return text[2:], None
     if text.startswith("m|"):
         key, start = text[2:].rsplit("|", 1)  # queue names may hold "|"; the minute cannot
+        return key, int(start)
+    return None
+
+
+def parse_hour_key(raw: bytes) -> tuple[str, int] | None:
+    """``(fact key, hour_ms)`` for an hour key, else None."""
+    text = raw.decode()
+    if text.startswith("h|"):
+        key, start = text[2:].rsplit("|", 1)
         return key, int(start)
     return None

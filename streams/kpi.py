@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from streams import counters, ewt
@@ -43,7 +44,14 @@ from streams.facts import (
     WaitWire,
     WireFact,
 )
-from streams.windows import MINUTE_MS, WINDOWS, WindowSpec, bucket_start, next_bucket_start
+from streams.windows import (
+    MINUTE_MS,
+    WINDOWS,
+    WindowSpec,
+    bucket_start,
+    local_hour_start,
+    next_bucket_start,
+)
 
 #: Default histogram bounds (seconds) for queue waits; every configured T and S is added.
 WAIT_BOUNDS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
@@ -52,6 +60,9 @@ TALK_BOUNDS_S = (10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 360
 #: Minute buckets are kept this long behind the key's watermark: enough for ``today`` (25 h on a DST day,
 #: plus the day-start shift), with room for grace.
 RETENTION_MS = 50 * 3600_000
+#: The counters kept per local hour for the volume by hour and weekday (``Hour``).
+HOUR_COUNTERS = ("entered", "answered", "abandoned", "short_abandoned", "exited")
+WEEK_MS = 7 * 86_400_000
 #: An agent-state interval whose whole minutes span at least this long is kept as a span, not per minute.
 SPAN_MIN_MS = 60 * MINUTE_MS
 AGENT_MEMBER_STATES = ("available", "on_call", "acw", "paused")
@@ -85,6 +96,8 @@ class KpiConfig:
     dedup_ttl_ms: int = 24 * 3600_000
     #: The estimator of the announced expected wait (``streams.ewt.ESTIMATORS``).
     ewt_estimator: str = ewt.DEFAULT_ESTIMATOR
+    #: Weeks of hourly volume kept per queue (``Hour``).
+    volume_weeks: int = 8
 
     @property
     def wait_bounds_s(self) -> tuple[float, ...]:
@@ -97,13 +110,29 @@ class Minute(TypedDict):
 
     Its counters (``c``), the multiset of queue waits that ended in it (``w``: wait in ms, as a string, ->
     count), and the offset of the last facts message added to it (``h``); the scores of the expected waits
-    announced to the callers who left the queue in it, apart (``e``: ``streams.ewt``'s counters).
+    announced to the callers who left the queue in it, apart (``e``: ``streams.ewt``'s counters); and the
+    changes of the number of calls waiting (``dw``) and talking (``dt``) that happened in it (time in ms, as a
+    string, -> change), for the peaks between two scrapes: a stint that left the queue adds 1 at its entry and
+    -1 at its exit, a completed call likewise over its talk.
     """
 
     c: dict[str, int]
     w: dict[str, int]
     h: int
     e: NotRequired[dict[str, int]]
+    dw: NotRequired[dict[str, int]]
+    dt: NotRequired[dict[str, int]]
+
+
+class Hour(TypedDict):
+    """One local hour of a queue's calls, kept ``KpiConfig.volume_weeks`` for the volume by hour and weekday.
+
+    Its counters (``c``: ``HOUR_COUNTERS``) and the minutes folded into it (``m``), so that folding twice (after a
+    checkpoint cut short) counts once. Minutes are folded in as they pass their retention.
+    """
+
+    c: dict[str, int]
+    m: list[int]
 
 
 class Hist(TypedDict):
@@ -146,6 +175,8 @@ class KeyState:
         "answers",
         "stints",
         "told",
+        "hours",
+        "dirty_hours",
         "dirty_minutes",
         "deleted_minutes",
         "touch_seq",
@@ -184,6 +215,9 @@ class KeyState:
         #: ahead, other callers in the line, one announcement (ms) per ``ewt.ESTIMATORS`` (-1: none)]; a scored
         #: one is kept ``_SCORED_KEPT_MS``, for a correction to take back exactly what was scored.
         self.told: dict[str, list[int]] = {}
+        #: Local hour start -> the hour's counters, for minutes past their retention (persisted like minutes).
+        self.hours: dict[int, Hour] = {}
+        self.dirty_hours: set[int] = set()
         self.dirty_minutes: set[int] = set()
         self.deleted_minutes: set[int] = set()
         #: Minutes the facts message ``touch_seq`` has already added to (not persisted).
@@ -222,9 +256,12 @@ class KeyState:
         }
 
     @classmethod
-    def restore(cls, key: str, data: dict[str, Any], minutes: dict[int, Minute]) -> KeyState:
-        """Rebuild a key from ``snapshot()`` output and its minutes."""
+    def restore(
+        cls, key: str, data: dict[str, Any], minutes: dict[int, Minute], hours: dict[int, Hour] | None = None
+    ) -> KeyState:
+        """Rebuild a key from ``snapshot()`` output, its minutes and its hours."""
         state = cls(key)
+        state.hours = hours or {}
         state.hw = data["hw"]
         state.wm = data["wm"]
         state.first = data["first"]
@@ -264,6 +301,13 @@ def _minute(state: KeyState, ts_ms: int, seq: int) -> Minute | None:
     state.dirty_minutes.add(start)
     state.deleted_minutes.discard(start)
     return minute
+
+
+def _delta(state: KeyState, field: str, ts_ms: int, change: int, seq: int) -> None:
+    """A change of the number of calls waiting (``dw``) or talking (``dt``) at ``ts_ms``, in its minute."""
+    minute = _minute(state, ts_ms, seq)
+    if minute is not None:
+        _add(minute.setdefault(field, {}), str(ts_ms), change)  # type: ignore[misc]
 
 
 def _add(counters: dict[str, int], name: str, value: int) -> None:
@@ -326,7 +370,8 @@ class KpiEngine:
         if type(f) is LiveWire:
             if len(wire) == 6:  # written before live facts had a caller and a priority
                 f = _new(LiveWire, (*wire, "", 0))
-            self._upsert(state.live, f.call, [f.status, f.since_ms, f.caller, f.priority], s)
+                ts = f.since_ms
+            self._upsert(state.live, f.call, [f.status, f.since_ms, f.caller, f.priority, ts], s)
             if s > 0 and f.status == "waiting" and state.key.startswith("q:"):
                 told = state.told.get(f.call)
                 if told is None or told[0] != f.since_ms:
@@ -368,6 +413,8 @@ class KpiEngine:
             if state.key.startswith("q:"):  # (an agent's own figures count its answers too: no stint)
                 call = wire[-1] if len(wire) == (6 if type(f) is ExitedWire else 5) else ""
                 scores = self._stint(state, kind, ts, w, call, s)
+                _delta(state, "dw", ts - w, s, seq)
+                _delta(state, "dw", ts, -s, seq)
                 if scores:  # in their own part of the minute: the windows' KPIs need not sum them
                     into = minute.setdefault("e", {}) if minute is not None else None
                     for name, value in scores:
@@ -386,6 +433,9 @@ class KpiEngine:
                 ("transferred", f.transferred),
             ]
             self._observe(state, counters.TALK_HISTOGRAM, self.talk_bounds_ms, talk, s)
+            if state.key.startswith("q:"):
+                _delta(state, "dt", ts - talk, s, seq)
+                _delta(state, "dt", ts, -s, seq)
             self._observe(state, counters.HANDLE_HISTOGRAM, self.talk_bounds_ms, talk + acw, s)
         elif type(f) is RefusedWire:
             counts = [(counters.refused(f.reason), 1)]
@@ -641,6 +691,8 @@ class KpiEngine:
     def _prune(self, state: KeyState) -> None:
         horizon = state.wm - RETENTION_MS
         for start in [m for m in state.minutes if m < horizon]:
+            if state.key.startswith("q:"):
+                self._fold_hour(state, start)
             del state.minutes[start]
             state.dirty_minutes.discard(start)
             state.deleted_minutes.add(start)
@@ -661,9 +713,28 @@ class KpiEngine:
         if old:
             del state.stints[:old]
             self._rates_changed(state)
+        oldest = state.wm - self.config.volume_weeks * WEEK_MS
+        for start in [h for h in state.hours if h < oldest]:
+            del state.hours[start]
+            state.dirty_hours.add(start)
         forget = state.wm - self.config.dedup_ttl_ms
         for src in [s for s, (_off, ts) in state.applied.items() if ts < forget]:
             del state.applied[src]
+
+    def _fold_hour(self, state: KeyState, start: int) -> None:
+        """Add a minute past its retention to its local hour (once: the hour lists the minutes it holds)."""
+        hour_start = local_hour_start(self.config.windows.zone, start)
+        hour = state.hours.get(hour_start)
+        if hour is None:
+            hour = state.hours[hour_start] = {"c": {}, "m": []}
+        if start in hour["m"]:
+            return
+        hour["m"].append(start)
+        counts = state.minutes[start]["c"]
+        for name in HOUR_COUNTERS:
+            if counts.get(name):
+                _add(hour["c"], name, counts[name])
+        state.dirty_hours.add(hour_start)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def stream_time_ms(self) -> int:
@@ -728,8 +799,13 @@ def _insort(items: list[list[int]], item: list[int], sign: int, keep: int) -> No
 
 
 def _live_value(value: list[Any]) -> list[Any]:
-    """A stored live value as it is now: [status, since, caller, priority] (earlier: [status, since])."""
-    return value if len(value) == 4 else [value[0], value[1], "", 0]
+    """A stored live value as it is now: [status, since, caller, priority, start] (earlier: [status, since]).
+
+    ``start`` is when the call began waiting or talking (for a call on hold, its answer).
+    """
+    if len(value) == 5:
+        return value
+    return [value[0], value[1], *(value[2:4] if len(value) == 4 else ("", 0)), value[1]]
 
 
 def _agent_value(value: list[Any]) -> list[Any]:
@@ -866,6 +942,108 @@ def read_scores(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, di
                     acc = out[w]
                     for name, value in scores.items():
                         acc[name] = acc.get(name, 0) + value
+    return out
+
+
+def read_volume(state: KeyState, config: KpiConfig, now_ms: int, weeks: int) -> dict[str, Any]:
+    """A queue's calls by local weekday and hour of day over the last ``weeks`` weeks before ``now_ms``.
+
+    Returns ``start_ms`` (the first local hour counted: ``weeks`` weeks before the hour of ``now_ms``, or the
+    queue's first fact if later), ``counts`` (counter -> 7 weekdays (Monday first) x 24 hours of totals), and
+    ``days`` (per weekday, the days of the range: a total divided by it is the mean per day). Hours past the
+    minutes' retention come from ``KeyState.hours``, the rest from the minutes.
+    """
+    zone = config.windows.zone
+    end = local_hour_start(zone, now_ms) + 3600_000
+    start = max(end - weeks * WEEK_MS, local_hour_start(zone, state.first) if state.first else end)
+    counts = {name: [[0] * 24 for _ in range(7)] for name in HOUR_COUNTERS}
+
+    def add(ts_ms: int, values: dict[str, int]) -> None:
+        local = datetime.fromtimestamp(ts_ms / 1000, zone)
+        for name in HOUR_COUNTERS:
+            if values.get(name):
+                counts[name][local.weekday()][local.hour] += values[name]
+
+    folded: set[int] = set()
+    for hour_start, hour in state.hours.items():
+        if start <= hour_start < end:
+            add(hour_start, hour["c"])
+        folded.update(hour["m"])
+    for minute_start, minute in state.minutes.items():
+        if start <= minute_start < end and minute_start not in folded:
+            add(minute_start, minute["c"])
+    days = [0] * 7
+    day = datetime.fromtimestamp(start / 1000, zone).date()
+    last = datetime.fromtimestamp((end - 1) / 1000, zone).date()
+    while day <= last:
+        days[day.weekday()] += 1
+        day += timedelta(days=1)
+    return {"start_ms": start, "end_ms": end, "counts": counts, "days": days}
+
+
+def read_peaks(
+    state: KeyState, config: KpiConfig, now_ms: int, window: str = "today"
+) -> list[dict[str, int]]:
+    """The peak number of calls waiting and talking in each interval of a window (``today``: every interval).
+
+    Worked out in event time from the changes in the minutes (``dw``, ``dt``) and the calls waiting or talking
+    now, so a peak between two scrapes is not missed. Each item: ``start_ms``, ``end_ms``, ``waiting``,
+    ``talking`` (the highest number at any instant of the interval), ``offered`` (stints that left the queue in
+    it).
+    """
+    spec = config.windows
+    lo, hi = spec.window(window, now_ms)
+    hi = min(hi, bucket_start(now_ms) + MINUTE_MS)
+    step = spec.interval_min * MINUTE_MS
+    changes: dict[str, list[tuple[int, int]]] = {"dw": [], "dt": []}
+    base = {"dw": 0, "dt": 0}
+    offered: dict[int, int] = {}
+    for minute_start, minute in state.minutes.items():
+        for field in ("dw", "dt"):
+            for at, change in minute.get(field, {}).items():  # type: ignore[attr-defined]
+                t = int(at)
+                if t < lo:
+                    base[field] += change
+                elif t <= now_ms:
+                    changes[field].append((t, change))
+        if lo <= minute_start < hi:
+            c = minute["c"]
+            n = c.get("answered", 0) + c.get("abandoned", 0) + c.get("exited", 0)
+            offered[minute_start - (minute_start - lo) % step] = (
+                offered.get(minute_start - (minute_start - lo) % step, 0) + n
+            )
+    timeout = config.call_timeout_ms
+    for value in state.live.values():  # the calls waiting or talking now: from their start up to now
+        if now_ms - value[1] < timeout:
+            field = "dw" if value[0] == "waiting" else "dt"
+            if value[4] < lo:
+                base[field] += 1
+            else:
+                changes[field].append((value[4], 1))
+    out = [
+        {"start_ms": t, "end_ms": min(t + step, hi), "waiting": 0, "talking": 0, "offered": offered.get(t, 0)}
+        for t in range(lo, hi, step)
+    ]
+    for field, name in (("dw", "waiting"), ("dt", "talking")):
+        level = base[field]
+        i = 0
+        if out:
+            out[0][name] = level
+        # Changes at one instant apply together (ends before starts would hide nothing; starts first would
+        # count a call that left as another came in the same ms): sum them per instant.
+        per_instant: dict[int, int] = {}
+        for t, change in changes[field]:
+            per_instant[t] = per_instant.get(t, 0) + change
+        for t in sorted(per_instant):
+            while i + 1 < len(out) and t >= out[i + 1]["start_ms"]:
+                i += 1
+                out[i][name] = max(out[i][name], level)  # the level carried into the interval
+            level += per_instant[t]
+            if out:
+                out[i][name] = max(out[i][name], level)
+        while i + 1 < len(out):
+            i += 1
+            out[i][name] = max(out[i][name], level)
     return out
 
 

@@ -87,3 +87,13 @@ class WindowSpec:
     def windows(self, now_ms: int) -> dict[str, tuple[int, int]]:
         """Every window's [start, end) at ``now_ms``."""
         return {name: self.window(name, now_ms) for name in WINDOWS}
+
+
+def local_hour_start(zone: ZoneInfo, ts_ms: int) -> int:
+    """Start (epoch ms) of the local hour holding ``ts_ms``: the wall-clock hour in ``zone``.
+
+    In a zone offset by a half or three quarters of an hour, local hours start at :30 or :45 UTC; across a
+    DST change an hour may repeat in wall time, and each of the two keeps its own start.
+    """
+    local = datetime.fromtimestamp(ts_ms / 1000, zone)
+    return int(local.replace(minute=0, second=0, microsecond=0).timestamp() * 1000)

@@ -359,10 +359,8 @@ class InboundWalk:
             )
         elif state == CONNECTED and self.ans_q:
             facts.append(live_fact(queue_key(self.ans_q), self.ans, call_id, "talking", self.ans, caller))
-        elif state == HELD and self.ans_q:
-            facts.append(
-                live_fact(queue_key(self.ans_q), self.hold_start, call_id, "held", self.hold_start, caller)
-            )
+        elif state == HELD and self.ans_q:  # (attributed to the answer: the call has been talking since)
+            facts.append(live_fact(queue_key(self.ans_q), self.ans, call_id, "held", self.hold_start, caller))
         sq = self.ans_q or self.q or self.last_q
         open_co = facts[self.pending_co] if self.pending_co >= 0 else None
         return Derivation(

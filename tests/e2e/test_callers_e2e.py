@@ -121,6 +121,41 @@ def test_waiting_callers_at_two_instants_match_the_hand_count(broker, worker_fac
         # No raw number in the answer: only pseudonyms.
         assert "+1555" not in json.dumps(answers)
     check_expected_wait_at_380(w)
+    # The rest of the log, then the peaks and the volume of the whole run.
+    part = tmp_path / "rest.queue_log"
+    part.write_text("".join(lines[start:]))
+    assert run_cli(broker, "ingest", "asterisk-queue-log", str(part)).returncode == 0
+    check_peaks_and_volume_at_the_end(w)
+
+
+#: Per queue, by hand from the log: each stint runs from its ENTERQUEUE to its CONNECT, ABANDON or EXIT* line,
+#: each conversation from its CONNECT to its COMPLETEAGENT, COMPLETECALLER, BLINDTRANSFER or ATTENDEDTRANSFER
+#: line; the highest number at once in 03:45-04:00 and 04:00-04:15 UTC (04:00:00 is t=544), and the stints
+#: that left the queue in each (offered). Every call of the run has ended by the last line (t=798, 04:04:14).
+PEAKS = {"sales": [(5, 4, 49), (4, 4, 15)], "support": [(6, 3, 20), (2, 3, 6)]}
+
+
+def check_peaks_and_volume_at_the_end(w):
+    deadline = time.monotonic() + 60
+    got: dict = {}
+    while time.monotonic() < deadline:
+        got = {}
+        for queue in PEAKS:
+            rows = json.loads(w.get(f"/api/v1/queues/{queue}/peaks"))["intervals"]
+            got[queue] = [(r["peak_waiting"], r["peak_talking"], r["offered"]) for r in rows[-2:]]
+        if got == PEAKS:
+            break
+        time.sleep(0.25)
+    assert got == PEAKS, w.log_tail()
+    # 2026-12-02 is a Wednesday: offered in its hours 3 and 4 (UTC), the same stints as above.
+    for queue, ((_, _, before), (_, _, after)) in PEAKS.items():
+        volume = json.loads(w.get(f"/api/v1/queues/{queue}/volume?weeks=1"))
+        wednesday = volume["weekdays"]["wednesday"]
+        assert (wednesday["days"], wednesday["offered"][3], wednesday["offered"][4]) == (1, before, after)
+        assert sum(sum(d["offered"]) for d in volume["weekdays"].values()) == before + after
+    with pytest.raises(urllib.error.HTTPError) as info:
+        w.get("/api/v1/queues/sales/volume?weeks=9")  # beyond CALLPULSE_VOLUME_WEEKS (8)
+    assert info.value.code == 400
 
 
 #: support's answered waits up to t=380, in answer order: CONNECT minus ENTERQUEUE of each call (lines 29-133;

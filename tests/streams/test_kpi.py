@@ -14,6 +14,8 @@ from streams.kpi import (
     KpiEngine,
     kpis,
     merge_states,
+    read_peaks,
+    read_volume,
     read_key,
     survey_band,
     waiting_callers,
@@ -523,3 +525,55 @@ def test_pruning_trims_a_span_to_the_minutes_a_minute_bucket_would_keep():
     apply_facts(eng, "q:sales", "b1", 2, [F("entered", RETENTION_MS // SEC + 11 * HOUR)], seq=3)
     eng.settle(state)
     assert state.spans == {}
+
+
+def test_peaks_per_interval_see_what_scrapes_miss():
+    # interval 15 min from midnight (T0). Waiting: c1 0:10-0:40 (answered), c2 0:20-0:50 (answered), c3 0:30-1:40
+    # (abandoned); at 0:30 all three wait: peak 3 in [0, 15 min). c1 talks 0:40-3:20 (completed): peak 1.
+    # c4 waits since 15:00 (live): 1 in [15, 30 min); c5 talks since 16:40 (live): 1.
+    eng = engine()
+    m = 60
+    apply_facts(
+        eng,
+        "q:sales",
+        "b1",
+        0,
+        [
+            F("answered", 40, wait_ms=30 * SEC, call="c1"),
+            F("answered", 50, wait_ms=30 * SEC, call="c2"),
+            F("abandoned", 100, wait_ms=70 * SEC, call="c3"),
+            F("completed", 200, talk_ms=160 * SEC, call="c1"),
+            Fact(
+                "live", "q:sales", T0 + 15 * m * SEC, "l4", "c4", status="waiting", since_ms=T0 + 15 * m * SEC
+            ),
+            Fact("live", "q:sales", T0 + 1000 * SEC, "l5", "c5", status="talking", since_ms=T0 + 1000 * SEC),
+        ],
+    )
+    rows = read_peaks(eng.keys["q:sales"], eng.config, T0 + 1100 * SEC)
+    assert [(r["waiting"], r["talking"], r["offered"]) for r in rows] == [(3, 1, 3), (1, 1, 0)]
+    assert (rows[0]["start_ms"], rows[1]["end_ms"]) == (T0, T0 + 1140 * SEC)  # up to the current minute's end
+    # a correction takes back its change: c3 was not abandoned (retracted): at most 2 wait at once
+    apply_facts(eng, "q:sales", "b1", 1, [F("abandoned", 100, wait_ms=70 * SEC, call="c3", sign=-1)])
+    assert read_peaks(eng.keys["q:sales"], eng.config, T0 + 1100 * SEC)[0]["waiting"] == 2
+
+
+@pytest.mark.parametrize(("tz", "hour"), [("UTC", 9), ("Asia/Kolkata", 14)])
+def test_volume_by_weekday_and_hour_keeps_minutes_past_their_retention(tz, hour):
+    # 2026-01-01 is a Thursday. Three calls answered at 09:10 UTC (14:40 in Kolkata, UTC+5:30), then a call 60 h
+    # later (Saturday 21:10 UTC): the first minute passes the 50 h retention and is folded into its local hour.
+    eng = KpiEngine(KpiConfig(targets=TargetsConfig(), windows=WindowSpec(tz=tz), call_timeout_ms=3600 * SEC))
+    at = 9 * 3600 + 600
+    apply_facts(eng, "q:sales", "b1", 0, [F("answered", at, wait_ms=5 * SEC, call=f"c{i}") for i in range(3)])
+    apply_facts(eng, "q:sales", "b1", 1, [F("abandoned", at + 60 * 3600, wait_ms=40 * SEC, call="c9")])
+    state = eng.keys["q:sales"]
+    eng.settle(state)
+    eng.settle(state)  # folding again (as after a checkpoint cut short) counts once
+    assert T0 + at * SEC - (at % 60) * SEC not in state.minutes and len(state.hours) == 1
+    data = read_volume(state, eng.config, T0 + (at + 60 * 3600) * SEC, weeks=1)
+    answered, abandoned = data["counts"]["answered"], data["counts"]["abandoned"]
+    assert answered[3][hour] == 3 and sum(map(sum, answered)) == 3  # Thursday (3)
+    saturday_hour = 21 if tz == "UTC" else 2  # Saturday 21:10 UTC is Sunday 02:40 in Kolkata
+    day = 5 if tz == "UTC" else 6
+    assert abandoned[day][saturday_hour] == 1 and sum(map(sum, abandoned)) == 1
+    # the range starts at the queue's first fact's local hour: Thursday, Friday, Saturday (and Sunday in Kolkata)
+    assert data["days"] == ([0, 0, 0, 1, 1, 1, 0] if tz == "UTC" else [0, 0, 0, 1, 1, 1, 1])
