@@ -14,9 +14,9 @@ from streams.kpi import (
     KpiEngine,
     kpis,
     merge_states,
+    read_key,
     read_peaks,
     read_volume,
-    read_key,
     survey_band,
     waiting_callers,
 )
