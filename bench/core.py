@@ -99,6 +99,21 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
                     groups[fact.key].append(fact)
                 bucket.outbox.extend(target.outbox)
                 target.outbox.clear()
+        # What the calls did for their callers, applied in the callers' buckets (likewise)
+        latest_callers = {(u.caller, u.call_id): u for u in bucket.caller_outbox}
+        bucket.caller_outbox.clear()
+        callers_by_bucket: dict[bytes, list] = defaultdict(list)
+        for caller_update in latest_callers.values():
+            callers_by_bucket[call_bucket(caller_update.caller).encode()].append(caller_update)
+        for caller_key, caller_updates in callers_by_bucket.items():
+            target = buckets.get(caller_key) or buckets.setdefault(caller_key, _bucket(session))
+            for caller_update in caller_updates:
+                for fact in target.apply_caller(caller_update):
+                    groups[fact.key].append(fact)
+            for fact in target.sweep():
+                groups[fact.key].append(fact)
+            target.callbacks_out.clear()
+        bucket.callbacks_out.clear()
         t2 = time.perf_counter()
         for fact_key, facts in groups.items():
             wire = [[key.decode(), offset, [to_wire(f) for f in facts]]]
@@ -132,7 +147,6 @@ class _Event:
 
 async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
     from app.faust_app import build
-    from app.sessionize import WORK_HEADERS
     from app.settings import Settings
 
     settings = Settings.from_env(
@@ -155,14 +169,21 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
             sent.append((key or b"", value))
             return done()
 
-    work: list[tuple[bytes, bytes]] = []
+    work: list[tuple[bytes, bytes, Any]] = []
 
     class WorkTopic:
-        async def send(self, key: bytes | None = None, value: bytes = b"", **kwargs: Any) -> asyncio.Future:
-            work.append((key or b"", value))
+        async def send(
+            self, key: bytes | None = None, value: bytes = b"", headers: Any = None, **kwargs: Any
+        ) -> asyncio.Future:
+            work.append((key or b"", value, headers))
+            return done()
+
+    class NullTopic:
+        async def send(self, **kwargs: Any) -> asyncio.Future:
             return done()
 
     p.sessionizer.facts_topic = p.sessionizer.deadletter_topic = Topic()
+    p.sessionizer.callbacks_topic = NullTopic()
     p.sessionizer.events_topic = WorkTopic()
     for table in (p.sessionizer.table, p.aggregator.table):
         table.send_changelog = lambda partition, key, value, value_serializer=None: done()
@@ -179,10 +200,10 @@ async def shells(messages: list[tuple[bytes, bytes]], n: int) -> None:
             offsets[partition] += 1
         if stage is p.sessionizer:
             await stage.flush_facts()
-            while work:  # the agents' work updates, back through calls.events as the shell sends them
-                key, value = work.pop(0)
+            while work:  # work and caller updates, back through calls.events as the shell sends them
+                key, value, headers = work.pop(0)
                 partition = sum(key) % 4
-                event = _Event(topic, partition, offsets[partition], key, value, WORK_HEADERS)
+                event = _Event(topic, partition, offsets[partition], key, value, headers)
                 await stage.process(event, ack)
                 offsets[partition] += 1
                 await stage.flush_facts()

@@ -352,8 +352,7 @@ class BucketState:
         else:
             session.calls.pop(update.call_id, None)
         facts = self._derive_caller(update.caller, session, self.caller_clock())
-        if session.calls:
-            self.caller_due = min(self.caller_due, session.oldest_ms() + self.config.caller_rules.keep_ms)
+        self.caller_due = min(self.caller_due, ts + self.config.caller_rules.keep_ms)
         return facts
 
     def _derive_caller(self, caller: str, session: CallerSession, clock: int) -> list[Fact]:
@@ -419,10 +418,13 @@ class BucketState:
         """Move the callers' histories on to ``clock`` (time-driven changes), forget old calls and callers."""
         rules = self.config.caller_rules
         forget_before = clock - rules.keep_ms
+        # A forgotten call's answers are read by the repeats of calls up to the repeat window after them, and
+        # such a call is kept until keep_ms after its last event, at most a call timeout after its entry.
+        keep_answers_ms = rules.keep_ms + rules.repeat_window_ms + self.config.call_timeout_ms
         self.caller_due = _NEVER
         for caller in list(self.callers):
             session = self.callers[caller]
-            forgot = session.forget_before(forget_before)
+            forgot = session.forget_before(forget_before, clock - keep_answers_ms)
             if forgot or 0 <= session.next_ms <= clock:
                 facts.extend(self._derive_caller(caller, session, clock))
             if session.idle():
@@ -430,7 +432,11 @@ class BucketState:
                 continue
             if session.next_ms >= 0:
                 self.caller_due = min(self.caller_due, session.next_ms)
-            self.caller_due = min(self.caller_due, session.oldest_ms() + rules.keep_ms)
+            oldest_call = min((u.last_ms() for u in session.calls.values()), default=_NEVER)
+            oldest_answer = min((h[1] for h in session.history), default=_NEVER)
+            self.caller_due = min(
+                self.caller_due, oldest_call + rules.keep_ms, oldest_answer + keep_answers_ms
+            )
 
     def _sweep_calls(self, wm: int, facts: list[Fact]) -> None:
         """Expire, finalize and forget calls (rule 3)."""

@@ -102,12 +102,23 @@ class Derived(NamedTuple):
     next_ms: int
 
 
-def derive_caller(caller: str, calls: dict[str, CallerUpdate], rules: CallerRules, clock: int) -> Derived:
-    """Everything a caller's recent calls say, at ``clock`` (see the module docstring)."""
+def derive_caller(
+    caller: str,
+    calls: dict[str, CallerUpdate],
+    rules: CallerRules,
+    clock: int,
+    history: list[tuple[str, int, str]] | None = None,
+) -> Derived:
+    """Everything a caller's recent calls say, at ``clock`` (see the module docstring).
+
+    ``history``: the answers (queue, time, call) of calls already forgotten, which later calls' repeats still read.
+    """
     facts: list[Fact] = []
     reaches: list[int] = sorted(u.reached_ms for u in calls.values() if u.reached_ms >= 0)
     # Repeats: per call and queue, the first entry, and the other calls' answers in that queue.
     answered: dict[str, list[tuple[int, str]]] = {}
+    for queue, at, call_id in history or ():
+        answered.setdefault(queue, []).append((at, call_id))
     for call_id, u in calls.items():
         for s in u.stints:
             if s.outcome == "answered":
@@ -202,12 +213,18 @@ def _closed(entry: Callback, reaches: list[int], rules: CallerRules, at: int) ->
 
 
 class CallerSession:
-    """One caller's recent calls (the latest update of each) and what was last derived from them."""
+    """One caller's recent calls (the latest update of each) and what was last derived from them.
 
-    __slots__ = ("calls", "facts", "callbacks", "next_ms")
+    A call forgotten leaves its answers behind (``history``), for the repeats of the calls after it, until no call
+    that could read them is left; the facts it had are not taken back.
+    """
+
+    __slots__ = ("calls", "history", "facts", "callbacks", "next_ms")
 
     def __init__(self) -> None:
         self.calls: dict[str, CallerUpdate] = {}
+        #: (queue, answer time, call) of forgotten calls' answers
+        self.history: list[tuple[str, int, str]] = []
         self.facts: list[Fact] = []
         self.callbacks: list[Callback] = []
         self.next_ms = -1
@@ -216,7 +233,7 @@ class CallerSession:
         self, caller: str, rules: CallerRules, clock: int
     ) -> tuple[list[Fact], list[Callback], list[Callback]]:
         """Derive again at ``clock``: the facts that change, and the callback entries opened or changed, and closed."""
-        derived = derive_caller(caller, self.calls, rules, clock)
+        derived = derive_caller(caller, self.calls, rules, clock, self.history)
         changes = diff(self.facts, derived.facts)
         old = {c.queue: c for c in self.callbacks}
         new = {c.queue: c for c in derived.callbacks}
@@ -225,33 +242,43 @@ class CallerSession:
         self.facts, self.callbacks, self.next_ms = derived.facts, derived.callbacks, derived.next_ms
         return changes, opened, closed
 
-    def forget_before(self, before: int) -> bool:
-        """Drop the calls whose last time is before ``before`` (none still waiting); whether any was dropped."""
-        old = [
+    def forget_before(self, before: int, history_before: int) -> bool:
+        """Drop the calls whose last time is before ``before`` (none still waiting); whether any was dropped.
+
+        Their answers go to ``history`` (kept from ``history_before`` on), and their own facts are dropped from
+        what was derived, so that deriving again does not take them back.
+        """
+        old = {
             c for c, u in self.calls.items() if u.last_ms() < before and all(s.left_ms >= 0 for s in u.stints)
-        ]
+        }
         for call_id in old:
-            del self.calls[call_id]
-        return bool(old)
+            u = self.calls.pop(call_id)
+            self.history.extend((s.queue, s.left_ms, call_id) for s in u.stints if s.outcome == "answered")
+        kept = [h for h in self.history if h[1] >= history_before]
+        dropped = len(kept) != len(self.history)
+        self.history = kept
+        if old:
+            self.facts = [f for f in self.facts if f.call not in old]
+        return bool(old) or dropped
 
     def idle(self) -> bool:
-        """No call left: the caller can be forgotten."""
-        return not self.calls
+        """No call, and no answer a later call could read, left: the caller can be forgotten."""
+        return not self.calls and not self.history
 
-    def oldest_ms(self) -> int:
-        """The last time of the caller's oldest call (-1: none)."""
-        return min((u.last_ms() for u in self.calls.values()), default=-1)
-
-    def to_wire(self) -> list[list[Any]]:
-        """The persisted form: each call's update as a JSON array."""
-        return [[u.call_id, u.number, [list(s) for s in u.stints], u.reached_ms] for u in self.calls.values()]
+    def to_wire(self) -> dict[str, Any]:
+        """The persisted form: each call's update as a JSON array, and the forgotten calls' answers."""
+        calls = [
+            [u.call_id, u.number, [list(s) for s in u.stints], u.reached_ms] for u in self.calls.values()
+        ]
+        return {"calls": calls, "history": [list(h) for h in self.history]}
 
     @classmethod
-    def from_wire(cls, caller: str, data: list[list[Any]]) -> CallerSession:
+    def from_wire(cls, caller: str, data: dict[str, Any]) -> CallerSession:
         """Inverse of ``to_wire``."""
         session = cls()
-        for call_id, number, stints, reached in data:
+        for call_id, number, stints, reached in data["calls"]:
             session.calls[call_id] = CallerUpdate(
                 caller, call_id, number, tuple(Stint(*s) for s in stints), reached
             )
+        session.history = [(str(q), int(t), str(c)) for q, t, c in data["history"]]
         return session

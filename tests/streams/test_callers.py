@@ -191,3 +191,18 @@ def test_a_restored_bucket_goes_on_without_counting_anything_twice():
         {("abandon_recovered", 1): 1, ("callback", -1): 1}
     )
     assert w.pending() == []
+
+
+def test_forgetting_an_old_call_takes_back_nothing_it_counted_and_keeps_what_later_repeats_read():
+    w = World()
+    w.call("c1", "sales", 10 * H, answer=10 * H + 10)  # day 0, 10:00
+    w.call("c2", "sales", 20 * H, answer=20 * H + 10)  # day 0, 20:00: a repeat of c1
+    assert w.counts() == Counter({("repeat", "q:sales"): 1})
+    # day 1, 12:00: c1's last event (10:01) is more than 24 h ago: it is forgotten, c2's repeat stays counted
+    (t1,) = same_bucket_call(NUMBER, 1)
+    w.send(t1, "ring", 36 * H, caller=None)
+    session = w.buckets[call_bucket("p:" + NUMBER)].callers["p:" + NUMBER]
+    assert set(session.calls) == {"c2"} and [h[2] for h in session.history] == ["c1"]
+    assert w.counts() == Counter({("repeat", "q:sales"): 1})
+    w.call("c3", "sales", 39 * H, answer=39 * H + 10)  # day 1, 15:00: a repeat of c2 (19 h before)
+    assert w.counts() == Counter({("repeat", "q:sales"): 2})
