@@ -32,7 +32,7 @@ class Aggregator(CheckpointedStage):
     def reset(self) -> None:
         """Also forget the engine's queues/campaigns and the dirty keys (``load`` restores what was saved)."""
         super().reset()
-        self.engine.keys.clear()
+        self.engine.reset()
         self.dirty.clear()
 
     def confirmed(self, staged: Any) -> None:
@@ -73,6 +73,7 @@ class Aggregator(CheckpointedStage):
             else:  # minutes of a key whose state was never checkpointed: a replay rebuilds it
                 self.engine.state(key).minutes = minutes[key]
                 self.engine.state(key).hours = hours.get(key, {})
+        self.engine.loaded()
         log.info("loaded %d queues/campaigns for partitions %s", len(states), sorted(partitions))
 
     def dirty_items(self, partition: int) -> tuple[list[tuple[bytes, bytes | None]], Any]:

@@ -14,8 +14,8 @@ hol         head of line: the wait so far of the queue's longest-waiting caller 
 ql          queue length: with ``n`` callers ahead, (n + 1) / R, where R is the answers per second of time in
             which anyone was waiting, over the last hour, in the queue's scope (see below)
 qlm         queue length with abandonment (Ibrahim and Whitt): sum over i = 0..n of 1 / (R + i theta), where
-            theta = abandons / the integral of the number waiting, over the last hour: callers ahead who hang
-            up move the line on too
+            theta = abandons / the waits of the stints that left the queue and of the callers waiting, over the
+            last hour: callers ahead who hang up move the line on too
 ==========  ===============================================================================================
 
 ``ql`` and ``qlm`` count the callers ahead over the queue's *scope*: its group (the queues file's ``group``:
@@ -30,6 +30,7 @@ the default.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -185,3 +186,92 @@ def censored_over(estimator: str) -> str:
 
 #: The histogram of the default estimator's error (announced minus actual) for answered calls.
 ERROR_HISTOGRAM = "ewt_error"
+
+
+class ScopeLine:
+    """The queue stints of a scope that ended, indexed for the rates' window: O(log n) per question.
+
+    Each stint is (end, start, outcome, empty line); stints come mostly in end order (appended) and now and then
+    a little out of it (inserted near the end: only what follows is recomputed). Kept per scope by the engine
+    and built again from the keys' stints when one is taken back (a union does not subtract).
+    """
+
+    __slots__ = ("ends", "rows", "cum", "busy_a", "busy_b", "busy_cum")
+
+    #: Columns of ``cum``: summed wait, answers after a wait, abandons, answers at an empty line, their wait.
+    WAIT, ANSWERED, ABANDONED, EMPTY, EMPTY_WAIT = range(5)
+
+    def __init__(self, stints: Iterable[Sequence[int]] = ()) -> None:
+        self.ends: list[int] = []
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.cum: list[tuple[int, int, int, int, int]] = [(0, 0, 0, 0, 0)]
+        #: The union of the stints as disjoint intervals [a, b), with the prefix sums of their lengths.
+        self.busy_a: list[int] = []
+        self.busy_b: list[int] = []
+        self.busy_cum: list[int] = [0]
+        for stint in sorted((s[0], s[1], s[2], s[3]) for s in stints):
+            self.add(*stint)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, end: int, start: int, outcome: int, empty: int) -> None:
+        """One more stint (``outcome``: 0 answered, 1 abandoned, 2 exited, 3 answered at once)."""
+        i = bisect_right(self.ends, end)
+        self.ends.insert(i, end)
+        self.rows.insert(i, (end, start, outcome, empty))
+        cum = self.cum
+        del cum[i + 1 :]
+        for row_end, row_start, row_outcome, row_empty in self.rows[i:]:
+            wait, answered, abandoned, n_empty, empty_wait = cum[-1]
+            w = row_end - row_start
+            cum.append(
+                (
+                    wait + w,
+                    answered + (row_outcome == 0),
+                    abandoned + (row_outcome == 1),
+                    n_empty + (row_empty and row_outcome in (0, 3)),
+                    empty_wait + (w if row_empty and row_outcome == 0 else 0),
+                )
+            )
+        if start < end:
+            self._merge(start, end)
+
+    def _merge(self, start: int, end: int) -> None:
+        a, b = self.busy_a, self.busy_b
+        j0 = bisect_left(b, start)  # the first interval ending at or after the start
+        j1 = bisect_right(a, end)  # past the last interval starting at or before the end
+        if j0 < j1:
+            start, end = min(start, a[j0]), max(end, b[j1 - 1])
+        a[j0:j1] = [start]
+        b[j0:j1] = [end]
+        cum = self.busy_cum
+        del cum[j0 + 1 :]
+        for k in range(j0, len(a)):
+            cum.append(cum[-1] + b[k] - a[k])
+
+    def window(self, lo: int, hi: int) -> tuple[int, int, int, int, int]:
+        """What the stints that ended in (lo, hi] sum to.
+
+        Their summed wait, answers after a wait, abandons, answers at an empty line and those answers' wait.
+        """
+        i, j = bisect_right(self.ends, lo), bisect_right(self.ends, hi)
+        first, last = self.cum[i], self.cum[j]
+        return (
+            last[0] - first[0],
+            last[1] - first[1],
+            last[2] - first[2],
+            last[3] - first[3],
+            last[4] - first[4],
+        )
+
+    def busy(self, lo: int, hi: int) -> int:
+        """The length of the union of the stints within [lo, hi)."""
+        if hi <= lo:
+            return 0
+        a, b = self.busy_a, self.busy_b
+        k0, k1 = bisect_right(b, lo), bisect_left(a, hi)
+        if k0 >= k1:
+            return 0
+        total = self.busy_cum[k1] - self.busy_cum[k0]
+        return total - max(0, lo - a[k0]) - max(0, b[k1 - 1] - hi)

@@ -174,6 +174,7 @@ class KeyState:
         "spans",
         "answers",
         "stints",
+        "stints_from",
         "told",
         "hours",
         "dirty_hours",
@@ -211,6 +212,8 @@ class KeyState:
         #: The queue's stints that ended lately [end, start, outcome, found the line empty (0/1)], in end order:
         #: the rates of the expected wait (``ewt.RATE_WINDOW_MS`` and ``_SCORED_KEPT_MS`` behind ``wm``).
         self.stints: list[list[int]] = []
+        #: The stints before this time are no longer kept: the rates' window starts no earlier.
+        self.stints_from = 0
         #: call -> what it was told on entering the queue: [entered, scored at (-1: not yet), priority, callers
         #: ahead, other callers in the line, one announcement (ms) per ``ewt.ESTIMATORS`` (-1: none)]; a scored
         #: one is kept ``_SCORED_KEPT_MS``, for a correction to take back exactly what was scored.
@@ -252,6 +255,7 @@ class KeyState:
             "spans": self.spans,
             "answers": self.answers,
             "stints": self.stints,
+            "stints_from": self.stints_from,
             "told": self.told,
         }
 
@@ -276,6 +280,7 @@ class KeyState:
         state.spans = {_renamed_span(span): n for span, n in data.get("spans", {}).items()}
         state.answers = data.get("answers", [])
         state.stints = data.get("stints", [])
+        state.stints_from = data.get("stints_from", 0)
         state.told = data.get("told", {})
         for minute in minutes.values():
             _rename_agent_counters(minute["c"])
@@ -328,11 +333,17 @@ class KpiEngine:
         self.talk_bounds_ms = [b * 1000 for b in TALK_BOUNDS_S]
         self.error_bounds_ms = [b * 1000 for b in ewt.ERROR_BOUNDS_S]
         self.default_estimator = config.ewt_estimator
-        #: scope -> the last ``_rates`` it answered, with what it was asked (dropped when a stint or a waiting caller
-        #: of the scope comes or goes; derived from the keys' state, not persisted).
-        self._rate_cache: dict[
-            str, tuple[tuple[int, tuple[int, ...]], tuple[float | None, float, float | None]]
-        ] = {}
+        #: scope -> its keys' ended stints, indexed for the rates (derived from ``KeyState.stints``; not persisted).
+        self._lines: dict[str, ewt.ScopeLine] = {}
+
+    def reset(self) -> None:
+        """Forget every key (and what was derived from them), as a rebalance does before loading them again."""
+        self.keys.clear()
+        self._lines.clear()
+
+    def loaded(self) -> None:
+        """Keys were restored from the store: what was derived from the old ones no longer holds."""
+        self._lines.clear()
 
     # -- writing ----------------------------------------------------------------------------------------------
     def state(self, key: str) -> KeyState:
@@ -376,9 +387,6 @@ class KpiEngine:
                 told = state.told.get(f.call)
                 if told is None or told[0] != f.since_ms:
                     state.told[f.call] = self.announce(state, f.call, f.since_ms, f.priority)
-                self._rates_changed(state)
-            elif f.status == "waiting":
-                self._rates_changed(state)
             return
         if type(f) is CallbackWire:
             self._upsert(state.callbacks, f.caller, [f.since_ms, ts], s)
@@ -467,7 +475,13 @@ class KpiEngine:
         outcome = _STINT_ANSWERED_AT_ONCE if kind == "answered" and wait == 0 else _STINT_OUTCOMES[kind]
         empty_line = 1 if told is not None and told[_TOLD_OTHERS] == 0 else 0
         _insort(state.stints, [ts, start, outcome, empty_line], sign, 0)
-        self._rates_changed(state)
+        scope_id = self.config.targets.routing_key(state.key)
+        line = self._lines.get(scope_id)
+        if line is not None:
+            if sign > 0:
+                line.add(ts, start, outcome, empty_line)
+            else:  # a union does not subtract: built again when next asked
+                del self._lines[scope_id]
         if told is None:
             return []
         told[1] = ts if sign > 0 else -1
@@ -574,47 +588,37 @@ class KpiEngine:
             "waited_ms": waited,
         }
 
-    def _rates_changed(self, state: KeyState) -> None:
-        """A stint of ``state`` came or went: what ``_rates`` found over its scope no longer holds."""
-        self._rate_cache.pop(self.config.targets.routing_key(state.key), None)
+    def _line(self, scope_id: str, scope: list[KeyState]) -> ewt.ScopeLine:
+        """The scope's ended stints, indexed (built again when missing, or grown well past what the keys keep)."""
+        line = self._lines.get(scope_id)
+        if line is None or len(line) > 2 * sum(len(st.stints) for st in scope) + 64:
+            line = self._lines[scope_id] = ewt.ScopeLine(s for st in scope for s in st.stints)
+        return line
 
     def _rates(
         self, scope: list[KeyState], open_since: list[int], now_ms: int
     ) -> tuple[float | None, float, float | None]:
         """R, theta and the mean wait at an empty line, over the window (now - RATE_WINDOW, now].
 
-        R: answers per ms with someone waiting; theta: abandons per ms waited; the mean wait of the answered
-        callers who had found the line empty (None: fewer than ``ewt.MIN_EMPTY_LINE``). The callers still
-        waiting since ``open_since`` wait up to ``now``.
+        R: answers (after a wait) per ms with someone waiting; theta: abandons per ms waited (the waits of the
+        stints that ended in the window and of the callers waiting now: the likelihood estimate of exponential
+        patience); the mean wait of the answered callers who had found the line empty (None: fewer than
+        ``ewt.MIN_EMPTY_LINE``). The callers still waiting since ``open_since`` wait up to ``now``; the window
+        starts no earlier than the stints the keys keep (``KeyState.stints_from``).
         """
-        lo, hi = now_ms - ewt.RATE_WINDOW_MS, now_ms
-        scope_id = self.config.targets.routing_key(scope[0].key)
-        cached = self._rate_cache.get(scope_id)
-        if cached is not None and cached[0] == (now_ms, tuple(open_since)):
-            return cached[1]
-        pieces = [(since, hi) for since in open_since if since < hi]
-        answered = abandoned = empty = empty_ms = 0
-        for st in scope:
-            stints = st.stints
-            for end, start, outcome, empty_line in stints[bisect_right(stints, [lo, 2**62]) :]:
-                if end > hi:
-                    break
-                pieces.append((start, end))
-                if outcome == _STINT_OUTCOMES["answered"]:
-                    answered += 1
-                    if empty_line:
-                        empty += 1
-                        empty_ms += end - start
-                elif outcome == _STINT_OUTCOMES["abandoned"]:
-                    abandoned += 1
-                elif outcome == _STINT_ANSWERED_AT_ONCE and empty_line:
-                    empty += 1
-        busy, waited = ewt.union_and_sum(pieces, lo, hi)
+        hi = now_ms
+        lo = max(now_ms - ewt.RATE_WINDOW_MS, *(st.stints_from for st in scope))
+        line = self._line(self.config.targets.routing_key(scope[0].key), scope)
+        waited, answered, abandoned, empty, empty_ms = line.window(lo, hi)
+        if open_since:
+            first_open = min(open_since)
+            busy = line.busy(lo, first_open) + hi - max(lo, first_open)  # someone waits since first_open
+            waited += sum(hi - since for since in open_since)
+        else:
+            busy = line.busy(lo, hi)
         rate = answered / busy if busy >= ewt.MIN_BUSY_MS and answered else None
         empty_wait = empty_ms / empty if empty >= ewt.MIN_EMPTY_LINE else None
-        result = (rate, abandoned / waited if waited else 0.0, empty_wait)
-        self._rate_cache[scope_id] = ((now_ms, tuple(open_since)), result)
-        return result
+        return rate, abandoned / waited if waited else 0.0, empty_wait
 
     @staticmethod
     def _upsert(table: dict[str, list[Any]], ident: str, value: list[Any], sign: int) -> None:
@@ -709,10 +713,10 @@ class KpiEngine:
         gone, scored_before = state.wm - self.config.call_timeout_ms, state.wm - _SCORED_KEPT_MS
         for call in [c for c, t in state.told.items() if t[0] < gone or 0 <= t[1] < scored_before]:
             del state.told[call]
-        old = bisect_left(state.stints, [state.wm - ewt.RATE_WINDOW_MS - _SCORED_KEPT_MS])
+        state.stints_from = max(state.stints_from, state.wm - ewt.RATE_WINDOW_MS - _SCORED_KEPT_MS)
+        old = bisect_left(state.stints, [state.stints_from])
         if old:
             del state.stints[:old]
-            self._rates_changed(state)
         oldest = state.wm - self.config.volume_weeks * WEEK_MS
         for start in [h for h in state.hours if h < oldest]:
             del state.hours[start]

@@ -2,6 +2,8 @@
 the announcement made at entry and its score when the caller leaves, corrections, groups, positions."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams import ewt
 from streams.config import QueueTargets, TargetsConfig
@@ -233,3 +235,30 @@ def test_the_scores_are_counted_in_the_window_of_the_exit():
     scores = read_scores(eng.keys["q:sales"], eng.config, T0 + 30 * SEC)
     assert ewt.accuracy(scores["5m"])["qlm"]["mean_error_seconds"] == -20.0
     assert scores["today"] == scores["5m"] and ewt.accuracy(scores["interval"])["qlm"]["answered"] == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 500), st.integers(0, 60), st.integers(0, 3), st.integers(0, 1)),
+        max_size=40,
+    ),
+    st.integers(0, 600),
+    st.integers(0, 600),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_scope_line_answers_as_a_scan_of_every_stint(raw, lo, span):
+    stints = [(start + wait, start, outcome, empty) for start, wait, outcome, empty in raw]
+    line = ewt.ScopeLine()
+    for stint in stints:  # in any order: the line keeps end order itself
+        line.add(*stint)
+    hi = lo + span
+    ended = [s for s in stints if lo < s[0] <= hi]
+    assert line.window(lo, hi) == (
+        sum(e - s for e, s, _o, _m in ended),
+        sum(1 for _e, _s, o, _m in ended if o == 0),
+        sum(1 for _e, _s, o, _m in ended if o == 1),
+        sum(1 for _e, _s, o, m in ended if m and o in (0, 3)),
+        sum(e - s for e, s, o, m in ended if m and o == 0),
+    )
+    assert line.busy(lo, hi) == ewt.union_and_sum([(s, e) for e, s, _o, _m in stints], lo, hi)[0]
+    assert len(ewt.ScopeLine(stints)) == len(stints)
