@@ -279,12 +279,7 @@ class Sessionizer(CheckpointedStage):
             WorkUpdate(str(agent), str(call_id), tuple(_work(w) for w in works))
             for agent, call_id, works in orjson.loads(value)
         ]
-        groups: dict[str, list[Fact]] = defaultdict(list)
-        for update in updates:
-            for fact in bucket.apply_work(update):
-                groups[fact.key].append(fact)
-        for fact in bucket.sweep():
-            groups[fact.key].append(fact)
+        groups = _applied(bucket, bucket.apply_work, updates)
         if bucket.late_work:
             self.counters.agent_work_late.inc(bucket.late_work)
             log.warning(
@@ -306,13 +301,7 @@ class Sessionizer(CheckpointedStage):
             )
             for caller, call_id, number, stints, reached in orjson.loads(value)
         ]
-        groups: dict[str, list[Fact]] = defaultdict(list)
-        for update in updates:
-            for fact in bucket.apply_caller(update):
-                groups[fact.key].append(fact)
-        for fact in bucket.sweep():
-            groups[fact.key].append(fact)
-        return groups
+        return _applied(bucket, bucket.apply_caller, updates)
 
     def pending_callbacks(self, now_ms: int) -> list[Callback]:
         """The callback entries of every bucket this worker holds, open at ``now_ms``."""
@@ -374,6 +363,19 @@ def _work(data: list[Any]) -> Work:
         msg = f"a stretch of work is an array of 4 to 6 values, not {data!r}"
         raise ValueError(msg)
     return Work(str(data[0]), *(int(x) for x in data[1:]))
+
+
+def _applied(
+    bucket: BucketState, apply: Callable[[Any], list[Fact]], updates: list[Any]
+) -> dict[str, list[Fact]]:
+    """The facts, by key, of a message of updates applied to their bucket one by one, then of its sweep."""
+    groups: dict[str, list[Fact]] = defaultdict(list)
+    for update in updates:
+        for fact in apply(update):
+            groups[fact.key].append(fact)
+    for fact in bucket.sweep():
+        groups[fact.key].append(fact)
+    return groups
 
 
 def _internal(message: Any) -> bytes | None:

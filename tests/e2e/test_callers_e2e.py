@@ -156,6 +156,10 @@ def check_peaks_and_volume_at_the_end(w):
     with pytest.raises(urllib.error.HTTPError) as info:
         w.get("/api/v1/queues/sales/volume?weeks=9")  # beyond CALLPULSE_VOLUME_WEEKS (8)
     assert info.value.code == 400
+    # No CALLPULSE_API_TOKEN on this worker: the list with the callers' numbers is off.
+    with pytest.raises(urllib.error.HTTPError) as info:
+        w.get("/api/v1/callbacks")
+    assert info.value.code == 403
 
 
 #: support's answered waits up to t=380, in answer order: CONNECT minus ENTERQUEUE of each call (lines 29-133;
