@@ -20,8 +20,9 @@ of them and of its clock:
   window after it (``abandon_recovered`` at that time), else *unrecovered* once the window has passed
   (``abandon_unrecovered``, at its end).
 
-A call's summary is kept until the longest of the three windows has passed after its last time; a caller
-with no call left is forgotten.
+A call's summary is kept until the longest of the three windows has passed after its last time; its answers
+stay longer (``CallerSession.history``), for the repeats of the calls after it, and nothing it counted is taken
+back. A caller with neither left is forgotten.
 """
 
 from __future__ import annotations
