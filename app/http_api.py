@@ -28,6 +28,7 @@ from streams.kpi import (
     KpiEngine,
     agents_at,
     read_agent,
+    read_alerts,
     read_key,
     read_peaks,
     read_scores,
@@ -182,6 +183,16 @@ def register(
             }
 
         return await _queue_answer(web, request, queue, f"/peaks?window={window}", answer)
+
+    @app.page("/api/v1/alerts")
+    async def alerts_page(web: Any, request: Any) -> Any:
+        local = alerts_json(engine, settings, api_now())
+        if request.query.get("local"):
+            return web.json(local)
+        for remote in await _others(local, "/api/v1/alerts?local=1"):
+            local["alerts"].extend(remote["alerts"])
+        local["alerts"].sort(key=lambda a: (a["queue"], a["alert"]))
+        return web.json(local)
 
     @app.page("/api/v1/callbacks")
     async def callbacks_page(web: Any, request: Any) -> Any:
@@ -368,6 +379,29 @@ def callbacks_json(entries: list[Callback], settings: Settings, now: int, queue:
         if queue is None or c.queue == queue
     ]
     return {"now": _iso(now), "clock": settings.clock, "callbacks": rows}
+
+
+def alerts_json(engine: KpiEngine, settings: Settings, now: int) -> dict:
+    """This worker's active in-app alerts, by queue (those it exports)."""
+    rows = []
+    for state in exported_states(engine, settings.max_queues):
+        if state.kind != "queue" or state.name.startswith("_"):
+            continue
+        for alert, found in read_alerts(state, engine.config, now).items():
+            offered = found["offered"]
+            rows.append(
+                {
+                    "queue": state.name,
+                    "alert": alert,
+                    "since": _iso(found["since_ms"]),
+                    "abandonment_ratio": found["abandoned"] / offered if offered else None,
+                    "offered": offered,
+                    "abandoned": found["abandoned"],
+                    "threshold": found["threshold"],
+                    "p_value": found["p_value"],
+                }
+            )
+    return {"now": _iso(now), "clock": settings.clock, "alerts": rows}
 
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

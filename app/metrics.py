@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from app.settings import Settings
 from streams import counters, ewt
+from streams.alerts import ABANDONMENT_SPIKE
 from streams.events import (
     EVENT_TYPES,
     EXIT_REASONS,
@@ -36,11 +37,14 @@ from streams.kpi import (
     KpiEngine,
     merge_states,
     read_agent,
+    read_alerts,
     read_key,
 )
 from streams.sessions.inbound import TRANSITIONS
 
 OTHER = "_other"
+#: The in-app alerts (``callpulse_alert_active``).
+ALERTS = (ABANDONMENT_SPIKE,)
 
 #: Counter series per queue: metric name (without _total) -> total name in the engine.
 QUEUE_COUNTERS = {
@@ -366,6 +370,17 @@ class KpiCollector(Collector):
             for s in queues:
                 gauge.add_metric([s.name], reads[s.key]["live"][field])
             yield gauge
+        gauge = GaugeMetricFamily(
+            "callpulse_alert_active",
+            "1 while an in-app alert of the queue is active (abandonment_spike: docs/alerts.md), else 0.",
+            labels=["queue", "alert"],
+        )
+        for s in queues:
+            if s.name != OTHER:
+                active = read_alerts(s, config, now)
+                for alert in ALERTS:
+                    gauge.add_metric([s.name, alert], 1 if alert in active else 0)
+        yield gauge
         gauge = GaugeMetricFamily(
             "callpulse_expected_wait_seconds",
             "Expected wait of a caller entering the queue now (CALLPULSE_EWT_ESTIMATOR; none before any answer).",

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from streams import counters, ewt
+from streams.alerts import ABANDONMENT_SPIKE, MinuteCounts, SpikeRules, spike_state
 from streams.config import TargetsConfig
 from streams.events import AGENT_STATE_ALIASES
 from streams.facts import (
@@ -60,6 +61,8 @@ TALK_BOUNDS_S = (10, 30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 360
 #: Minute buckets are kept this long behind the key's watermark: enough for ``today`` (25 h on a DST day,
 #: plus the day-start shift), with room for grace.
 RETENTION_MS = 50 * 3600_000
+#: The abandonment-spike test of the in-app alerts.
+SPIKE_RULES = SpikeRules()
 #: The counters kept per local hour for the volume by hour and weekday (``Hour``).
 HOUR_COUNTERS = ("entered", "answered", "abandoned", "short_abandoned", "exited")
 WEEK_MS = 7 * 86_400_000
@@ -1049,6 +1052,38 @@ def read_peaks(
             i += 1
             out[i][name] = max(out[i][name], level)
     return out
+
+
+def read_alerts(
+    state: KeyState, config: KpiConfig, now_ms: int, rules: SpikeRules = SPIKE_RULES
+) -> dict[str, dict[str, Any]]:
+    """The queue's active in-app alerts at ``now_ms`` (``streams.alerts``): name -> what it found.
+
+    Each: ``since_ms`` (the minute step it began with), ``offered``, ``abandoned`` (the window's, short abandons
+    out), ``threshold`` and ``p_value``.
+    """
+    end = bucket_start(now_ms)
+    first = end - (rules.lookback + rules.window_min + rules.baseline_min) * MINUTE_MS
+    counts = []
+    for start in range(first, end + MINUTE_MS, MINUTE_MS):
+        minute = state.minutes.get(start)
+        c = minute["c"] if minute is not None else {}
+        short = c.get("short_abandoned", 0)
+        offered = c.get("answered", 0) + c.get("abandoned", 0) + c.get("exited", 0) - short
+        counts.append(MinuteCounts(offered, c.get("abandoned", 0) - short))
+    found = spike_state(counts, config.targets.for_queue(state.name).abandon_goal, rules)
+    if found is None:
+        return {}
+    step, spike = found
+    return {
+        ABANDONMENT_SPIKE: {
+            "since_ms": first + step * MINUTE_MS,
+            "offered": spike.offered,
+            "abandoned": spike.abandoned,
+            "threshold": spike.threshold,
+            "p_value": spike.p_value,
+        }
+    }
 
 
 def read_agent(state: KeyState, config: KpiConfig, now_ms: int) -> dict[str, Any]:
