@@ -67,13 +67,8 @@ def register(
     @app.page("/api/v1/queues")
     async def queues_page(web: Any, request: Any) -> Any:
         local = queues_json(engine, settings, api_now())
-        if request.query.get("local"):
-            return web.json(local)
-        for remote in await _others(local, "/api/v1/queues?local=1"):
-            local["queues"].extend(remote["queues"])
-            local["campaigns"].extend(remote["campaigns"])
-        local["queues"].sort(key=lambda q: q["queue"])
-        local["campaigns"].sort(key=lambda c: c["campaign"])
+        if not request.query.get("local"):
+            await _merge(local, "/api/v1/queues?local=1", {"queues": "queue", "campaigns": "campaign"})
         return web.json(local)
 
     @app.page("/api/v1/queues/{queue}")
@@ -187,11 +182,8 @@ def register(
     @app.page("/api/v1/alerts")
     async def alerts_page(web: Any, request: Any) -> Any:
         local = alerts_json(engine, settings, api_now())
-        if request.query.get("local"):
-            return web.json(local)
-        for remote in await _others(local, "/api/v1/alerts?local=1"):
-            local["alerts"].extend(remote["alerts"])
-        local["alerts"].sort(key=lambda a: (a["queue"], a["alert"]))
+        if not request.query.get("local"):
+            await _merge(local, "/api/v1/alerts?local=1", {"alerts": ("queue", "alert")})
         return web.json(local)
 
     @app.page("/api/v1/callbacks")
@@ -206,9 +198,8 @@ def register(
             return web.json(local)
         query = "?local=1" + (f"&queue={quote(queue, safe='')}" if queue is not None else "")
         auth = {"Authorization": request.headers.get("Authorization", "")}
-        for remote in await _others(local, "/api/v1/callbacks" + query, sessions, auth):
-            local["callbacks"].extend(remote["callbacks"])
-        local["callbacks"].sort(key=lambda c: (c["queue"], c["first_abandon"], c["caller"]))
+        order = {"callbacks": ("queue", "first_abandon", "caller")}
+        await _merge(local, "/api/v1/callbacks" + query, order, sessions, auth)
         return web.json(local)
 
     def _denied(web: Any, request: Any) -> Any:
@@ -226,6 +217,20 @@ def register(
                 headers={"WWW-Authenticate": 'Bearer realm="callpulse"'},
             )
         return None
+
+    async def _merge(
+        local: dict, path: str, order: dict[str, Any], table: Any = None, headers: Any = None
+    ) -> None:
+        """Add every other worker's answer to ``path`` to ``local``.
+
+        Per list named in ``order``: the rows of every worker, sorted by its field (or fields).
+        """
+        for remote in await _others(local, path, table, headers):
+            for name in order:
+                local[name].extend(remote[name])
+        for name, by in order.items():
+            fields = (by,) if isinstance(by, str) else by
+            local[name].sort(key=lambda row, fields=fields: tuple(row[f] for f in fields))
 
     async def _others(local: dict, path: str, table: Any = aggregates, headers: Any = None) -> list[dict]:
         """Every other worker's answer to ``path``; those that cannot be reached are listed in ``local``."""
