@@ -565,7 +565,7 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
     worker_proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, start_new_session=True)
     base = f"http://{settings.web_host}:{settings.web_port}"
     click.echo(
-        f"\ncallpulse dev is running. Ctrl-C stops it.\n  metrics:  {base}/metrics\n"
+        f"\ncallpulse dev is running. Ctrl-C stops it.\n  floor:    {base}/\n  metrics:  {base}/metrics\n"
         f"  API:      {base}/api/v1/queues\n  broker:   kafka://{address}:{port}\n"
     )
     stop_event = asyncio.Event()

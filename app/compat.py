@@ -118,3 +118,10 @@ def event_context(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def no_production_index() -> None:
+    """Leave "/" to callpulse (the floor page): Faust's own index there only answers ``{"status": "OK"}``."""
+    from faust.web import base
+
+    base.Web.production_blueprints = []

@@ -102,6 +102,7 @@ def _credentials(settings: Settings) -> Any:
 
 def build(settings: Settings, embedded: bool) -> Pipeline:
     """Create the Faust app with its topics, tables, agents and pages."""
+    compat.no_production_index()
     app = faust.App(settings.app_id, **faust_options(settings, embedded))
     if embedded:
         compat.short_fetch_wait()

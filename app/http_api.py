@@ -15,6 +15,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -58,6 +59,12 @@ def register(
 
     def api_now() -> int:
         return now_ms(engine)
+
+    floor = resources.files("app").joinpath("web/floor.html").read_bytes()
+
+    @app.page("/")
+    async def floor_page(web: Any, request: Any) -> Any:
+        return web.bytes(floor, headers={"Content-Type": "text/html; charset=utf-8"})
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

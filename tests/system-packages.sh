@@ -4,6 +4,7 @@
 #   prometheus               promtool checks and unit-tests the alert rules; the end-to-end tests run a real
 #                            Prometheus against a worker
 #   prometheus-alertmanager  amtool checks the Alertmanager configuration
+#   chromium, chromium-driver  the pages' tests open them in headless Chromium (Selenium drives it)
 #
 # As root, or with password-less sudo, it installs what is missing with apt-get (running `apt-get update` once
 # when the first attempt fails). Otherwise it prints one sentence naming the missing packages and the command
@@ -14,6 +15,8 @@ set -uo pipefail
 PACKAGES=(
   prometheus:promtool
   prometheus-alertmanager:amtool
+  chromium:chromium
+  chromium-driver:chromedriver
 )
 
 missing=()
