@@ -550,6 +550,19 @@ async def _dev_traffic(settings: Settings, stop: asyncio.Event, calls_per_minute
     await send_events(settings, events, 1.0, stop)
 
 
+def _wait_for_worker(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Until the worker answers ``url`` (or exits, or ``timeout_s`` passes: the addresses are printed anyway)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # loopback, our own worker
+                return
+        except OSError:
+            time.sleep(0.3)
+
+
 def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
     """The embedded broker, a worker and live traffic; Ctrl-C stops everything."""
     from app.broker import port_open, start_broker, stop
@@ -562,11 +575,25 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
         broker_proc = start_broker(address, port)
         log.info("embedded broker listening on %s:%d", address, port)
     env = dict(os.environ, CALLPULSE_BROKER=f"kafka://{address}:{port}")
-    worker_proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, start_new_session=True)
+    # The worker's own log (Faust's start-up banner and all) goes to a file, unless CALLPULSE_LOG_LEVEL asks for
+    # it in the terminal; the addresses are printed once the worker answers, so they are the last lines shown.
+    worker_log = None
+    if "CALLPULSE_LOG_LEVEL" not in os.environ:
+        Path(settings.datadir).mkdir(parents=True, exist_ok=True)
+        worker_log = open(Path(settings.datadir) / "worker.log", "ab")  # open while the worker runs
+    worker_proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "worker"],
+        env=env,
+        start_new_session=True,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT if worker_log is not None else None,
+    )
     base = f"http://{settings.web_host}:{settings.web_port}"
+    _wait_for_worker(f"{base}/metrics", worker_proc, timeout_s=120)
+    where = f"  worker log: {Path(settings.datadir) / 'worker.log'}\n" if worker_log is not None else ""
     click.echo(
-        f"\ncallpulse dev is running. Ctrl-C stops it.\n  floor:    {base}/\n  metrics:  {base}/metrics\n"
-        f"  API:      {base}/api/v1/queues\n  broker:   kafka://{address}:{port}\n"
+        f"\ncallpulse dev is running. Ctrl-C stops it.\n{where}  broker:   kafka://{address}:{port}\n"
+        f"  metrics:  {base}/metrics\n  API:      {base}/api/v1/queues\n  floor:    {base}/\n"
     )
     stop_event = asyncio.Event()
     loop = asyncio.new_event_loop()
@@ -588,6 +615,8 @@ def run_dev(*, settings: Settings, calls_per_minute: float) -> int:
         stop(worker_proc, timeout_s=15)
         if broker_proc is not None:
             stop(broker_proc)
+        if worker_log is not None:
+            worker_log.close()
         loop.close()
     return EXIT_OK if worker_proc.returncode in (0, -signal.SIGTERM) else EXIT_FAILURE
 

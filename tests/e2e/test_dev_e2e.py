@@ -52,7 +52,13 @@ def test_dev_shows_live_kpis_and_stops_on_ctrl_c(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=40)
         assert proc.returncode == 0, out.decode()[-3000:]
-        assert f"http://127.0.0.1:{web_port}/metrics" in out.decode()
+        text = out.decode()
+        assert f"http://127.0.0.1:{web_port}/metrics" in text
+        # the floor page's address comes last, after start-up; Faust's own log stays in the worker's log file
+        block = text[text.index("callpulse dev is running") :].split("\n\n")[0].splitlines()
+        assert block[-1] == f"  floor:    http://127.0.0.1:{web_port}/"
+        assert "[^Worker]" not in text
+        assert "[^Worker]" in (tmp_path / "data" / "worker.log").read_text()
         assert not port_open("127.0.0.1", broker_port)
         assert not port_open("127.0.0.1", web_port)
     finally:
