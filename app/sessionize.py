@@ -308,36 +308,27 @@ class Sessionizer(CheckpointedStage):
         return [c for bucket in self.buckets.values() for c in bucket.pending_callbacks(now_ms)]
 
     def _buffer(self, key: bytes, offset: int, groups: dict[str, list[Fact]]) -> None:
-        """Buffer one message's facts per fact key, and the work updates its bucket's calls made."""
+        """Buffer one message's facts per fact key, and the work and caller updates its bucket's calls made."""
         bucket = self.buckets[key]
         if (groups or bucket.outbox or bucket.caller_outbox) and not self.buffered:
             self.buffered_since = time.monotonic()
-        if bucket.caller_outbox:
-            for c in bucket.caller_outbox:
-                self.caller_buffer.setdefault(call_bucket(c.caller), {})[(c.caller, c.call_id)] = [
-                    c.caller,
-                    c.call_id,
-                    c.number,
-                    [list(s) for s in c.stints],
-                    c.reached_ms,
-                ]
-            self.buffered += len(bucket.caller_outbox)
-            bucket.caller_outbox.clear()
+        self._stage(
+            self.caller_buffer,
+            bucket.caller_outbox,
+            lambda c: c.caller,
+            lambda c: [c.caller, c.call_id, c.number, [list(s) for s in c.stints], c.reached_ms],
+        )
+        self._stage(
+            self.work_buffer,
+            bucket.outbox,
+            lambda u: u.agent,
+            lambda u: [u.agent, u.call_id, [list(w) for w in u.works]],
+        )
         if bucket.callbacks_out:
             clock = bucket.caller_clock()
             for entry, pending in bucket.callbacks_out:
                 self.callbacks_buffer.append((entry.queue, callback_record(entry, pending, clock)))
             bucket.callbacks_out.clear()
-        if bucket.outbox:
-            work = self.work_buffer
-            for u in bucket.outbox:
-                work.setdefault(call_bucket(u.agent), {})[(u.agent, u.call_id)] = [
-                    u.agent,
-                    u.call_id,
-                    [list(w) for w in u.works],
-                ]
-            self.buffered += len(bucket.outbox)
-            bucket.outbox.clear()
         src = key.decode("utf-8", "replace")
         retracted = 0
         buffer = self.facts_buffer
@@ -348,6 +339,23 @@ class Sessionizer(CheckpointedStage):
             self.buffered += len(facts)
         if retracted:
             self.counters.retracted.inc(retracted)
+
+    def _stage(
+        self,
+        buffer: dict[str, dict[tuple[str, str], list]],
+        updates: list[Any],
+        owner: Callable[[Any], str],
+        wire: Callable[[Any], list],
+    ) -> None:
+        """Move a bucket's updates for other buckets into ``buffer``, to be sent at the next flush.
+
+        Per owner's bucket, the latest per owner (agent or caller) and call: an upsert.
+        """
+        for u in updates:
+            who = owner(u)
+            buffer.setdefault(call_bucket(who), {})[(who, u.call_id)] = wire(u)
+        self.buffered += len(updates)
+        updates.clear()
 
     async def _dead_letter(self, message: Any, reason: str, error: str, raw: bytes) -> None:
         await self.dead_letter(raw, reason, error, message.topic, message.partition, message.offset)

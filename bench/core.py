@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -63,6 +64,34 @@ def _bucket(session: SessionConfig) -> BucketState:
     return bucket
 
 
+def _deliver(
+    buckets: dict[bytes, BucketState],
+    session: SessionConfig,
+    updates: list[Any],
+    owner: Callable[[Any], str],
+    apply: Callable[[BucketState, Any], list],
+    groups: dict[str, list],
+) -> list[BucketState]:
+    """Updates of one message to their owners' buckets, as the shell sends them at a flush.
+
+    The latest per owner and call, one message per bucket; their facts go into ``groups``. Returns the buckets.
+    """
+    latest = {(owner(u), u.call_id): u for u in updates}
+    by_bucket: dict[bytes, list] = defaultdict(list)
+    for update in latest.values():
+        by_bucket[call_bucket(owner(update)).encode()].append(update)
+    targets = []
+    for target_key, target_updates in by_bucket.items():
+        target = buckets.get(target_key) or buckets.setdefault(target_key, _bucket(session))
+        for update in target_updates:
+            for fact in apply(target, update):
+                groups[fact.key].append(fact)
+        for fact in target.sweep():
+            groups[fact.key].append(fact)
+        targets.append(target)
+    return targets
+
+
 def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
     validation = ValidationConfig(max_clock_skew_ms=10**13)
     session = SessionConfig()
@@ -81,37 +110,21 @@ def core(messages: list[tuple[bytes, bytes]], n: int) -> None:
                 groups[fact.key].append(fact)
         for fact in bucket.sweep():
             groups[fact.key].append(fact)
-        # What the calls changed in their agents' work, applied in the agents' buckets (the shell sends it
-        # through calls.events)
+        # What the calls changed in their agents' work and did for their callers, applied in those buckets (the
+        # shell sends both through calls.events)
         while bucket.outbox:
-            # the latest update per agent and call of the message, as the shell sends them at a flush
-            latest = {(u.agent, u.call_id): u for u in bucket.outbox}
+            updates = list(bucket.outbox)
             bucket.outbox.clear()
-            by_bucket: dict[bytes, list] = defaultdict(list)
-            for update in latest.values():
-                by_bucket[call_bucket(update.agent).encode()].append(update)
-            for agent_key, updates in by_bucket.items():  # one message per agents' bucket
-                target = buckets.get(agent_key) or buckets.setdefault(agent_key, _bucket(session))
-                for update in updates:
-                    for fact in target.apply_work(update):
-                        groups[fact.key].append(fact)
-                for fact in target.sweep():
-                    groups[fact.key].append(fact)
+            for target in _deliver(
+                buckets, session, updates, lambda u: u.agent, BucketState.apply_work, groups
+            ):
                 bucket.outbox.extend(target.outbox)
                 target.outbox.clear()
-        # What the calls did for their callers, applied in the callers' buckets (likewise)
-        latest_callers = {(u.caller, u.call_id): u for u in bucket.caller_outbox}
+        updates = list(bucket.caller_outbox)
         bucket.caller_outbox.clear()
-        callers_by_bucket: dict[bytes, list] = defaultdict(list)
-        for caller_update in latest_callers.values():
-            callers_by_bucket[call_bucket(caller_update.caller).encode()].append(caller_update)
-        for caller_key, caller_updates in callers_by_bucket.items():
-            target = buckets.get(caller_key) or buckets.setdefault(caller_key, _bucket(session))
-            for caller_update in caller_updates:
-                for fact in target.apply_caller(caller_update):
-                    groups[fact.key].append(fact)
-            for fact in target.sweep():
-                groups[fact.key].append(fact)
+        for target in _deliver(
+            buckets, session, updates, lambda u: u.caller, BucketState.apply_caller, groups
+        ):
             target.callbacks_out.clear()
         bucket.callbacks_out.clear()
         t2 = time.perf_counter()

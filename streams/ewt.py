@@ -120,21 +120,6 @@ def best_of(totals: dict[str, int]) -> str:
     return min(BASE_ESTIMATORS, key=lambda name: (totals.get(error_squares(name), 0), name))
 
 
-def union_and_sum(pieces: Iterable[tuple[int, int]], lo: int, hi: int) -> tuple[int, int]:
-    """Of intervals [a, b) clipped to [lo, hi): the length of their union and the sum of their lengths."""
-    clipped = sorted((max(a, lo), min(b, hi)) for a, b in pieces if a < hi and b > lo)
-    union = total = 0
-    end = lo
-    for a, b in clipped:
-        if b <= a:
-            continue
-        total += b - a
-        if b > end:
-            union += b - max(a, end)
-            end = b
-    return union, total
-
-
 def accuracy(counts: dict[str, int]) -> dict[str, dict[str, float | int | None]]:
     """Per estimator, from a window's counters: how honest its announcements at entry were.
 

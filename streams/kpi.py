@@ -311,11 +311,23 @@ def _minute(state: KeyState, ts_ms: int, seq: int) -> Minute | None:
     return minute
 
 
-def _delta(state: KeyState, field: str, ts_ms: int, change: int, seq: int) -> None:
-    """A change of the number of calls waiting (``dw``) or talking (``dt``) at ``ts_ms``, in its minute."""
-    minute = _minute(state, ts_ms, seq)
-    if minute is not None:
-        _add(minute.setdefault(field, {}), str(ts_ms), change)  # type: ignore[misc]
+def _interval(state: KeyState, field: str, start_ms: int, end_ms: int, sign: int, seq: int) -> None:
+    """A call waiting (``dw``) or talking (``dt``) from ``start_ms`` to ``end_ms``: +1 and -1, in their minutes."""
+    for ts_ms, change in ((start_ms, sign), (end_ms, -sign)):
+        minute = _minute(state, ts_ms, seq)
+        if minute is not None:
+            _add(minute.setdefault(field, {}), str(ts_ms), change)  # type: ignore[misc]
+
+
+def _count(
+    part: dict[str, int] | None, totals: dict[str, int], counts: list[tuple[str, int]], sign: int
+) -> None:
+    """Add counts to the totals and, unless the facts message is in it already (None), to a minute's part."""
+    for name, value in counts:
+        if value:
+            if part is not None:
+                _add(part, name, sign * value)
+            _add(totals, name, sign * value)
 
 
 def _add(counters: dict[str, int], name: str, value: int) -> None:
@@ -422,17 +434,12 @@ class KpiEngine:
                 _add(minute["w"], str(w), s)
             self._observe(state, _WAIT_HISTOGRAM[kind], self.wait_bounds_ms, w, s)
             if state.key.startswith("q:"):  # (an agent's own figures count its answers too: no stint)
-                call = wire[-1] if len(wire) == (6 if type(f) is ExitedWire else 5) else ""
-                scores = self._stint(state, kind, ts, w, call, s)
-                _delta(state, "dw", ts - w, s, seq)
-                _delta(state, "dw", ts, -s, seq)
-                if scores:  # in their own part of the minute: the windows' KPIs need not sum them
-                    into = minute.setdefault("e", {}) if minute is not None else None
-                    for name, value in scores:
-                        if value:
-                            if into is not None:
-                                _add(into, name, s * value)
-                            _add(state.totals, name, s * value)
+                if len(wire) < len(type(f)._fields):  # written before exits named their call
+                    f = _new(type(f), (*wire, ""))
+                scores = self._stint(state, kind, ts, w, f.call, s)
+                _interval(state, "dw", ts - w, ts, s, seq)
+                # The scores, in their own part of the minute: the windows' KPIs need not sum them.
+                _count(minute.setdefault("e", {}) if minute is not None else None, state.totals, scores, s)
         elif type(f) is CompletedWire:
             talk, acw = f.talk_ms, f.acw_ms
             counts = [
@@ -445,8 +452,7 @@ class KpiEngine:
             ]
             self._observe(state, counters.TALK_HISTOGRAM, self.talk_bounds_ms, talk, s)
             if state.key.startswith("q:"):
-                _delta(state, "dt", ts - talk, s, seq)
-                _delta(state, "dt", ts, -s, seq)
+                _interval(state, "dt", ts - talk, ts, s, seq)
             self._observe(state, counters.HANDLE_HISTOGRAM, self.talk_bounds_ms, talk + acw, s)
         elif type(f) is RefusedWire:
             counts = [(counters.refused(f.reason), 1)]
@@ -454,12 +460,7 @@ class KpiEngine:
             counts = [(counters.survey(f.scale, survey_band(f.scale, f.score)), 1)]
         else:  # entered, agent_missed, expired, attempt, connected, contact, conversion
             counts = [(f.kind, 1)]
-        totals = state.totals
-        for name, value in counts:
-            if value:
-                if minute is not None:
-                    _add(minute["c"], name, s * value)
-                _add(totals, name, s * value)
+        _count(minute["c"] if minute is not None else None, state.totals, counts, s)
 
     # -- expected wait -----------------------------------------------------------------------------------------
     # Everything the estimators read, and every announcement not yet scored, is in the key's state (``answers``,
@@ -508,7 +509,7 @@ class KpiEngine:
     def announce(self, state: KeyState, call: str, entered_ms: int, priority: int) -> list[int]:
         """What a caller entering the queue at ``entered_ms`` is told (see ``KeyState.told``)."""
         view, line = self.scope_view(state, entered_ms)
-        ahead = sum(1 for p, since, other in line if (-p, since, other) < (-priority, entered_ms, call))
+        ahead = _ahead(line, priority, entered_ms, call)
         others = sum(1 for _p, _since, other in line if other != call)
         told = ewt.estimates(view, ahead, line_empty=others == 0)
         return [
@@ -581,8 +582,7 @@ class KpiEngine:
                 msg = f"no caller waits at position {position} in {state.name} ({len(callers)} waiting)"
                 raise LookupError(msg)
             w = callers[position - 1]
-            me = (-w.priority, w.since_ms, w.call)
-            ahead = sum(1 for p, since, call in line if (-p, since, call) < me)
+            ahead = _ahead(line, w.priority, w.since_ms, w.call)
             waited = now_ms - w.since_ms
             line_empty = False  # someone waits (this caller): no agent is free
         return {
@@ -1016,9 +1016,8 @@ def read_peaks(
         if lo <= minute_start < hi:
             c = minute["c"]
             n = c.get("answered", 0) + c.get("abandoned", 0) + c.get("exited", 0)
-            offered[minute_start - (minute_start - lo) % step] = (
-                offered.get(minute_start - (minute_start - lo) % step, 0) + n
-            )
+            interval = minute_start - (minute_start - lo) % step
+            offered[interval] = offered.get(interval, 0) + n
     timeout = config.call_timeout_ms
     for value in state.live.values():  # the calls waiting or talking now: from their start up to now
         if now_ms - value[1] < timeout:
@@ -1134,6 +1133,12 @@ class Waiting(NamedTuple):
     caller: str
     priority: int
     since_ms: int
+
+
+def _ahead(line: list[tuple[int, int, str]], priority: int, since_ms: int, call: str) -> int:
+    """The callers of a line (priority, since, call) served before a caller: ``waiting_callers``' order."""
+    me = (-priority, since_ms, call)
+    return sum(1 for p, since, other in line if (-p, since, other) < me)
 
 
 def waiting_callers(state: KeyState, config: KpiConfig, now_ms: int) -> list[Waiting]:
